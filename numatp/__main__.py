@@ -1,0 +1,3 @@
+from numatp.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Placeholder: this command arrives with its own module."""
