@@ -1,0 +1,219 @@
+"""One transformer step over one shard: my query/KV heads, my FFN rows, my vocabulary
+rows. The same code runs a single-process model (one shard holding everything) and every
+rank of a tensor-parallel group; it does not know how many ranks there are, only that the
+partial sums after attn_output and ffn_down go through `reduce`, which is a no-op for a
+single shard.
+
+The whole step, all layers, is one jitted call: the per-token Python work is O(1).
+
+Weights of a shard live in one uint8 arena; `index[entry]` says where each tensor is:
+entry = layer * N_ROLES + role for per-layer tensors, GLOBAL + k for the others.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from numatp import _env  # noqa: F401
+from numatp.quant.kernels import linear
+
+# Per-layer roles (index rows layer * N_ROLES + role).
+ATTN_NORM, WQ, WK, WV, BQ, BK, BV, QNORM, KNORM, WO, FFN_NORM, WGATE, WUP, WDOWN = range(14)
+N_ROLES = 14
+# Global roles (index rows n_layers * N_ROLES + role).
+OUT_NORM, OUTPUT = 0, 1
+N_GLOBAL = 2
+
+# Columns of the index.
+OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
+INDEX_COLS = 6
+
+# Fields of the int64 `dims` vector of a shard.
+(D_LAYERS, D_HIDDEN, D_HEAD_DIM, D_NQ, D_NKV, D_Q0, D_KV0, D_GROUP, D_FFN, D_VOCAB,
+ D_ROPE_DIM, D_ROPE_NEOX, D_QKV_BIAS, D_QK_NORM, D_CTX, D_ATT_COLS, D_FFN_COLS) = range(17)
+N_DIMS = 17
+
+
+@njit(cache=True)
+def _vector(arena, index, e):
+    off = index[e, OFFSET]
+    return arena[off:off + index[e, NBYTES]].view(np.float32)
+
+
+@njit(cache=True)
+def _linear(arena, index, e, X, Y):
+    off = index[e, OFFSET]
+    linear(index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS], index[e, COLS], X, Y)
+
+
+@njit(cache=True)
+def _rmsnorm(x, w, eps, out):
+    n = x.shape[1]
+    for t in range(x.shape[0]):
+        ss = 0.0
+        for j in range(n):
+            ss += np.float64(x[t, j]) * x[t, j]
+        scale = np.float32(1.0 / math.sqrt(ss / n + eps))
+        for j in range(n):
+            out[t, j] = x[t, j] * scale * w[j]
+
+
+@njit(cache=True)
+def _head_rmsnorm(v, n_heads, hd, w, eps):
+    """In place, each head of each row separately (qwen3's q/k norm)."""
+    for t in range(v.shape[0]):
+        for h in range(n_heads):
+            ss = 0.0
+            for j in range(hd):
+                ss += np.float64(v[t, h * hd + j]) * v[t, h * hd + j]
+            scale = np.float32(1.0 / math.sqrt(ss / hd + eps))
+            for j in range(hd):
+                v[t, h * hd + j] = v[t, h * hd + j] * scale * w[j]
+
+
+@njit(cache=True)
+def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
+    """Rotate the first rope_dim dims of each head. neox: pairs (i, i + rope_dim/2);
+    otherwise adjacent pairs (2i, 2i+1), which is what llama-architecture GGUFs expect."""
+    half = rope_dim // 2
+    for t in range(v.shape[0]):
+        p = pos0 + t
+        for h in range(n_heads):
+            b = h * hd
+            for i in range(half):
+                if neox:
+                    a, c = b + i, b + i + half
+                else:
+                    a, c = b + 2 * i, b + 2 * i + 1
+                x0, x1 = v[t, a], v[t, c]
+                v[t, a] = x0 * cos[p, i] - x1 * sin[p, i]
+                v[t, c] = x0 * sin[p, i] + x1 * cos[p, i]
+
+
+@njit(cache=True, parallel=True)
+def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
+    """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
+    writes head h of token t at out[t, pad + h*hd ...]."""
+    T = q.shape[0]
+    scale = np.float32(1.0 / math.sqrt(hd))
+    for th in prange(T * nq):
+        t, h = th // nq, th % nq
+        kvh = (q0 + h) // group - kv0
+        n = pos0 + t + 1
+        scores = np.empty(n, dtype=np.float32)
+        qo = h * hd
+        m = np.float32(-np.inf)
+        for p in range(n):
+            s = np.float32(0.0)
+            for j in range(hd):
+                s += q[t, qo + j] * k_cache[layer, kvh, p, j]
+            s *= scale
+            scores[p] = s
+            if s > m:
+                m = s
+        total = 0.0
+        for p in range(n):
+            e = np.float32(math.exp(scores[p] - m))
+            scores[p] = e
+            total += e
+        inv = np.float32(1.0 / total)
+        o = pad + h * hd
+        for j in range(hd):
+            out[t, o + j] = 0.0
+        for p in range(n):
+            w = scores[p] * inv
+            for j in range(hd):
+                out[t, o + j] += w * v_cache[layer, kvh, p, j]
+
+
+@njit(cache=True)
+def _add_bias(v, b):
+    for t in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            v[t, j] += b[j]
+
+
+@njit(cache=True)
+def _reduce(comm, rank, n_ranks, v):
+    """Sum v over all ranks (placeholder until the shared-memory all-reduce lands)."""
+    return 0
+
+
+@njit(cache=True)
+def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0, logits,
+         comm, rank, n_ranks):
+    """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
+    layers, updating x in place and the KV cache; write this shard's slice of the logits
+    of the last token into `logits`. Returns 0, or the all-reduce's non-zero status."""
+    T, hidden = x.shape
+    L, hd, nq, nkv = dims[D_LAYERS], dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
+    ffn = dims[D_FFN]
+    xb = np.empty((T, hidden), dtype=np.float32)
+    q = np.empty((T, nq * hd), dtype=np.float32)
+    k = np.empty((T, nkv * hd), dtype=np.float32)
+    v = np.empty((T, nkv * hd), dtype=np.float32)
+    att = np.zeros((T, dims[D_ATT_COLS]), dtype=np.float32)
+    proj = np.empty((T, hidden), dtype=np.float32)
+    gate = np.empty((T, ffn), dtype=np.float32)
+    up = np.empty((T, ffn), dtype=np.float32)
+    hbuf = np.zeros((T, dims[D_FFN_COLS]), dtype=np.float32)
+    flat = proj.reshape(T * hidden)
+    for layer in range(L):
+        e = layer * N_ROLES
+        # Attention: my heads.
+        _rmsnorm(x, _vector(arena, index, e + ATTN_NORM), eps, xb)
+        _linear(arena, index, e + WQ, xb, q)
+        _linear(arena, index, e + WK, xb, k)
+        _linear(arena, index, e + WV, xb, v)
+        if dims[D_QKV_BIAS]:
+            _add_bias(q, _vector(arena, index, e + BQ))
+            _add_bias(k, _vector(arena, index, e + BK))
+            _add_bias(v, _vector(arena, index, e + BV))
+        if dims[D_QK_NORM]:
+            _head_rmsnorm(q, nq, hd, _vector(arena, index, e + QNORM), eps)
+            _head_rmsnorm(k, nkv, hd, _vector(arena, index, e + KNORM), eps)
+        _rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cos, rope_sin, pos0)
+        _rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cos, rope_sin, pos0)
+        for t in range(T):
+            for h in range(nkv):
+                for j in range(hd):
+                    k_cache[layer, h, pos0 + t, j] = k[t, h * hd + j]
+                    v_cache[layer, h, pos0 + t, j] = v[t, h * hd + j]
+        _attention(q, k_cache, v_cache, layer, pos0, nq, hd, dims[D_GROUP], dims[D_Q0],
+                   dims[D_KV0], att, index[e + WO, PAD])
+        # attn_output over my heads' columns: a partial sum of the full projection.
+        _linear(arena, index, e + WO, att, proj)
+        status = _reduce(comm, rank, n_ranks, flat)
+        if status != 0:
+            return status
+        x += proj
+        # FFN: my rows of gate/up, my columns of down.
+        _rmsnorm(x, _vector(arena, index, e + FFN_NORM), eps, xb)
+        _linear(arena, index, e + WGATE, xb, gate)
+        _linear(arena, index, e + WUP, xb, up)
+        pad = index[e + WDOWN, PAD]
+        for t in range(T):
+            for j in range(ffn):
+                g = gate[t, j]
+                hbuf[t, pad + j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
+        _linear(arena, index, e + WDOWN, hbuf, proj)
+        status = _reduce(comm, rank, n_ranks, flat)
+        if status != 0:
+            return status
+        x += proj
+    # Output head: my vocabulary rows, last token only.
+    g = L * N_ROLES
+    last = np.empty((1, hidden), dtype=np.float32)
+    _rmsnorm(x[T - 1:T], _vector(arena, index, g + OUT_NORM), eps, last)
+    _linear(arena, index, g + OUTPUT, last, logits.reshape(1, logits.shape[0]))
+    return 0
+
+
+def rope_tables(ctx: int, rope_dim: int, base: float, scale: float, freq_factors=None):
+    """cos/sin of pos * base^(-2i/rope_dim) (/ factor_i), computed in float64."""
+    i = np.arange(rope_dim // 2, dtype=np.float64)
+    inv_freq = base ** (-2.0 * i / rope_dim)
+    if freq_factors is not None:
+        inv_freq = inv_freq / np.asarray(freq_factors, dtype=np.float64)
+    angles = np.outer(np.arange(ctx, dtype=np.float64) / scale, inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)

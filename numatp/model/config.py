@@ -1,0 +1,141 @@
+"""The model's hyperparameters, read from GGUF metadata and checked against the tensors."""
+from dataclasses import dataclass
+
+import numpy as np
+
+from numatp.errors import ModelFileError
+from numatp.model.archs import Arch, get_arch
+from numatp.quant import formats
+
+LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                 "ffn_gate", "ffn_up", "ffn_down")
+
+
+@dataclass
+class ModelConfig:
+    arch: Arch
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn: int
+    vocab: int
+    ctx_train: int
+    norm_eps: float
+    rope_base: float
+    rope_dim: int
+    rope_scale: float          # positions are divided by this (linear scaling)
+    rope_freq_factors: object  # per-frequency divisors (llama 3.1 rope_freqs.weight) or None
+    tied_output: bool
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+def _meta(gguf, key, kind, default=None, required=True):
+    value = gguf.metadata.get(key, default)
+    if value is None:
+        if required:
+            raise ModelFileError(f"{gguf.path}: missing metadata {key}")
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ModelFileError(f"{gguf.path}: metadata {key} = {value!r} is not a positive integer")
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
+            raise ModelFileError(f"{gguf.path}: metadata {key} = {value!r} is not a positive number")
+        value = float(value)
+    return value
+
+
+def from_gguf(gguf) -> ModelConfig:
+    arch_name = gguf.metadata.get("general.architecture")
+    if not isinstance(arch_name, str):
+        raise ModelFileError(f"{gguf.path}: missing metadata general.architecture")
+    arch = get_arch(arch_name)
+    p = arch_name + "."
+    n_layers = _meta(gguf, p + "block_count", int)
+    hidden = _meta(gguf, p + "embedding_length", int)
+    n_heads = _meta(gguf, p + "attention.head_count", int)
+    n_kv = _meta(gguf, p + "attention.head_count_kv", int, default=n_heads)
+    head_dim = _meta(gguf, p + "attention.key_length", int, default=hidden // n_heads)
+    value_dim = _meta(gguf, p + "attention.value_length", int, default=head_dim)
+    if value_dim != head_dim:
+        raise ModelFileError(f"{gguf.path}: key length {head_dim} != value length {value_dim} is not supported")
+    if n_heads % n_kv:
+        raise ModelFileError(f"{gguf.path}: {n_heads} heads is not a multiple of {n_kv} KV heads")
+    rope_dim = _meta(gguf, p + "rope.dimension_count", int, default=head_dim)
+    if rope_dim > head_dim or rope_dim % 2:
+        raise ModelFileError(f"{gguf.path}: rope dimension {rope_dim} does not fit head size {head_dim}")
+    scaling = gguf.metadata.get(p + "rope.scaling.type", "none")
+    rope_scale = 1.0
+    if scaling == "linear":
+        rope_scale = _meta(gguf, p + "rope.scaling.factor", float)
+    elif scaling not in ("none", None):
+        raise ModelFileError(f"{gguf.path}: rope scaling {scaling!r} is not supported (supported: none, linear)")
+
+    if "token_embd.weight" not in gguf.tensors:
+        raise ModelFileError(f"{gguf.path}: missing tensor token_embd.weight")
+    vocab = gguf.tensors["token_embd.weight"].shape[0]
+    ffn = _meta(gguf, p + "feed_forward_length", int)
+    freq = gguf.tensors.get("rope_freqs.weight")
+    cfg = ModelConfig(
+        arch=arch, n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv,
+        head_dim=head_dim, ffn=ffn, vocab=vocab,
+        ctx_train=_meta(gguf, p + "context_length", int, default=4096),
+        norm_eps=_meta(gguf, p + "attention.layer_norm_rms_epsilon", float, default=1e-5),
+        rope_base=_meta(gguf, p + "rope.freq_base", float, default=10000.0),
+        rope_dim=rope_dim, rope_scale=rope_scale,
+        rope_freq_factors=None if freq is None else _f32(gguf, freq, (rope_dim // 2,)),
+        tied_output="output.weight" not in gguf.tensors,
+    )
+    check_tensors(gguf, cfg)
+    return cfg
+
+
+def _f32(gguf, t, shape):
+    if t.qtype != formats.F32 or t.shape != shape:
+        raise ModelFileError(f"{gguf.path}: tensor {t.name} should be F32 of shape {shape}, "
+                             f"is {formats.type_name(t.qtype)} {t.shape}")
+    return t.data.view(np.float32)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict:
+    """Row-major shape of every tensor the model needs."""
+    h, hd, f = cfg.hidden, cfg.head_dim, cfg.ffn
+    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    shapes = {"token_embd.weight": (cfg.vocab, h), "output_norm.weight": (h,)}
+    if not cfg.tied_output:
+        shapes["output.weight"] = (cfg.vocab, h)
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (h,), b + "attn_q.weight": (q, h),
+                       b + "attn_k.weight": (kv, h), b + "attn_v.weight": (kv, h),
+                       b + "attn_output.weight": (h, q), b + "ffn_norm.weight": (h,),
+                       b + "ffn_gate.weight": (f, h), b + "ffn_up.weight": (f, h),
+                       b + "ffn_down.weight": (h, f)})
+        if cfg.arch.qkv_bias:
+            shapes.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
+        if cfg.arch.qk_norm:
+            shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
+    return shapes
+
+
+def check_tensors(gguf, cfg: ModelConfig):
+    """Every tensor present, with the shape the metadata implies and a type we can run."""
+    for name, shape in expected_shapes(cfg).items():
+        t = gguf.tensors.get(name)
+        if t is None:
+            raise ModelFileError(f"{gguf.path}: missing tensor {name}")
+        if t.shape != shape:
+            raise ModelFileError(f"{gguf.path}: tensor {name} has shape {t.shape}, the metadata "
+                                 f"implies {shape}")
+        vector = len(shape) == 1
+        if vector and t.qtype != formats.F32:
+            raise ModelFileError(f"{gguf.path}: tensor {name} is {formats.type_name(t.qtype)}; "
+                                 "norm weights and biases must be F32")
+        if not vector and t.qtype not in formats.SUPPORTED:
+            raise ModelFileError(f"{gguf.path}: tensor {name} has quant type "
+                                 f"{formats.type_name(t.qtype)}, which numatp cannot run "
+                                 f"(supported: {formats.supported_names()})")

@@ -1,0 +1,53 @@
+"""A model run in this process as one shard: the tensor-parallel run with N = 1."""
+import numpy as np
+
+from numatp import forward as F
+from numatp.parallel.plan import make_plan
+from numatp.parallel.shard import build_shard, ffn_unit
+
+NO_COMM = (np.zeros(1, dtype=np.int64),)
+
+
+class ShardState:
+    """One shard's weights, KV cache and RoPE tables: everything `forward.step` needs."""
+
+    def __init__(self, gguf, cfg, shard, ctx, alloc=None):
+        self.weights = build_shard(gguf, cfg, shard, ctx, alloc)
+        nkv = shard.kv_heads[1] - shard.kv_heads[0]
+        kv_shape = (cfg.n_layers, nkv, ctx, cfg.head_dim)
+        alloc_f32 = (lambda shape: np.zeros(shape, dtype=np.float32)) if alloc is None else \
+            (lambda shape: alloc(int(np.prod(shape)) * 4).view(np.float32).reshape(shape))
+        self.k_cache = alloc_f32(kv_shape)
+        self.v_cache = alloc_f32(kv_shape)
+        self.rope_cos, self.rope_sin = F.rope_tables(ctx, cfg.rope_dim, cfg.rope_base,
+                                                     cfg.rope_scale, cfg.rope_freq_factors)
+        self.eps = np.float32(cfg.norm_eps)
+        self.vocab = shard.vocab
+
+    def step(self, x, pos0, logits, comm=NO_COMM, rank=0, n_ranks=1):
+        w = self.weights
+        return F.step(w.arena, w.index, w.dims, self.eps, self.rope_cos, self.rope_sin,
+                      self.k_cache, self.v_cache, x, pos0, logits, comm, rank, n_ranks)
+
+
+class LocalModel:
+    """Runs every step in this process: `forward(embeddings, pos0)` -> logits."""
+
+    n_ranks = 1
+
+    def __init__(self, gguf, cfg, ctx, threads=None):
+        if threads:
+            import numba
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        self.shard = make_plan(cfg, 1, ffn_unit(gguf, cfg))[0]
+        self.state = ShardState(gguf, cfg, self.shard, ctx)
+        self.logits = np.empty(cfg.vocab, dtype=np.float32)
+
+    def forward(self, x, pos0):
+        """x: (T, hidden) float32 embeddings of tokens at pos0..; returns the logits of
+        the last one (a view, overwritten by the next call)."""
+        self.state.step(np.ascontiguousarray(x, dtype=np.float32), pos0, self.logits)
+        return self.logits
+
+    def close(self):
+        pass

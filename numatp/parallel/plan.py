@@ -1,0 +1,61 @@
+"""The shard plan: which heads, FFN columns and vocabulary rows each of N ranks owns.
+
+Megatron-style, as in gpt-fast's tp.py: Q/K/V and gate/up are split by output rows
+(colwise), attn_output and ffn_down by input columns (rowwise, giving partial sums that
+an all-reduce adds up), the output head by vocabulary rows. The model code never sees N;
+it runs whatever ranges its shard was given.
+"""
+from dataclasses import dataclass
+
+from numatp.model.config import ModelConfig
+
+
+def split_even(n_units: int, n: int) -> list:
+    """Near-equal contiguous ranges [(start, end), ...] of n_units over n parts; the first
+    n_units % n parts get one more."""
+    base, extra = divmod(n_units, n)
+    ranges, start = [], 0
+    for i in range(n):
+        end = start + base + (1 if i < extra else 0)
+        ranges.append((start, end))
+        start = end
+    return ranges
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    n_ranks: int
+    q_heads: tuple      # [h0, h1) query heads
+    kv_heads: tuple     # [k0, k1) KV heads those query heads read (replicated if shared)
+    ffn: tuple          # [f0, f1) rows of gate/up = input columns of down
+    vocab: tuple        # [v0, v1) rows of the output head
+
+    def describe(self) -> str:
+        return (f"rank {self.rank}: q heads {self.q_heads[0]}-{self.q_heads[1] - 1}, "
+                f"kv heads {self.kv_heads[0]}-{self.kv_heads[1] - 1}, "
+                f"ffn {self.ffn[0]}:{self.ffn[1]}, vocab {self.vocab[0]}:{self.vocab[1]}")
+
+
+def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1) -> list:
+    """Shards for n ranks. ffn_unit: FFN split points land on multiples of it (the block
+    size of ffn_down) so that no quant block straddles two ranks."""
+    if n < 1:
+        raise ValueError("need at least one rank")
+    g = cfg.group
+    if cfg.n_kv_heads >= n:
+        # Whole KV-head groups per rank: GQA stays local, nothing replicated.
+        kv = split_even(cfg.n_kv_heads, n)
+        heads = [((k0 * g, k1 * g), (k0, k1)) for k0, k1 in kv]
+    else:
+        # Fewer KV heads than ranks: split query heads; each rank holds (replicates) the
+        # KV heads its query heads read.
+        heads = []
+        for h0, h1 in split_even(cfg.n_heads, n):
+            k0, k1 = (h0 // g, (h1 - 1) // g + 1) if h1 > h0 else (0, 0)
+            heads.append(((h0, h1), (k0, k1)))
+    if cfg.ffn % ffn_unit:
+        raise ValueError(f"ffn {cfg.ffn} is not a multiple of the split unit {ffn_unit}")
+    ffn = [(a * ffn_unit, b * ffn_unit) for a, b in split_even(cfg.ffn // ffn_unit, n)]
+    vocab = split_even(cfg.vocab, n)
+    return [Shard(r, n, heads[r][0], heads[r][1], ffn[r], vocab[r]) for r in range(n)]

@@ -1,0 +1,129 @@
+"""Cut one shard's tensors out of the mmapped GGUF into a single arena (one allocation,
+one index), the layout numatp.forward.step reads.
+
+Row shards (Q/K/V, gate/up, output head) are contiguous byte ranges of the file. Column
+shards (attn_output, ffn_down) keep whole quant blocks: the blocks that cover my columns,
+copied row by row. When my first column is not on a block boundary (a head boundary
+inside a 256-element block), the input vector is padded: `pad` zeros before my columns
+and zeros after; a neighbour holding the same block contributes the other columns.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from numatp import forward as F
+from numatp.model.config import ModelConfig
+from numatp.parallel.plan import Shard
+from numatp.quant import formats
+
+ALIGN = 64  # every tensor starts on a cache line
+
+
+@dataclass
+class ShardWeights:
+    arena: np.ndarray     # uint8, all of this shard's weights
+    index: np.ndarray     # int64 (n_entries, F.INDEX_COLS)
+    dims: np.ndarray      # int64 (F.N_DIMS,)
+
+
+class _Piece:
+    """A tensor slice waiting to be copied: rows, columns as whole blocks."""
+
+    def __init__(self, t, r0, r1, c0=0, c1=None):
+        self.t = t
+        bs = formats.block_size(t.qtype)
+        c1 = t.cols if c1 is None else c1
+        self.r0, self.r1 = r0, r1
+        self.b0, self.b1 = c0 // bs, -(-c1 // bs)          # blocks covering [c0, c1)
+        self.pad = c0 - self.b0 * bs
+        self.cols = (self.b1 - self.b0) * bs
+        self.row_bytes = formats.row_bytes(t.qtype, t.cols)
+        self.nbytes = (r1 - r0) * formats.row_bytes(t.qtype, self.cols)
+
+    def copy_to(self, dst):
+        bb = formats.block_bytes(self.t.qtype)
+        rows = self.t.data[self.r0 * self.row_bytes:self.r1 * self.row_bytes]
+        if self.b0 == 0 and self.b1 * bb == self.row_bytes:
+            dst[:] = rows
+        else:
+            m = rows.reshape(self.r1 - self.r0, self.row_bytes)[:, self.b0 * bb:self.b1 * bb]
+            dst.reshape(m.shape)[:] = m
+
+
+def ffn_unit(gguf, cfg: ModelConfig) -> int:
+    """FFN split granularity: the largest ffn_down block size over all layers."""
+    return max(formats.block_size(gguf.tensors[f"blk.{i}.ffn_down.weight"].qtype)
+               for i in range(cfg.n_layers))
+
+
+def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
+    """{index entry: _Piece} for every tensor of this shard."""
+    hd = cfg.head_dim
+    (h0, h1), (k0, k1), (f0, f1), (v0, v1) = shard.q_heads, shard.kv_heads, shard.ffn, shard.vocab
+    T = gguf.tensors
+    pieces = {}
+    for i in range(cfg.n_layers):
+        b, e = f"blk.{i}.", i * F.N_ROLES
+        full = lambda name: _Piece(T[b + name], 0, T[b + name].rows)  # noqa: E731
+        pieces[e + F.ATTN_NORM] = full("attn_norm.weight")
+        pieces[e + F.FFN_NORM] = full("ffn_norm.weight")
+        pieces[e + F.WQ] = _Piece(T[b + "attn_q.weight"], h0 * hd, h1 * hd)
+        pieces[e + F.WK] = _Piece(T[b + "attn_k.weight"], k0 * hd, k1 * hd)
+        pieces[e + F.WV] = _Piece(T[b + "attn_v.weight"], k0 * hd, k1 * hd)
+        if cfg.arch.qkv_bias:
+            # A bias is one row: slice its columns.
+            pieces[e + F.BQ] = _Piece(T[b + "attn_q.bias"], 0, 1, h0 * hd, h1 * hd)
+            pieces[e + F.BK] = _Piece(T[b + "attn_k.bias"], 0, 1, k0 * hd, k1 * hd)
+            pieces[e + F.BV] = _Piece(T[b + "attn_v.bias"], 0, 1, k0 * hd, k1 * hd)
+        if cfg.arch.qk_norm:
+            pieces[e + F.QNORM] = full("attn_q_norm.weight")
+            pieces[e + F.KNORM] = full("attn_k_norm.weight")
+        wo = T[b + "attn_output.weight"]
+        pieces[e + F.WO] = _Piece(wo, 0, wo.rows, h0 * hd, h1 * hd)
+        pieces[e + F.WGATE] = _Piece(T[b + "ffn_gate.weight"], f0, f1)
+        pieces[e + F.WUP] = _Piece(T[b + "ffn_up.weight"], f0, f1)
+        wd = T[b + "ffn_down.weight"]
+        pieces[e + F.WDOWN] = _Piece(wd, 0, wd.rows, f0, f1)
+    g = cfg.n_layers * F.N_ROLES
+    pieces[g + F.OUT_NORM] = _Piece(T["output_norm.weight"], 0, 1)
+    out = T["token_embd.weight"] if cfg.tied_output else T["output.weight"]
+    pieces[g + F.OUTPUT] = _Piece(out, v0, v1)
+    return pieces
+
+
+def shard_dims(cfg: ModelConfig, shard: Shard, pieces: dict, ctx: int) -> np.ndarray:
+    d = np.zeros(F.N_DIMS, dtype=np.int64)
+    (h0, h1), (k0, k1) = shard.q_heads, shard.kv_heads
+    d[F.D_LAYERS], d[F.D_HIDDEN], d[F.D_HEAD_DIM] = cfg.n_layers, cfg.hidden, cfg.head_dim
+    d[F.D_NQ], d[F.D_NKV], d[F.D_Q0], d[F.D_KV0] = h1 - h0, k1 - k0, h0, k0
+    d[F.D_GROUP] = cfg.group
+    d[F.D_FFN] = shard.ffn[1] - shard.ffn[0]
+    d[F.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
+    d[F.D_ROPE_DIM], d[F.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
+    d[F.D_QKV_BIAS], d[F.D_QK_NORM] = cfg.arch.qkv_bias, cfg.arch.qk_norm
+    d[F.D_CTX] = ctx
+    layers = range(cfg.n_layers)
+    d[F.D_ATT_COLS] = max(pieces[i * F.N_ROLES + F.WO].cols for i in layers)
+    d[F.D_FFN_COLS] = max(pieces[i * F.N_ROLES + F.WDOWN].cols for i in layers)
+    return d
+
+
+def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> ShardWeights:
+    """Copy this shard's tensors into one arena. `alloc(nbytes)` returns the uint8 arena
+    (node-local memory in a worker); pages are first touched by the copy."""
+    pieces = plan_pieces(gguf, cfg, shard)
+    n_entries = cfg.n_layers * F.N_ROLES + F.N_GLOBAL
+    index = np.full((n_entries, F.INDEX_COLS), -1, dtype=np.int64)
+    offset = 0
+    for e, p in pieces.items():
+        index[e] = (offset, p.t.qtype, p.r1 - p.r0, p.cols, p.nbytes, p.pad)
+        offset += -(-p.nbytes // ALIGN) * ALIGN
+    arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
+    for e, p in pieces.items():
+        p.copy_to(arena[index[e, F.OFFSET]:index[e, F.OFFSET] + p.nbytes])
+    return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx))
+
+
+def shard_bytes(gguf, cfg: ModelConfig, shard: Shard) -> int:
+    """Weight bytes a shard holds (what `numatp info --nodes N` reports)."""
+    return sum(p.nbytes for p in plan_pieces(gguf, cfg, shard).values())
