@@ -1,1 +1,110 @@
-"""Placeholder: this command arrives with its own module."""
+"""`numatp generate`: stream text from a prompt; timings on stderr; --json for scripts."""
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from numatp.cli.main import app
+from numatp.errors import UsageError
+
+
+def read_prompt(prompt, prompt_opt, file) -> str:
+    given = [p for p in (prompt, prompt_opt) if p is not None]
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as f:
+                given.append(f.read())
+        except OSError as e:
+            raise UsageError(f"cannot read prompt file {file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"prompt file {file} is not UTF-8 text") from None
+    if len(given) > 1:
+        raise UsageError("give the prompt once: as an argument, with -p, or with -f")
+    if given:
+        return given[0]
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    raise UsageError("no prompt: give one as an argument, with -p/-f, or on stdin")
+
+
+@app.command()
+def generate(
+    prompt: Optional[str] = typer.Argument(None, help="The prompt (or use -p, -f, or stdin)."),
+    prompt_opt: Optional[str] = typer.Option(None, "-p", "--prompt", help="The prompt."),
+    file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
+    model: Optional[str] = typer.Option(None, "-m", "--model",
+                                        help="GGUF file or known model name (default: smollm2-135m)."),
+    n_predict: int = typer.Option(128, "-n", "--n-predict", help="Tokens to generate (-1: until EOS or context full)."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy."),
+    top_k: int = typer.Option(40, "--top-k"),
+    top_p: float = typer.Option(0.95, "--top-p"),
+    min_p: float = typer.Option(0.05, "--min-p"),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty"),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n"),
+    seed: int = typer.Option(-1, "-s", "--seed", help="RNG seed (-1: random)."),
+    ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: the model's, at most 4096)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Total threads (default: all CPUs of the nodes)."),
+    nodes: str = typer.Option("auto", "--nodes", help="auto, a count N (virtual nodes if the machine has fewer), or a list such as 0,1."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+):
+    """Generate text from a prompt."""
+    import numatp
+    from numatp.sampling import SamplingParams
+
+    text = read_prompt(prompt, prompt_opt, file)
+    if n_predict == 0 or n_predict < -1:
+        raise UsageError(f"invalid -n {n_predict}: give a positive count, or -1 for no limit")
+    if ctx_size < 0:
+        raise UsageError(f"invalid --ctx-size {ctx_size}: must be >= 0")
+    if system is not None and not chat:
+        raise UsageError("--system needs --chat")
+    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                            None if seed == -1 else seed).validate()
+
+    with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None) as llm:
+        ids = llm.prompt_ids(text, chat=chat, system=system)
+        out = []
+        decoder = llm.tokenizer.stream_decoder()
+        try:
+            for tok in llm.generate_ids(ids, None if n_predict == -1 else n_predict, params):
+                piece = decoder.add(tok)
+                out.append(piece)
+                if piece and not as_json:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            rest = decoder.flush()
+            out.append(rest)
+            if not as_json:
+                sys.stdout.write(rest + "\n")
+                sys.stdout.flush()
+        finally:
+            if not as_json:
+                sys.stdout.flush()
+        s = llm.stats
+        gbps = llm.bytes_per_token * s.decode_tps / 1e9
+        if as_json:
+            print(json.dumps({
+                "text": "".join(out), "tokens": s.tokens, "prompt_tokens": s.prompt_tokens,
+                "n_prompt": s.n_prompt, "n_gen": s.n_gen, "prompt_tps": s.prompt_tps,
+                "decode_tps": s.decode_tps, "effective_gbps": gbps, "nodes": llm.nodes,
+                "stop_reason": s.stop_reason, "model": llm.path,
+            }))
+        print(f"numatp: prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | decode {s.n_gen} tokens, "
+              f"{s.decode_tps:.1f} tok/s, {gbps:.1f} GB/s effective | nodes {llm.nodes}",
+              file=sys.stderr)
+
+
+@app.command()
+def pull(name: Optional[str] = typer.Argument(None, help="Model name (see --list)."),
+         list_: bool = typer.Option(False, "--list", help="List the known models.")):
+    """Fetch a known model into the cache ($NUMATP_CACHE, default ~/.cache/numatp)."""
+    from numatp.registry import MODELS, cached_path, pull as do_pull
+    if list_ or name is None:
+        for m in MODELS.values():
+            state = "cached" if cached_path(m.name).exists() else "not cached"
+            print(f"{m.name:22s} {m.description} [{state}]")
+        return
+    print(do_pull(name))

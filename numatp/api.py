@@ -1,0 +1,203 @@
+"""The Python API:
+
+    import numatp
+    with numatp.load("model.gguf", nodes="auto") as llm:
+        for piece in llm.generate("Once upon a time", max_tokens=64, temperature=0.8, seed=1):
+            print(piece, end="", flush=True)
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from numatp import _env  # noqa: F401
+from numatp.errors import NumatpError, UsageError
+from numatp.model.config import from_gguf
+from numatp.model.gguf_file import GGUFFile
+from numatp.sampling import Sampler, SamplingParams
+
+PREFILL_CHUNK = 64       # prompt tokens per forward call
+DEFAULT_CTX = 4096
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: list = field(default_factory=list)
+    tokens: list = field(default_factory=list)
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    stop_reason: str = ""
+
+    @property
+    def n_prompt(self):
+        return len(self.prompt_tokens)
+
+    @property
+    def n_gen(self):
+        return len(self.tokens)
+
+    @property
+    def prompt_tps(self):
+        return self.n_prompt / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def decode_tps(self):
+        # The first generated token comes from the prompt pass; the rest are decode steps.
+        steps = max(self.n_gen - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds > 0 and steps else 0.0
+
+
+class LLM:
+    """A loaded model. Use as a context manager, or call close()."""
+
+    def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None):
+        from numatp.registry import resolve_model
+        from numatp.tokenizer import Tokenizer
+        self.path = str(resolve_model(path))
+        self.gguf = GGUFFile(self.path)
+        self.config = from_gguf(self.gguf)
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        if ctx_size is None or ctx_size == 0:
+            ctx_size = min(self.config.ctx_train, DEFAULT_CTX)
+        if not isinstance(ctx_size, int) or ctx_size < 1:
+            raise UsageError(f"invalid context size {ctx_size!r}: must be a positive integer")
+        self.ctx = ctx_size
+        self._embd = self.gguf.tensors["token_embd.weight"]
+        self.model = self._start(nodes, threads)
+        self.stats = GenerationStats()
+        self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
+
+    def _start(self, nodes, threads):
+        from numatp.parallel.group import resolve_nodes
+        placement = resolve_nodes(nodes, threads)
+        if len(placement) == 1 and not placement[0].bind:
+            from numatp.parallel.local import LocalModel
+            self.nodes = 1
+            return LocalModel(self.gguf, self.config, self.ctx, len(placement[0].cpus))
+        from numatp.parallel.coordinator import ProcessGroupModel
+        self.nodes = len(placement)
+        return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement)
+
+    # --- the pieces -------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list:
+        return self.tokenizer.encode(text, add_special=add_special)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def embed(self, ids) -> np.ndarray:
+        from numatp.quant.kernels import dequantize_rows
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
+            raise UsageError(f"token id out of range [0, {self.config.vocab})")
+        out = np.empty((ids.shape[0], self.config.hidden), dtype=np.float32)
+        dequantize_rows(self._embd.qtype, self._embd.data, self.config.hidden, ids, out)
+        return out
+
+    def _prefill(self, ids) -> np.ndarray:
+        """Run the prompt from position 0 in chunks; logits after its last token."""
+        if not ids:
+            raise UsageError("empty prompt: nothing to continue from")
+        if len(ids) > self.ctx:
+            raise NumatpError(f"prompt of {len(ids)} tokens does not fit the context of {self.ctx} "
+                              "tokens (raise -c/--ctx-size)")
+        logits = None
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            logits = self.model.forward(self.embed(ids[start:start + PREFILL_CHUNK]), start)
+        return logits
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits (float32, vocab) after the last of `ids`, from an empty cache."""
+        return np.array(self._prefill(list(ids)), dtype=np.float32)
+
+    # --- generation -------------------------------------------------------------------
+    def generate_ids(self, prompt_ids, max_tokens=128, params: SamplingParams | None = None,
+                     stop_at_eog=True):
+        """Yield generated token ids; statistics land in self.stats."""
+        params = params or SamplingParams()
+        sampler = Sampler(params)
+        if max_tokens is None or max_tokens < 0:
+            max_tokens = self.ctx
+        stats = self.stats = GenerationStats(prompt_tokens=list(prompt_ids))
+        t0 = time.perf_counter()
+        logits = self._prefill(stats.prompt_tokens)
+        history = list(prompt_ids)
+        stats.prompt_seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        pos = len(history)
+        while True:
+            if stats.n_gen >= max_tokens:
+                stats.stop_reason = "length"
+                break
+            tok = sampler(logits, history)
+            if stop_at_eog and tok in self.tokenizer.eog_ids:
+                stats.stop_reason = "eos"
+                break
+            stats.tokens.append(tok)
+            history.append(tok)
+            yield tok
+            if stats.n_gen >= max_tokens:
+                stats.stop_reason = "length"
+                break
+            if pos >= self.ctx:
+                stats.stop_reason = "context"
+                break
+            logits = self.model.forward(self.embed([tok]), pos)
+            pos += 1
+            stats.decode_seconds = time.perf_counter() - t1
+
+    def prompt_ids(self, prompt: str, chat=False, system=None) -> list:
+        if chat:
+            from numatp.chat import chat_prompt
+            text = chat_prompt(self.tokenizer, prompt, system=system)
+            return self.tokenizer.encode_chat(text) if hasattr(self.tokenizer, "encode_chat") \
+                else self.tokenizer.encode(text, add_special=not text.startswith(self.tokenizer.bos_text or "\0"))
+        return self.tokenizer.encode(prompt, add_special=True)
+
+    def generate(self, prompt: str, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95,
+                 min_p=0.05, repeat_penalty=1.0, repeat_last_n=64, seed=None, chat=False,
+                 system=None):
+        """Stream the generated text, in pieces of complete UTF-8 characters."""
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        params.validate()
+        ids = self.prompt_ids(prompt, chat=chat, system=system)
+        decoder = self.tokenizer.stream_decoder()
+        for tok in self.generate_ids(ids, max_tokens, params):
+            piece = decoder.add(tok)
+            if piece:
+                yield piece
+        rest = decoder.flush()
+        if rest:
+            yield rest
+
+    def close(self):
+        model, self.model = getattr(self, "model", None), None
+        if model is not None:
+            model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def weight_bytes_per_token(gguf, cfg) -> int:
+    """Bytes of weights one decode step reads: every matrix once, one embedding row."""
+    total = 0
+    for name, t in gguf.tensors.items():
+        if name == "token_embd.weight":
+            total += t.nbytes // t.rows * (1 if not cfg.tied_output else t.rows)
+        elif name != "rope_freqs.weight":
+            total += t.nbytes
+    return total
+
+
+def load(path=None, nodes="auto", threads=None, ctx_size=None) -> LLM:
+    return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size)

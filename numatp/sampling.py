@@ -1,0 +1,74 @@
+"""Choosing the next token from logits, with llama.cpp's sampler chain and defaults:
+repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw. Temperature 0 is
+greedy. The same seed gives the same tokens."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from numatp.errors import UsageError
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def validate(self):
+        def bad(name, value, rule):
+            raise UsageError(f"invalid {name} {value!r}: {rule}")
+        for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                bad(name, value, "must be a finite number")
+        if self.temperature < 0:
+            bad("temperature", self.temperature, "must be >= 0")
+        if not 0 < self.top_p <= 1:
+            bad("top-p", self.top_p, "must be in (0, 1]")
+        if not 0 <= self.min_p <= 1:
+            bad("min-p", self.min_p, "must be in [0, 1]")
+        if self.repeat_penalty <= 0:
+            bad("repeat-penalty", self.repeat_penalty, "must be > 0")
+        if self.top_k < 0:
+            bad("top-k", self.top_k, "must be >= 0 (0 disables it)")
+        if self.repeat_last_n < 0:
+            bad("repeat-last-n", self.repeat_last_n, "must be >= 0")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            bad("seed", self.seed, "must be in [0, 2^64)")
+        return self
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.p = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history) -> int:
+        p = self.p
+        if p.repeat_penalty != 1.0 and p.repeat_last_n and len(history):
+            logits = logits.copy()
+            recent = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64))
+            vals = logits[recent]
+            logits[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+        if p.temperature == 0:
+            return int(np.argmax(logits))
+        ids = np.arange(logits.shape[0])
+        if 0 < p.top_k < logits.shape[0]:
+            ids = np.argpartition(-logits, p.top_k - 1)[:p.top_k]
+        ids = ids[np.argsort(-logits[ids], kind="stable")]
+        z = logits[ids].astype(np.float64)
+        probs = np.exp(z - z[0])
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            ids, z, probs = ids[:keep], z[:keep], probs[:keep]
+        if p.min_p > 0:
+            keep = max(1, int(np.count_nonzero(probs >= p.min_p * probs[0])))
+            ids, z = ids[:keep], z[:keep]
+        w = np.exp((z - z[0]) / p.temperature)
+        return int(ids[self.rng.choice(len(ids), p=w / w.sum())])
