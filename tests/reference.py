@@ -1,0 +1,154 @@
+"""An independent float64 NumPy forward pass for llama, qwen2 and qwen3 GGUF models: the
+yardstick numatp's forward is checked against.
+
+Written plainly from llama.cpp's conventions and nothing of numatp's model code: the file
+is read with gguf.GGUFReader and every tensor dequantized with gguf.quants.dequantize,
+then widened to float64, so the only differences from numatp should be numatp's float32
+arithmetic.
+
+Conventions (as llama.cpp computes them):
+- RMSNorm: x / sqrt(mean(x^2) + eps) * w.
+- RoPE over the first n_rot dims of each head (n_rot = rope.dimension_count, default the
+  head size), angle = pos * freq_scale * base^(-2i/n_rot) / freq_factor[i]. llama uses the
+  "normal" mode, rotating adjacent pairs (2i, 2i+1) (llama.cpp's converter permutes the
+  Q/K rows of HF checkpoints to suit); qwen2/qwen3 use NEOX mode, pairs (i, i + n_rot/2).
+- qwen2: Q/K/V biases. qwen3: RMSNorm of each query and key head (attn_q_norm,
+  attn_k_norm, length head_dim) after the projection and before RoPE.
+- Grouped-query attention: query head h reads KV head h // (n_heads / n_kv_heads); scores
+  scaled by 1/sqrt(head_dim); causal softmax.
+- SwiGLU FFN: down(silu(gate(x)) * up(x)). Output head = token_embd when output.weight
+  is absent (tied embeddings).
+"""
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+ARCHS = ("llama", "qwen2", "qwen3")
+NEOX_ARCHS = ("qwen2", "qwen3")
+
+
+class ReferenceModel:
+    """A GGUF model held as float64 arrays; `logits(ids)` runs the whole causal forward."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        reader = GGUFReader(str(self.path))
+        fields = reader.fields
+
+        def meta(key, default=None):
+            field = fields.get(key)
+            return default if field is None else field.contents()
+
+        self.arch = meta("general.architecture")
+        if self.arch not in ARCHS:
+            raise ValueError(f"{self.path}: reference forward supports {ARCHS}, not {self.arch!r}")
+        a = self.arch
+        self.n_layers = meta(f"{a}.block_count")
+        self.hidden = meta(f"{a}.embedding_length")
+        self.n_heads = meta(f"{a}.attention.head_count")
+        self.n_kv_heads = meta(f"{a}.attention.head_count_kv", self.n_heads)
+        self.head_dim = meta(f"{a}.attention.key_length", self.hidden // self.n_heads)
+        self.v_head_dim = meta(f"{a}.attention.value_length", self.head_dim)
+        self.eps = meta(f"{a}.attention.layer_norm_rms_epsilon")
+        self.rope_base = meta(f"{a}.rope.freq_base", 10000.0)
+        self.n_rot = meta(f"{a}.rope.dimension_count", self.head_dim)
+        scaling = meta(f"{a}.rope.scaling.type", "none")
+        factor = meta(f"{a}.rope.scaling.factor", 1.0)
+        if scaling not in ("none", "linear") and factor != 1.0:
+            raise ValueError(f"{self.path}: reference forward does not do {scaling} rope scaling")
+        self.freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
+        self.neox = self.arch in NEOX_ARCHS
+
+        self.w = {}
+        for t in reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape))   # GGUF lists dims innermost first
+            values = dequantize(t.data, t.tensor_type).reshape(shape)
+            self.w[t.name] = values.astype(np.float64)
+        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
+        self.vocab = self.output.shape[0]
+
+    # --- pieces -----------------------------------------------------------------------------
+
+    def rms_norm(self, x, weight):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * weight
+
+    def rope(self, x, positions):
+        """Rotate x of shape (tokens, heads, head_dim) by each token's position."""
+        half = self.n_rot // 2
+        inv_freq = self.rope_base ** (-2.0 * np.arange(half) / self.n_rot)
+        if "rope_freqs.weight" in self.w:               # llama 3.x per-frequency factors
+            inv_freq = inv_freq / self.w["rope_freqs.weight"][:half]
+        angle = (np.asarray(positions, np.float64) * self.freq_scale)[:, None] * inv_freq[None, :]
+        cos, sin = np.cos(angle)[:, None, :], np.sin(angle)[:, None, :]
+        out = x.copy()
+        if self.neox:
+            a, b = x[..., :half], x[..., half:self.n_rot]
+            out[..., :half] = a * cos - b * sin
+            out[..., half:self.n_rot] = a * sin + b * cos
+        else:
+            a, b = x[..., 0:self.n_rot:2], x[..., 1:self.n_rot:2]
+            out[..., 0:self.n_rot:2] = a * cos - b * sin
+            out[..., 1:self.n_rot:2] = a * sin + b * cos
+        return out
+
+    def linear(self, x, name):
+        y = x @ self.w[name + ".weight"].T
+        bias = self.w.get(name + ".bias")
+        return y if bias is None else y + bias
+
+    def attention(self, x, layer, positions):
+        p = f"blk.{layer}."
+        n = len(x)
+        q = self.linear(x, p + "attn_q").reshape(n, self.n_heads, self.head_dim)
+        k = self.linear(x, p + "attn_k").reshape(n, self.n_kv_heads, self.head_dim)
+        v = self.linear(x, p + "attn_v").reshape(n, self.n_kv_heads, self.v_head_dim)
+        if p + "attn_q_norm.weight" in self.w:
+            q = self.rms_norm(q, self.w[p + "attn_q_norm.weight"])
+            k = self.rms_norm(k, self.w[p + "attn_k_norm.weight"])
+        q, k = self.rope(q, positions), self.rope(k, positions)
+        group = self.n_heads // self.n_kv_heads
+        future = np.triu(np.ones((n, n), dtype=bool), k=1)
+        out = np.empty((n, self.n_heads, self.v_head_dim))
+        for h in range(self.n_heads):
+            kv = h // group
+            scores = q[:, h] @ k[:, kv].T / np.sqrt(self.head_dim)
+            scores[future] = -np.inf
+            scores -= scores.max(axis=1, keepdims=True)
+            probs = np.exp(scores)
+            probs /= probs.sum(axis=1, keepdims=True)
+            out[:, h] = probs @ v[:, kv]
+        return self.linear(out.reshape(n, -1), p + "attn_output")
+
+    def ffn(self, x, layer):
+        p = f"blk.{layer}."
+        gate = self.linear(x, p + "ffn_gate")
+        up = self.linear(x, p + "ffn_up")
+        return self.linear(gate / (1.0 + np.exp(-gate)) * up, p + "ffn_down")
+
+    # --- the model --------------------------------------------------------------------------
+
+    def logits(self, token_ids) -> np.ndarray:
+        """Logits after every token, float64 of shape (len(token_ids), vocab); token i sits
+        at position i."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        positions = np.arange(len(ids))
+        x = self.w["token_embd.weight"][ids]
+        for layer in range(self.n_layers):
+            p = f"blk.{layer}."
+            x = x + self.attention(self.rms_norm(x, self.w[p + "attn_norm.weight"]), layer, positions)
+            x = x + self.ffn(self.rms_norm(x, self.w[p + "ffn_norm.weight"]), layer)
+        return self.rms_norm(x, self.w["output_norm.weight"]) @ self.output.T
+
+    def greedy(self, prompt_ids, n_tokens) -> list:
+        """The next n_tokens by argmax, recomputing the whole sequence each step."""
+        ids = list(prompt_ids)
+        for _ in range(n_tokens):
+            ids.append(int(np.argmax(self.logits(ids)[-1])))
+        return ids[len(prompt_ids):]
+
+
+def reference_logits(path, token_ids) -> np.ndarray:
+    """Float64 logits (len(token_ids), vocab) of the GGUF model at `path`."""
+    return ReferenceModel(path).logits(token_ids)
