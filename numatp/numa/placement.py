@@ -14,6 +14,7 @@ import numpy as np
 
 from numatp.errors import NumatpError, UsageError
 from numatp.numa import libnuma
+from numatp.numa.topology import format_cpulist
 
 PAGE = mmap.PAGESIZE
 # <linux/mempolicy.h>
@@ -34,26 +35,13 @@ def pin_to_cpus(cpus) -> None:
         os.sched_setaffinity(0, cpus)
     except (OSError, ValueError) as e:
         allowed = sorted(os.sched_getaffinity(0))
-        raise NumatpError(f"cannot pin to CPUs {_ranges(cpus)}: {e} "
-                          f"(this process may use CPUs {_ranges(allowed)})") from None
+        raise NumatpError(f"cannot pin to CPUs {format_cpulist(cpus)}: {getattr(e, 'strerror', None) or e} "
+                          f"(this process may use CPUs {format_cpulist(allowed)})") from None
     for tid in os.listdir("/proc/self/task"):
         try:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:  # the thread ended meanwhile
             pass
-
-
-def _ranges(cpus) -> str:
-    """[0, 1, 2, 5] -> '0-2,5'."""
-    parts, cpus = [], sorted(cpus)
-    i = 0
-    while i < len(cpus):
-        j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
-            j += 1
-        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 def _nodemask(node: int):

@@ -125,6 +125,19 @@ def parse_cpulist(text: str) -> list[int]:
     return sorted(set(cpus))
 
 
+def format_cpulist(cpus) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the inverse of parse_cpulist)."""
+    parts, cpus = [], sorted(set(cpus))
+    i = 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        parts.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
 def _parse_meminfo(text: str) -> dict[str, int]:
     """Lines like 'Node 0 MemTotal:  5859104 kB' -> {'MemTotal': bytes}."""
     out = {}
