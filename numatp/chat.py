@@ -1,0 +1,99 @@
+"""Chat prompts: render a model's Jinja chat template the way Hugging Face transformers
+does, so a GGUF file's `tokenizer.chat_template` gives the prompt the model was trained on.
+
+transformers renders in a sandboxed, immutable Jinja environment with trim_blocks and
+lstrip_blocks, the loop-controls extension, a `tojson` filter that keeps non-ASCII text
+as is, and two functions templates rely on: raise_exception(message) and
+strftime_now(format). The template sees `messages`, `add_generation_prompt`, the special
+token texts (bos_token, eos_token) and any extra variables passed through.
+
+A file without a template gets ChatML, as llama.cpp does.
+
+Encoding a rendered prompt: templates that write the BOS token themselves are common;
+Tokenizer.encode does not add a second one (it skips BOS when the text already starts
+with it), so `tokenizer.encode(chat_prompt(...))` is the right call either way.
+"""
+import json
+from datetime import datetime
+from functools import lru_cache
+
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+
+from numatp.errors import NumatpError
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class TemplateError(NumatpError):
+    """A chat template that does not parse, or refused the conversation."""
+
+
+class _Raised(Exception):
+    """raise_exception() from inside a template; carries the template's own message."""
+
+
+def _raise_exception(message):
+    raise _Raised(str(message))
+
+
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # Like transformers: non-ASCII stays readable in the prompt (json.dumps' default
+    # would turn "é" into "\u00e9", which the model never saw in training).
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent,
+                      separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=8)
+def _compile(template: str):
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    try:
+        return env.from_string(template)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"chat template does not parse: {e.message} (line {e.lineno})") from None
+
+
+def render_chat(template, messages, add_generation_prompt=True, bos_token="", eos_token="",
+                **variables) -> str:
+    """The prompt text for `messages` (a list of {"role": ..., "content": ...}).
+    `template` None means ChatML. Extra keyword arguments (tools, documents, ...) are
+    passed to the template."""
+    compiled = _compile(template if template else CHATML_TEMPLATE)
+    try:
+        return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                               bos_token=bos_token, eos_token=eos_token, **variables)
+    except _Raised as e:
+        raise TemplateError(f"chat template: {e}") from None
+    except jinja2.TemplateError as e:   # undefined names, sandbox refusals, ...
+        raise TemplateError(f"chat template failed: {e}") from None
+
+
+def special_token_text(tokenizer, token_id) -> str:
+    return "" if token_id is None else tokenizer.token_text(token_id)
+
+
+def chat_prompt(tokenizer, user_text, system=None, history=()) -> str:
+    """The prompt for one user turn (after an optional system message and earlier
+    turns), ending where the assistant's reply begins."""
+    messages = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages.extend(history)
+    messages.append({"role": "user", "content": user_text})
+    return render_chat(tokenizer.chat_template, messages, add_generation_prompt=True,
+                       bos_token=special_token_text(tokenizer, tokenizer.bos_id),
+                       eos_token=special_token_text(tokenizer, tokenizer.eos_id))

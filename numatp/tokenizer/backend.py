@@ -1,0 +1,111 @@
+"""Builds a `tokenizers.Tokenizer` that encodes exactly as llama.cpp does for a Vocab.
+
+Two pipelines:
+- gpt2 (byte-level BPE): split words with the pre-tokenizer's regexes, map each byte to
+  GPT-2's printable alphabet, then apply the file's merges by rank.
+- llama (SentencePiece BPE): spaces become "▁", a "▁" is put in front of the text and
+  after every special token (add_space_prefix), and the whole text is merged pairwise,
+  the pair whose result has the highest score first; characters that never become a
+  token fall back to their <0xNN> byte tokens. SentencePiece has no merge list, so the
+  merges are derived from the scores: every token that is the concatenation of two
+  tokens gives one merge, ranked by the token's score.
+
+Special tokens (control, user-defined, unknown) are "added tokens": found in the raw text
+before normalization, so "<|im_start|>" is one id and the text after it gets its own
+dummy-prefix space, as in llama.cpp.
+"""
+from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+
+from numatp.errors import ModelFileError
+from numatp.tokenizer import pretokenize
+
+SPACE_MARK = "\u2581"   # "▁", SentencePiece's visible space
+
+
+def byte_level_alphabet() -> list:
+    """GPT-2's stand-in character for each byte value. Printable Latin-1 bytes stand for
+    themselves; the rest (controls, space, soft hyphen...) are moved, in byte order, to
+    U+0100 and up, so every token is a string of visible characters."""
+    printable = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    alphabet, moved = [], 0
+    for b in range(256):
+        if b in printable:
+            alphabet.append(chr(b))
+        else:
+            alphabet.append(chr(0x100 + moved))
+            moved += 1
+    return alphabet
+
+
+def _token_ids(vocab, where):
+    ids = dict(zip(vocab.tokens, range(len(vocab.tokens))))
+    if len(ids) != len(vocab.tokens):
+        seen = set()
+        dup = next(t for t in vocab.tokens if t in seen or seen.add(t))
+        raise ModelFileError(f"{where}: duplicate token {dup!r} in the vocabulary")
+    return ids
+
+
+def _add_specials(tk, vocab):
+    rstrip = vocab.rstrip_ids
+    tk.add_special_tokens([AddedToken(vocab.tokens[i], special=True, normalized=False,
+                                      rstrip=i in rstrip)
+                           for i in vocab.special_ids()])
+
+
+def _bpe_model(ids, merges, where, **kwargs):
+    try:
+        return models.BPE(ids, merges, **kwargs)
+    except Exception as e:  # tokenizers reports a merge whose parts are not tokens
+        raise ModelFileError(f"{where}: inconsistent BPE merges: {e}") from None
+
+
+def build_gpt2(vocab, where) -> Tokenizer:
+    ids = _token_ids(vocab, where)
+    # "left right": byte-level tokens never contain a space, so the first one separates
+    # the two parts. Entries without one are malformed; llama.cpp skips them too.
+    merges = [tuple(pair) for pair in (m.split(" ", 1) for m in vocab.merges) if len(pair) == 2]
+    pre = pretokenize.lookup(vocab.pre)
+    tk = Tokenizer(_bpe_model(ids, merges, where, ignore_merges=pre.ignore_merges))
+    steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    _add_specials(tk, vocab)
+    return tk
+
+
+def spm_merges(tokens, scores, ids) -> list:
+    """Merges equivalent to SentencePiece's score-driven pairing.
+
+    llama.cpp repeatedly joins the adjacent pair whose joined text is the token with the
+    highest score, leftmost on ties. Ranking each split a+b of each token by the token's
+    score reproduces that. Equal scores (the "▁▁", "▁▁▁"... run tokens share one) need a
+    tie order that mimics "leftmost first": after the first pair of a run joins, the
+    leftmost candidate is always the growing piece plus the next character, so longer
+    results rank first and, for one result, the longer left part first.
+    """
+    ranked = []
+    for tid, text in enumerate(tokens):
+        for k in range(1, len(text)):
+            left, right = text[:k], text[k:]
+            if left in ids and right in ids:
+                ranked.append((-scores[tid], -len(text), -k, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def build_spm(vocab, where) -> Tokenizer:
+    ids = _token_ids(vocab, where)
+    merges = spm_merges(vocab.tokens, vocab.scores, ids)
+    unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
+    tk = Tokenizer(_bpe_model(ids, merges, where, byte_fallback=True, unk_token=unk))
+    steps = [normalizers.Replace(" ", SPACE_MARK)]
+    if vocab.add_space_prefix:
+        steps.insert(0, normalizers.Prepend(SPACE_MARK))
+    tk.normalizer = normalizers.Sequence(steps)
+    _add_specials(tk, vocab)
+    return tk
+
+
+def build(vocab, where) -> Tokenizer:
+    return build_gpt2(vocab, where) if vocab.model == "gpt2" else build_spm(vocab, where)

@@ -1,0 +1,177 @@
+"""The vocabulary a GGUF file describes: tokens, their kinds, the special ids and flags.
+
+Everything here follows what llama.cpp reads from the same keys, including its defaults
+and the few rules it applies by token text (which tokens end generation, which look like
+control tokens although the file calls them normal), so that a prompt tokenizes and a
+generation stops the same way in both programs.
+"""
+from dataclasses import dataclass, field
+
+from numatp.errors import ModelFileError
+
+# tokenizer.ggml.token_type values
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+# Token texts that end a generation. llama.cpp recognises them by text because converted
+# files rarely say so; a token found here is treated as a control token whatever its type.
+END_OF_GENERATION_TEXTS = frozenset({
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>",
+    "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>",
+    "[EOT]", "[EOS]", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>",
+    "<|tool_response>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[",
+})
+# Fill-in-the-middle padding / repository / file separators also end a generation (a code
+# model that emits one has finished the file); the prefix/suffix/middle markers are only
+# control tokens.
+FIM_END_TEXTS = frozenset({
+    "<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",
+    "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>",
+    "<|file_sep|>",
+})
+FIM_MARKER_TEXTS = frozenset({
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "<PRE>",
+    "\u2581<PRE>", "<|code_prefix|>", "<|prefix|>",
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<\uff5cfim\u2581hole\uff5c>", "<SUF>",
+    "\u2581<SUF>", "<|code_suffix|>", "<|suffix|>",
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<\uff5cfim\u2581end\uff5c>", "<MID>",
+    "\u2581<MID>", "<|code_middle|>", "<|middle|>",
+})
+
+# Kinds of tokenizer.ggml.model we support, and the special ids llama.cpp assumes when
+# the file does not name them.
+_DEFAULT_IDS = {
+    "llama": {"bos": 1, "eos": 2, "unk": 0},
+    "gpt2": {},
+}
+
+
+@dataclass
+class Vocab:
+    model: str                 # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    pre: str                   # tokenizer.ggml.pre ("default" when missing)
+    tokens: list               # id -> token text as stored in the file
+    types: list                # id -> NORMAL/CONTROL/... after llama.cpp's text rules
+    scores: list | None        # SentencePiece merge priorities (None for gpt2)
+    merges: list | None        # "left right" strings, highest priority first (gpt2)
+    bos_id: int | None
+    eos_id: int | None
+    unk_id: int | None
+    add_bos: bool
+    add_eos: bool
+    add_space_prefix: bool     # SentencePiece's dummy leading space
+    eog_ids: set = field(default_factory=set)
+    rstrip_ids: set = field(default_factory=set)   # specials that eat whitespace after them
+    chat_template: str | None = None
+    name: str = ""
+
+    def special_ids(self):
+        """Ids matched as whole tokens inside text before any other tokenization."""
+        return [i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
+
+
+def _token_id(meta, key, n_tokens, default):
+    """A special-token id from the file, or the default; ids outside the vocabulary
+    (files use 0xFFFFFFFF for "none") are ignored as llama.cpp does."""
+    value = meta.get(key)
+    if isinstance(value, int) and 0 <= value < n_tokens:
+        return value
+    if default is not None and 0 <= default < n_tokens:
+        return default
+    return None
+
+
+def _array(meta, key, n_tokens, where):
+    value = meta.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) < n_tokens:
+        raise ModelFileError(f"{where}: {key} has {len(value) if isinstance(value, list) else 'no'}"
+                             f" entries for {n_tokens} tokens")
+    return value[:n_tokens]
+
+
+def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
+    """Read and check the tokenizer.* keys; `where` names the file in error messages."""
+    from numatp.tokenizer import pretokenize
+
+    model = meta.get("tokenizer.ggml.model")
+    if model is None:
+        raise ModelFileError(f"{where}: no tokenizer in this file (tokenizer.ggml.model is missing)")
+    if model not in _DEFAULT_IDS:
+        raise ModelFileError(f"{where}: unsupported tokenizer model '{model}' "
+                             f"(supported: {', '.join(sorted(_DEFAULT_IDS))})")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ModelFileError(f"{where}: tokenizer.ggml.tokens is missing or empty")
+    n = len(tokens)
+    # llama.cpp renames empty tokens so that every id keeps a distinct text.
+    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    types = _array(meta, "tokenizer.ggml.token_type", n, where) or [NORMAL] * n
+    types = list(types)
+    scores = _array(meta, "tokenizer.ggml.scores", n, where)
+
+    pre = meta.get("tokenizer.ggml.pre") or "default"
+    merges = None
+    if model == "gpt2":
+        merges = meta.get("tokenizer.ggml.merges")
+        if not isinstance(merges, list):
+            raise ModelFileError(f"{where}: BPE tokenizer without tokenizer.ggml.merges")
+        pre_tok = pretokenize.lookup(pre)
+        if pre_tok is None:
+            raise ModelFileError(f"{where}: unsupported pre-tokenizer '{pre}' (tokenizer.ggml.pre)")
+        add_bos_default, add_space_prefix_default = pre_tok.add_bos, False
+    else:
+        pre = "default"
+        add_bos_default, add_space_prefix_default = True, True
+        if scores is None:
+            scores = [0.0] * n
+
+    # Tokens that llama.cpp treats as control by their text.
+    eog_texts = END_OF_GENERATION_TEXTS | FIM_END_TEXTS
+    for i, text in enumerate(tokens):
+        if (text in eog_texts or text in FIM_MARKER_TEXTS) and types[i] != CONTROL:
+            types[i] = CONTROL
+
+    defaults = _DEFAULT_IDS[model]
+    bos = _token_id(meta, "tokenizer.ggml.bos_token_id", n, defaults.get("bos"))
+    eos = _token_id(meta, "tokenizer.ggml.eos_token_id", n, defaults.get("eos"))
+    unk = _token_id(meta, "tokenizer.ggml.unknown_token_id", n, defaults.get("unk"))
+    eot = _token_id(meta, "tokenizer.ggml.eot_token_id", n, None)
+    eom = _token_id(meta, "tokenizer.ggml.eom_token_id", n, None)
+
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
+    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
+    add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", add_space_prefix_default))
+    if add_bos and bos is None:
+        raise ModelFileError(f"{where}: tokenizer.ggml.add_bos_token is true but there is no BOS token")
+    if add_eos and eos is None:
+        raise ModelFileError(f"{where}: tokenizer.ggml.add_eos_token is true but there is no EOS token")
+
+    eog = {i for i, text in enumerate(tokens) if text in eog_texts}
+    eog |= {i for i in (eos, eot, eom) if i is not None}
+    # OpenAI harmony-style vocabularies end a *message* with <|end|> but a generation with
+    # <|return|> or <|call|>: there <|end|> must not stop generation.
+    texts_in_eog = {tokens[i] for i in eog}
+    if "<|end|>" in texts_in_eog and ({"<|return|>", "<|call|>"} <= texts_in_eog
+                                      or {"<|calls|>", "<|flush|>"} <= texts_in_eog):
+        eog = {i for i in eog if tokens[i] != "<|end|>"}
+
+    name = str(meta.get("general.name", ""))
+    rstrip = set()
+    # Phi-3's special tokens swallow the whitespace after them (llama.cpp sets this by
+    # model name because the file does not carry per-token attributes).
+    lname = name.lower()
+    if "phi-3" in lname or "phi3" in lname:
+        rstrip = {i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED, UNKNOWN)}
+        rstrip |= {i for i, text in enumerate(tokens) if text == "</s>"}
+        rstrip -= {i for i, text in enumerate(tokens) if text in ("<unk>", "<s>", "<|endoftext|>")}
+
+    template = meta.get("tokenizer.chat_template")
+    return Vocab(model=model, pre=pre, tokens=tokens, types=types,
+                 scores=list(scores) if scores is not None and model == "llama" else None,
+                 merges=merges, bos_id=bos, eos_id=eos, unk_id=unk,
+                 add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
+                 eog_ids=eog, rstrip_ids=rstrip,
+                 chat_template=template if isinstance(template, str) and template else None,
+                 name=name)
+

@@ -1,0 +1,274 @@
+"""Tokenizer tests: llama.cpp's own conformance files, an independent reference for
+SentencePiece's merge order, special tokens, BOS/EOS rules, bytes and streaming."""
+import heapq
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from numatp.errors import ModelFileError
+from numatp.tokenizer import StreamDecoder, Tokenizer, load_tokenizer
+from numatp.tokenizer.backend import byte_level_alphabet
+from numatp.model.gguf_file import read_metadata
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+VOCABS = SHARED / "vocab"
+STORIES = SHARED / "models" / "stories260K.gguf"
+VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"]
+SEPARATOR = "\n__ggml_vocab_test__\n"
+
+
+@lru_cache(maxsize=None)
+def tokenizer(name) -> Tokenizer:
+    """Loaded once per test run: the large vocabularies take about a second each."""
+    return load_tokenizer(STORIES if name == "stories260K" else VOCABS / f"ggml-vocab-{name}.gguf")
+
+
+def conformance_cases(name):
+    """(text, expected ids) pairs, read as llama.cpp's test-tokenizer-0 reads them: the
+    .inp file is cut at every "\\n__ggml_vocab_test__\\n" (the file ends with one, which
+    adds no empty case), and line i of .out holds the ids of case i."""
+    base = VOCABS / f"ggml-vocab-{name}.gguf"
+    raw = Path(f"{base}.inp").read_bytes().decode("utf-8")
+    texts, pos = [], 0
+    while pos < len(raw):
+        nxt = raw.find(SEPARATOR, pos)
+        if nxt < 0:
+            texts.append(raw[pos:])
+            break
+        texts.append(raw[pos:nxt])
+        pos = nxt + len(SEPARATOR)
+    expected = [[int(x) for x in line.split()]
+                for line in Path(f"{base}.out").read_text(encoding="utf-8").splitlines()]
+    assert len(texts) == len(expected), f"{base}: .inp and .out disagree on the case count"
+    return list(zip(texts, expected))
+
+
+@pytest.mark.parametrize("name", VOCAB_NAMES)
+def test_llama_cpp_conformance(name):
+    tok = tokenizer(name)
+    cases = conformance_cases(name)
+    assert len(cases) > 40
+    failures = [(text, want, got) for text, want in cases
+                if (got := tok.encode(text, add_special=False)) != want]
+    assert not failures, "\n".join(f"{t!r}: expected {w}, got {g}" for t, w, g in failures[:5])
+
+
+@pytest.mark.parametrize("name", VOCAB_NAMES)
+def test_decode_round_trip(name):
+    tok = tokenizer(name)
+    for text, _ in conformance_cases(name):
+        assert tok.decode(tok.encode(text, add_special=False)) == text
+        assert tok.decode(tok.encode(text, add_special=True)) == text
+
+
+def test_stories260k_encodes_with_bos_first():
+    tok = tokenizer("stories260K")
+    assert tok.model == "llama" and tok.vocab_size == 512 and tok.add_bos
+    ids = tok.encode("Once upon a time")
+    assert ids[0] == tok.bos_id == 1
+    assert [tok.token_text(i) for i in ids[1:]] == ["▁Once", "▁upon", "▁a", "▁time"]
+    assert tok.decode(ids) == "Once upon a time"
+    assert tok.eog_ids == {tok.eos_id} == {2}
+
+
+# -- SentencePiece against an independent reference -----------------------------------
+
+def reference_spm(text, ids, scores):
+    """llama.cpp's SentencePiece pairing, written plainly: prefix a space, spaces become
+    "▁", then repeatedly join the adjacent pair whose joint text is the token with the
+    highest score (leftmost on ties); pieces that never became tokens go out as <0xNN>.
+    `ids` maps token text to id."""
+    if not text:
+        return []
+    syms = list((" " + text).replace(" ", "▁"))
+    nxt = list(range(1, len(syms))) + [-1]
+    prv = list(range(-1, len(syms) - 1))
+    heap = []
+
+    def offer(left, right):
+        if left >= 0 and right >= 0 and syms[left] + syms[right] in ids:
+            joined = syms[left] + syms[right]
+            heapq.heappush(heap, (-scores[ids[joined]], left, right, joined))
+
+    for i in range(len(syms) - 1):
+        offer(i, i + 1)
+    while heap:
+        _, left, right, joined = heapq.heappop(heap)
+        if nxt[left] != right or syms[left] is None or syms[left] + syms[right] != joined:
+            continue  # stale: one side has changed since this pair was offered
+        syms[left], syms[right] = joined, None
+        nxt[left] = nxt[right]
+        if nxt[right] >= 0:
+            prv[nxt[right]] = left
+        offer(prv[left], left)
+        offer(left, nxt[left])
+    out, i = [], 0
+    while i >= 0:
+        piece = syms[i]
+        out.extend([ids[piece]] if piece in ids else [ids[f"<0x{b:02X}>"] for b in piece.encode()])
+        i = nxt[i]
+    return out
+
+
+# Spaces, letters, punctuation and characters outside a 512-token vocabulary (byte fallback).
+_TEXT = st.text(alphabet=st.sampled_from(list("    aeinorsthdlu.,!?'\n\t") + ["é", "中", "🦙", "ß"]),
+                max_size=60)
+
+
+@pytest.mark.parametrize("name", ["stories260K", "llama-spm"])
+@settings(max_examples=300, deadline=None)
+@given(text=_TEXT)
+def test_sentencepiece_matches_reference(name, text):
+    tok = tokenizer(name)
+    meta = _spm_meta(name)
+    assert tok.encode(text, add_special=False) == reference_spm(text, *meta)
+
+
+@lru_cache(maxsize=None)
+def _spm_meta(name):
+    path = STORIES if name == "stories260K" else VOCABS / f"ggml-vocab-{name}.gguf"
+    meta = read_metadata(path)
+    tokens = meta["tokenizer.ggml.tokens"]
+    return {t: i for i, t in enumerate(tokens)}, meta["tokenizer.ggml.scores"]
+
+
+# -- special tokens, BOS/EOS, end of generation ----------------------------------------
+
+def test_special_tokens_in_text_are_single_ids():
+    tok = tokenizer("qwen2")
+    start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+    ids = tok.encode("<|im_start|>user\nHi<|im_end|>\n")
+    assert ids[0] == start and end in ids
+    assert ids.count(start) == 1
+    assert tok.decode(ids) == "user\nHi\n"               # control tokens print nothing
+    assert tok.decode(ids, special=True) == "<|im_start|>user\nHi<|im_end|>\n"
+
+
+def test_sentencepiece_space_prefix_after_special_tokens():
+    # llama.cpp gives the text after a special token its own dummy-prefix space.
+    tok = tokenizer("llama-spm")
+    assert tok.encode("<s>Hi", add_special=False) == [1] + tok.encode("Hi", add_special=False)
+
+
+@pytest.mark.parametrize("name, bos, adds", [("gpt-2", 50256, False), ("qwen2", 151643, False),
+                                             ("llama-bpe", 128000, True), ("llama-spm", 1, True),
+                                             ("phi-3", 1, True)])
+def test_bos_rules(name, bos, adds):
+    tok = tokenizer(name)
+    assert tok.bos_id == bos and tok.add_bos is adds
+    ids = tok.encode("Hello")
+    assert (ids[0] == bos) is adds
+    assert ids[int(adds):] == tok.encode("Hello", add_special=False)
+
+
+def test_no_double_bos_when_text_starts_with_it():
+    tok = tokenizer("llama-bpe")
+    ids = tok.encode("<|begin_of_text|>Hello")
+    assert ids[0] == 128000 and ids[1] != 128000
+
+
+@pytest.mark.parametrize("name, texts", [
+    ("qwen2", {"<|endoftext|>", "<|im_end|>"}),
+    ("llama-bpe", {"<|end_of_text|>", "<|eot_id|>"}),
+    ("phi-3", {"<|endoftext|>", "<|end|>", "</s>"}),
+    ("llama-spm", {"</s>"}),
+    ("gpt-2", {"<|endoftext|>"}),
+])
+def test_end_of_generation_ids(name, texts):
+    tok = tokenizer(name)
+    assert tok.eos_id in tok.eog_ids
+    assert {tok.token_to_id(t) for t in texts} <= tok.eog_ids
+    assert tok.token_to_id("<|im_start|>") not in tok.eog_ids
+
+
+# -- bytes and streaming ----------------------------------------------------------------
+
+def test_token_bytes():
+    gpt2 = tokenizer("gpt-2")
+    assert gpt2.token_bytes(gpt2.token_to_id("Ġthe")) == b" the"
+    assert gpt2.token_bytes(gpt2.token_to_id("Ċ")) == b"\n"
+    assert gpt2.token_bytes(50256) == b""                           # control
+    assert gpt2.token_bytes(50256, special=True) == b"<|endoftext|>"
+    spm = tokenizer("llama-spm")
+    assert spm.token_bytes(spm.token_to_id("<0x0A>")) == b"\n"
+    assert spm.token_bytes(spm.token_to_id("▁the")) == b" the"
+    assert spm.token_bytes(spm.bos_id) == b""
+    with pytest.raises(IndexError):
+        spm.token_bytes(spm.vocab_size)
+
+
+def test_byte_level_alphabet_is_a_bijection():
+    alphabet = byte_level_alphabet()
+    assert len(set(alphabet)) == 256
+    assert alphabet[ord("A")] == "A" and alphabet[ord(" ")] == "Ġ" and alphabet[ord("\n")] == "Ċ"
+
+
+def test_stream_holds_back_partial_characters():
+    tok = tokenizer("stories260K")       # 512 tokens: the llama is four <0xNN> tokens
+    ids = tok.encode("a🦙b", add_special=False)
+    stream = StreamDecoder(tok)
+    pieces = [stream.feed(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == "a🦙b"
+    assert all("\ufffd" not in p for p in pieces)
+    assert pieces.count("") >= 3          # three bytes of the llama waited for the fourth
+
+
+def test_stream_leading_space():
+    tok = tokenizer("stories260K")
+    ids = tok.encode(" there", add_special=False)[1:]   # "▁there" without the dummy "▁"
+    assert "".join(StreamDecoder(tok).feed(i) for i in ids) == "there"
+    assert "".join(StreamDecoder(tok, at_start=False).feed(i) for i in ids) == " there"
+
+
+@pytest.mark.parametrize("name", ["stories260K", "gpt-2"])
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=40))
+def test_stream_equals_decode(name, text):
+    tok = tokenizer(name)
+    ids = tok.encode(text)
+    stream = StreamDecoder(tok)
+    pieces = [stream.feed(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == tok.decode(ids)
+    # Valid text never shows a replacement character while streaming (lone surrogates
+    # cannot be encoded at all, so hypothesis' text is valid UTF-8 here).
+    assert "\ufffd" in text or all("\ufffd" not in p for p in pieces)
+
+
+# -- metadata handling without files ------------------------------------------------------
+
+def _byte_level_meta(pre, merges):
+    alphabet = byte_level_alphabet()
+    tokens = alphabet + [a + b for a, b in (m.split(" ") for m in merges)]
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+            "tokenizer.ggml.add_bos_token": False}
+
+
+def test_pre_tokenizer_digit_rules():
+    merges = ["1 2", "12 3"]
+    ids = {name: Tokenizer.from_metadata(_byte_level_meta(name, merges)).encode("123")
+           for name in ("gpt-2", "smollm", "llama3", "qwen2")}
+    assert len(ids["gpt-2"]) == 1        # one number, merged
+    assert len(ids["llama3"]) == 1       # groups of up to three digits
+    assert len(ids["smollm"]) == 3       # every digit on its own
+    assert len(ids["qwen2"]) == 3
+
+
+def test_metadata_errors():
+    with pytest.raises(ModelFileError, match="tokenizer.ggml.model"):
+        Tokenizer.from_metadata({"general.architecture": "llama"})
+    with pytest.raises(ModelFileError, match="pre-tokenizer 'no-such'"):
+        Tokenizer.from_metadata(_byte_level_meta("no-such", []))
+    with pytest.raises(ModelFileError, match="unsupported tokenizer model 't5'"):
+        Tokenizer.from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
+    meta = _byte_level_meta("gpt-2", [])
+    meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + ["a"]
+    with pytest.raises(ModelFileError, match="duplicate token"):
+        Tokenizer.from_metadata(meta)
+
+
+def test_load_tokenizer_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such file"):
+        load_tokenizer(tmp_path / "missing.gguf")
