@@ -37,15 +37,6 @@ def byte_level_alphabet() -> list:
     return alphabet
 
 
-def _token_ids(vocab, where):
-    ids = dict(zip(vocab.tokens, range(len(vocab.tokens))))
-    if len(ids) != len(vocab.tokens):
-        seen = set()
-        dup = next(t for t in vocab.tokens if t in seen or seen.add(t))
-        raise ModelFileError(f"{where}: duplicate token {dup!r} in the vocabulary")
-    return ids
-
-
 def _add_specials(tk, vocab):
     rstrip = vocab.rstrip_ids
     tk.add_special_tokens([AddedToken(vocab.tokens[i], special=True, normalized=False,
@@ -61,7 +52,7 @@ def _bpe_model(ids, merges, where, **kwargs):
 
 
 def build_gpt2(vocab, where) -> Tokenizer:
-    ids = _token_ids(vocab, where)
+    ids = vocab.ids
     # "left right": byte-level tokens never contain a space, so the first one separates
     # the two parts. Entries without one are malformed; llama.cpp skips them too.
     merges = [tuple(pair) for pair in (m.split(" ", 1) for m in vocab.merges) if len(pair) == 2]
@@ -95,7 +86,7 @@ def spm_merges(tokens, scores, ids) -> list:
 
 
 def build_spm(vocab, where) -> Tokenizer:
-    ids = _token_ids(vocab, where)
+    ids = vocab.ids
     merges = spm_merges(vocab.tokens, vocab.scores, ids)
     unk = vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None
     tk = Tokenizer(_bpe_model(ids, merges, where, byte_fallback=True, unk_token=unk))

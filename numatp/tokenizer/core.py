@@ -6,7 +6,6 @@ from each token's exact bytes, because streaming output needs bytes per token an
 llama.cpp's rules (control tokens print nothing, "▁" is a space, <0xNN> is one byte) are
 simpler to state directly than to configure.
 """
-from numatp.errors import ModelFileError
 from numatp.tokenizer import backend
 from numatp.tokenizer.vocab import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Vocab,
                                     vocab_from_metadata)
@@ -164,5 +163,3 @@ def load_tokenizer(path) -> Tokenizer:
     meta = read_metadata(path)
     return Tokenizer.from_metadata(meta, where=str(path))
 
-
-__all__ = ["Tokenizer", "StreamDecoder", "load_tokenizer", "ModelFileError"]

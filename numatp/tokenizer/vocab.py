@@ -50,6 +50,7 @@ class Vocab:
     model: str                 # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
     pre: str                   # tokenizer.ggml.pre ("default" when missing)
     tokens: list               # id -> token text as stored in the file
+    ids: dict                  # token text -> id
     types: list                # id -> NORMAL/CONTROL/... after llama.cpp's text rules
     scores: list | None        # SentencePiece merge priorities (None for gpt2)
     merges: list | None        # "left right" strings, highest priority first (gpt2)
@@ -104,8 +105,13 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     if not isinstance(tokens, list) or not tokens:
         raise ModelFileError(f"{where}: tokenizer.ggml.tokens is missing or empty")
     n = len(tokens)
-    # llama.cpp renames empty tokens so that every id keeps a distinct text.
-    tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    if not all(tokens):   # llama.cpp renames empty tokens so every id keeps a distinct text
+        tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+    ids = dict(zip(tokens, range(n)))
+    if len(ids) != n:
+        seen = set()
+        dup = next(t for t in tokens if t in seen or seen.add(t))
+        raise ModelFileError(f"{where}: duplicate token {dup!r} in the vocabulary")
     types = _array(meta, "tokenizer.ggml.token_type", n, where) or [NORMAL] * n
     types = list(types)
     scores = _array(meta, "tokenizer.ggml.scores", n, where)
@@ -126,11 +132,13 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
         if scores is None:
             scores = [0.0] * n
 
+    def present(texts):
+        return {ids[t] for t in texts if t in ids}
+
     # Tokens that llama.cpp treats as control by their text.
-    eog_texts = END_OF_GENERATION_TEXTS | FIM_END_TEXTS
-    for i, text in enumerate(tokens):
-        if (text in eog_texts or text in FIM_MARKER_TEXTS) and types[i] != CONTROL:
-            types[i] = CONTROL
+    eog = present(END_OF_GENERATION_TEXTS | FIM_END_TEXTS)
+    for i in eog | present(FIM_MARKER_TEXTS):
+        types[i] = CONTROL
 
     defaults = _DEFAULT_IDS[model]
     bos = _token_id(meta, "tokenizer.ggml.bos_token_id", n, defaults.get("bos"))
@@ -147,7 +155,6 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     if add_eos and eos is None:
         raise ModelFileError(f"{where}: tokenizer.ggml.add_eos_token is true but there is no EOS token")
 
-    eog = {i for i, text in enumerate(tokens) if text in eog_texts}
     eog |= {i for i in (eos, eot, eom) if i is not None}
     # OpenAI harmony-style vocabularies end a *message* with <|end|> but a generation with
     # <|return|> or <|call|>: there <|end|> must not stop generation.
@@ -163,11 +170,11 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     lname = name.lower()
     if "phi-3" in lname or "phi3" in lname:
         rstrip = {i for i, t in enumerate(types) if t in (CONTROL, USER_DEFINED, UNKNOWN)}
-        rstrip |= {i for i, text in enumerate(tokens) if text == "</s>"}
-        rstrip -= {i for i, text in enumerate(tokens) if text in ("<unk>", "<s>", "<|endoftext|>")}
+        rstrip |= present({"</s>"})
+        rstrip -= present({"<unk>", "<s>", "<|endoftext|>"})
 
     template = meta.get("tokenizer.chat_template")
-    return Vocab(model=model, pre=pre, tokens=tokens, types=types,
+    return Vocab(model=model, pre=pre, tokens=tokens, ids=ids, types=types,
                  scores=list(scores) if scores is not None and model == "llama" else None,
                  merges=merges, bos_id=bos, eos_id=eos, unk_id=unk,
                  add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
