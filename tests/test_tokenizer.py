@@ -264,6 +264,36 @@ def test_every_pre_tokenizer_builds_and_round_trips(name):
     assert tok.decode(tok.encode(text)) == text
 
 
+def _spm_meta_with(extra_tokens, extra_types, **keys):
+    """A small SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, a few words."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "▁a"]
+    types = [2, 3, 3] + [6] * 256 + [1, 1, 1]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": tokens + extra_tokens,
+            "tokenizer.ggml.token_type": types + extra_types,
+            "tokenizer.ggml.scores": [0.0] * (len(tokens) + len(extra_tokens))}
+    meta.update({f"tokenizer.ggml.{k}": v for k, v in keys.items()})
+    return meta
+
+
+def test_special_token_rules_by_text():
+    # "<|im_end|>" typed normal still ends generation and prints nothing (llama.cpp marks
+    # it control by its text); a user-defined token prints its text; eot_token_id counts.
+    extra = ["<|im_end|>", "<tool>", "<stop>"]
+    tok = Tokenizer.from_metadata(_spm_meta_with(extra, [1, 4, 3], eot_token_id=264))
+    im_end, tool, stop = 262, 263, 264
+    assert tok.eog_ids == {2, im_end, stop}
+    ids = tok.encode("a<tool>a<|im_end|>", add_special=False)
+    assert tool in ids and im_end in ids
+    assert tok.decode(ids) == "a<tool> a"          # " a": dummy prefix after a special
+
+
+def test_harmony_end_token_does_not_stop():
+    extra = ["<|end|>", "<|return|>", "<|call|>"]
+    tok = Tokenizer.from_metadata(_spm_meta_with(extra, [3, 3, 3]))
+    assert {263, 264} <= tok.eog_ids and 262 not in tok.eog_ids
+    assert tok.decode([262]) == "<|end|>"
+
+
 def test_metadata_errors():
     with pytest.raises(ModelFileError, match="tokenizer.ggml.model"):
         Tokenizer.from_metadata({"general.architecture": "llama"})

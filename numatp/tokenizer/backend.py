@@ -70,10 +70,10 @@ def spm_merges(tokens, scores, ids) -> list:
 
     llama.cpp repeatedly joins the adjacent pair whose joined text is the token with the
     highest score, leftmost on ties. Ranking each split a+b of each token by the token's
-    score reproduces that. Equal scores (the "▁▁", "▁▁▁"... run tokens share one) need a
-    tie order that mimics "leftmost first": after the first pair of a run joins, the
-    leftmost candidate is always the growing piece plus the next character, so longer
-    results rank first and, for one result, the longer left part first.
+    score reproduces that. Equal scores (the run-of-spaces tokens "▁▁", "▁▁▁"... share
+    one) get an order that favours growing the leftmost piece: longer results first, and
+    for one result the longer left part first. tests/test_tokenizer.py checks the outcome
+    against a direct implementation of llama.cpp's pairing.
     """
     ranked = []
     for tid, text in enumerate(tokens):

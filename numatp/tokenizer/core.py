@@ -17,13 +17,15 @@ class Tokenizer:
     Attributes: bos_id, eos_id (None when the vocabulary has none), eog_ids (every id that
     ends a generation), add_bos / add_eos (what encode(add_special=True) adds),
     add_space_prefix (SentencePiece's dummy leading space), vocab_size, chat_template
-    (the file's Jinja template or None), model ("llama" or "gpt2").
+    (the file's Jinja template or None), model ("llama" or "gpt2"), pre (the
+    pre-tokenizer name).
     """
 
     def __init__(self, vocab: Vocab, where: str = "GGUF file"):
         self._vocab = vocab
         self._tk = backend.build(vocab, where)
         self.model = vocab.model
+        self.pre = vocab.pre
         self.bos_id = vocab.bos_id
         self.eos_id = vocab.eos_id
         self.eog_ids = frozenset(vocab.eog_ids)
@@ -56,7 +58,7 @@ class Tokenizer:
 
     def token_to_id(self, text: str):
         """The id of the token whose text is exactly `text`, or None."""
-        return self._tk.token_to_id(text)
+        return self._vocab.ids.get(text)
 
     def token_text(self, token_id: int) -> str:
         """The token as stored in the file ("Ġthe", "▁the", "<0x0A>", "<|im_end|>")."""

@@ -8,6 +8,7 @@ generation stops the same way in both programs.
 from dataclasses import dataclass, field
 
 from numatp.errors import ModelFileError
+from numatp.tokenizer import pretokenize
 
 # tokenizer.ggml.token_type values
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -91,10 +92,20 @@ def _array(meta, key, n_tokens, where):
     return value[:n_tokens]
 
 
+def _harmony_end_is_not_eog(eog, tokens, types):
+    """OpenAI-harmony-style vocabularies end a *message* with <|end|> but a generation
+    with <|return|> or <|call|>: there <|end|> must neither stop generation nor vanish
+    from the output (llama.cpp makes it a user-defined token)."""
+    texts = {tokens[i]: i for i in eog}
+    if "<|end|>" in texts and ({"<|return|>", "<|call|>"} <= texts.keys()
+                               or {"<|calls|>", "<|flush|>"} <= texts.keys()):
+        end = texts["<|end|>"]
+        eog.discard(end)
+        types[end] = USER_DEFINED
+
+
 def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     """Read and check the tokenizer.* keys; `where` names the file in error messages."""
-    from numatp.tokenizer import pretokenize
-
     model = meta.get("tokenizer.ggml.model")
     if model is None:
         raise ModelFileError(f"{where}: no tokenizer in this file (tokenizer.ggml.model is missing)")
@@ -155,13 +166,10 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     if add_eos and eos is None:
         raise ModelFileError(f"{where}: tokenizer.ggml.add_eos_token is true but there is no EOS token")
 
-    eog |= {i for i in (eos, eot, eom) if i is not None}
-    # OpenAI harmony-style vocabularies end a *message* with <|end|> but a generation with
-    # <|return|> or <|call|>: there <|end|> must not stop generation.
-    texts_in_eog = {tokens[i] for i in eog}
-    if "<|end|>" in texts_in_eog and ({"<|return|>", "<|call|>"} <= texts_in_eog
-                                      or {"<|calls|>", "<|flush|>"} <= texts_in_eog):
-        eog = {i for i in eog if tokens[i] != "<|end|>"}
+    fim_ends = [_token_id(meta, f"tokenizer.ggml.fim_{kind}_token_id", n, None)
+                for kind in ("pad", "rep", "sep")]
+    eog |= {i for i in (eos, eot, eom, *fim_ends) if i is not None}
+    _harmony_end_is_not_eog(eog, tokens, types)
 
     name = str(meta.get("general.name", ""))
     rstrip = set()
