@@ -4,8 +4,10 @@ On a one-node machine every page lands on node 0; tests/numa checks real two-nod
 placement inside a VM. Anything that changes process-wide state (memory policy, CPU
 affinity) runs in a subprocess so it cannot leak into other tests.
 """
+import errno
 import gc
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -249,13 +251,11 @@ def test_alloc_on_node_puts_every_page_there():
 
 
 def test_page_nodes_of_a_view_and_of_untouched_memory():
-    import mmap
     node = memory_node()
     arr = placement.alloc_on_node(16 * placement.PAGE, node)
     view = arr[placement.PAGE + 10: 3 * placement.PAGE].view()
     assert placement.page_nodes(view).tolist() == [node, node]
     untouched = np.frombuffer(mmap.mmap(-1, 4 * placement.PAGE), np.uint8)
-    import errno
     assert placement.page_nodes(untouched).tolist() == [-errno.ENOENT] * 4
     assert placement.local_fraction(untouched, node) == 0.0
     assert placement.page_nodes(arr[:0]).size == 0

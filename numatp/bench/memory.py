@@ -96,6 +96,7 @@ def as_words(buf: np.ndarray) -> np.ndarray:
 
 
 def time_read(words: np.ndarray, threads: int, repeats: int) -> list[float]:
+    """Sum of `words`; counts 1 array."""
     return _timed(read_kernel, (words, threads), threads, repeats, words.nbytes)
 
 

@@ -85,7 +85,9 @@ def alloc_on_node(nbytes: int, node: int) -> np.ndarray:
 
     The mapping is bound before any page exists, then touched, so placement does not
     depend on which CPU runs this or on the process policy. The memory goes back to the
-    system when the array (and every view of it) is garbage collected."""
+    system when the array (and every view of it) is garbage collected.
+    MPOL_BIND does not fall back to other nodes: if `node` runs out, the kernel's OOM
+    killer ends the process, so callers check free memory first (topology.warnings)."""
     nbytes = int(nbytes)
     if nbytes <= 0:
         raise UsageError(f"allocation size must be positive, got {nbytes}")

@@ -37,13 +37,6 @@ class Topology:
     thp: str | None              # "always", "madvise", "never"; None: unknown
     source: str                  # "libnuma", "sysfs", or "affinity" (single-node fallback)
 
-    def node(self, node_id: int) -> Node:
-        for n in self.nodes:
-            if n.id == node_id:
-                return n
-        raise UsageError(f"NUMA node {node_id} does not exist "
-                         f"(nodes: {', '.join(str(n.id) for n in self.nodes)})")
-
 
 def discover() -> Topology:
     """The topology of this machine as this process sees it."""
