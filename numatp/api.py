@@ -147,12 +147,18 @@ class LLM:
             stats.decode_seconds = time.perf_counter() - t1
 
     def prompt_ids(self, prompt: str, chat=False, system=None) -> list:
+        """Token ids of a prompt, BOS included where the model wants it; with chat, the
+        prompt as a user turn of the model's chat template plus the generation prompt."""
         if chat:
             from numatp.chat import chat_prompt
-            text = chat_prompt(self.tokenizer, prompt, system=system)
-            return self.tokenizer.encode_chat(text) if hasattr(self.tokenizer, "encode_chat") \
-                else self.tokenizer.encode(text, add_special=not text.startswith(self.tokenizer.bos_text or "\0"))
+            prompt = chat_prompt(self.tokenizer, prompt, system=system)
         return self.tokenizer.encode(prompt, add_special=True)
+
+    def stream_decoder(self):
+        """Turns generated ids into text pieces of complete UTF-8 characters. The reply
+        continues the prompt, so a SentencePiece leading space is kept."""
+        from numatp.tokenizer import StreamDecoder
+        return StreamDecoder(self.tokenizer, at_start=False)
 
     def generate(self, prompt: str, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95,
                  min_p=0.05, repeat_penalty=1.0, repeat_last_n=64, seed=None, chat=False,
@@ -161,9 +167,9 @@ class LLM:
         params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         params.validate()
         ids = self.prompt_ids(prompt, chat=chat, system=system)
-        decoder = self.tokenizer.stream_decoder()
+        decoder = self.stream_decoder()
         for tok in self.generate_ids(ids, max_tokens, params):
-            piece = decoder.add(tok)
+            piece = decoder.feed(tok)
             if piece:
                 yield piece
         rest = decoder.flush()

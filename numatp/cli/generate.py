@@ -67,10 +67,10 @@ def generate(
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None) as llm:
         ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
-        decoder = llm.tokenizer.stream_decoder()
+        decoder = llm.stream_decoder()
         try:
             for tok in llm.generate_ids(ids, None if n_predict == -1 else n_predict, params):
-                piece = decoder.add(tok)
+                piece = decoder.feed(tok)
                 out.append(piece)
                 if piece and not as_json:
                     sys.stdout.write(piece)
