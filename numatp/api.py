@@ -76,7 +76,8 @@ class LLM:
             return LocalModel(self.gguf, self.config, self.ctx, len(placement[0].cpus))
         from numatp.parallel.coordinator import ProcessGroupModel
         self.nodes = len(placement)
-        return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement)
+        return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement,
+                                 max_tokens=PREFILL_CHUNK)
 
     # --- the pieces -------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list:

@@ -1,8 +1,8 @@
 """One transformer step over one shard: my query/KV heads, my FFN rows, my vocabulary
 rows. The same code runs a single-process model (one shard holding everything) and every
 rank of a tensor-parallel group; it does not know how many ranks there are, only that the
-partial sums after attn_output and ffn_down go through `reduce`, which is a no-op for a
-single shard.
+partial sums after attn_output and ffn_down go through the all-reduce, which returns at
+once for a single shard.
 
 The whole step, all layers, is one jitted call: the per-token Python work is O(1).
 
@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from numatp import _env  # noqa: F401
+from numatp.parallel.allreduce import allreduce
 from numatp.quant.kernels import linear
 
 # Per-layer roles (index rows layer * N_ROLES + role).
@@ -134,14 +135,8 @@ def _add_bias(v, b):
 
 
 @njit(cache=True)
-def _reduce(comm, rank, n_ranks, v):
-    """Sum v over all ranks (placeholder until the shared-memory all-reduce lands)."""
-    return 0
-
-
-@njit(cache=True)
 def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0, logits,
-         comm, rank, n_ranks):
+         ar_ctl, ar_data, rank, n_ranks):
     """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
     layers, updating x in place and the KV cache; write this shard's slice of the logits
     of the last token into `logits`. Returns 0, or the all-reduce's non-zero status."""
@@ -183,7 +178,7 @@ def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
                    dims[D_KV0], att, index[e + WO, PAD])
         # attn_output over my heads' columns: a partial sum of the full projection.
         _linear(arena, index, e + WO, att, proj)
-        status = _reduce(comm, rank, n_ranks, flat)
+        status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
         if status != 0:
             return status
         x += proj
@@ -197,7 +192,7 @@ def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
                 g = gate[t, j]
                 hbuf[t, pad + j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
         _linear(arena, index, e + WDOWN, hbuf, proj)
-        status = _reduce(comm, rank, n_ranks, flat)
+        status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
         if status != 0:
             return status
         x += proj

@@ -68,10 +68,11 @@ def resolve_nodes(nodes="auto", threads=None) -> list:
             cpus = sorted(c for n in real for c in n.cpus)
             if threads is not None:
                 cpus = cpus[:threads]
-            if want > len(cpus):
-                raise UsageError(f"--nodes {want}: only {len(cpus)} CPUs available for virtual nodes")
             if want == 1:
                 return [Placement(real[0].id if len(real) == 1 else -1, tuple(cpus), False)]
+            if want > len(cpus):
+                # More virtual nodes than CPUs: they share CPUs. Only useful for testing.
+                return [Placement(-1, (cpus[i % len(cpus)],), False) for i in range(want)]
             return [Placement(-1, tuple(g), False) for g in split_cpus(cpus, want)]
     else:
         by_id = {n.id: n for n in topo.nodes}

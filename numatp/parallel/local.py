@@ -5,7 +5,8 @@ from numatp import forward as F
 from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import build_shard, ffn_unit
 
-NO_COMM = (np.zeros(1, dtype=np.int64),)
+# A single shard's all-reduce returns at once; these only give it the right types.
+NO_AR_CTL, NO_AR_DATA = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32)
 
 
 class ShardState:
@@ -24,10 +25,10 @@ class ShardState:
         self.eps = np.float32(cfg.norm_eps)
         self.vocab = shard.vocab
 
-    def step(self, x, pos0, logits, comm=NO_COMM, rank=0, n_ranks=1):
+    def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
         w = self.weights
         return F.step(w.arena, w.index, w.dims, self.eps, self.rope_cos, self.rope_sin,
-                      self.k_cache, self.v_cache, x, pos0, logits, comm, rank, n_ranks)
+                      self.k_cache, self.v_cache, x, pos0, logits, ar_ctl, ar_data, rank, n_ranks)
 
 
 class LocalModel:

@@ -1,0 +1,120 @@
+"""The coordinator: starts one worker per node, hands each its shard, and drives steps.
+
+Per step the Python work is O(1): copy the embeddings into shared memory, publish one
+command, wait for the workers (spin briefly, then futex), read the logits that the
+workers wrote, each its vocabulary slice, into one shared buffer.
+"""
+import multiprocessing as mp
+import time
+
+import numpy as np
+
+from numatp import forward as F
+from numatp.errors import WorkerError
+from numatp.parallel.allreduce import AllReduceGroup
+from numatp.parallel.control import ControlChannel
+from numatp.parallel.plan import make_plan
+from numatp.parallel.shard import ffn_unit
+from numatp.parallel.shm import SharedSegment
+from numatp.parallel.worker import STEP, worker_main
+
+
+def io_nbytes(max_tokens, hidden, vocab):
+    return 4 * (max_tokens * hidden + vocab)
+
+
+def io_views(seg, max_tokens, dims_or_hidden, vocab=None):
+    """(input embeddings (max_tokens, hidden), logits (vocab,)) in the io segment."""
+    if vocab is None:  # a worker: it knows hidden from its dims, vocab from the segment
+        hidden = int(dims_or_hidden[F.D_HIDDEN])
+        vocab = seg.size // 4 - max_tokens * hidden
+    else:
+        hidden = dims_or_hidden
+    x = seg.array(np.float32, 0, max_tokens * hidden).reshape(max_tokens, hidden)
+    logits = seg.array(np.float32, 4 * max_tokens * hidden, vocab)
+    return x, logits
+
+
+class ProcessGroupModel:
+    """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
+
+    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64):
+        self.n_ranks = len(placements)
+        self.max_tokens = max_tokens
+        self.plan = make_plan(cfg, self.n_ranks, ffn_unit(gguf, cfg))
+        self.processes, self.reports = [], []
+        self._ar = self._channel = self._io = None
+        try:
+            self._ar = AllReduceGroup.create(self.n_ranks, max_tokens * cfg.hidden)
+            self._channel = ControlChannel.create(self.n_ranks, groups=[self._ar])
+            self._io = SharedSegment.create("io", io_nbytes(max_tokens, cfg.hidden, cfg.vocab))
+            self._x, self._logits = io_views(self._io, max_tokens, cfg.hidden, cfg.vocab)
+            names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name}
+            self._start(placements, model_path, ctx, names)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, placements, model_path, ctx, names):
+        spawn = mp.get_context("spawn")
+        conns = []
+        for rank, (placement, shard) in enumerate(zip(placements, self.plan)):
+            parent, child = spawn.Pipe(duplex=False)
+            p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
+                              args=(rank, placement, shard, model_path, ctx, self.max_tokens,
+                                    names, child))
+            p.start()
+            child.close()
+            self.processes.append(p)
+            conns.append(parent)
+        self._channel.watch(self.processes)
+        # Wait for every worker's load report; a worker that dies or fails ends the load.
+        pending = dict(enumerate(conns))
+        reports = {}
+        while pending:
+            ready = mp.connection.wait(list(pending.values()), timeout=0.5)
+            for rank, conn in list(pending.items()):
+                if conn in ready:
+                    try:
+                        msg = conn.recv()
+                    except EOFError:
+                        msg = {"error": f"exited with code {self.processes[rank].exitcode} while loading"}
+                    del pending[rank]
+                    if "error" in msg:
+                        where = placements[rank].label
+                        raise WorkerError(f"worker {rank} ({where}) failed to load: {msg['error']}")
+                    reports[rank] = msg
+            for rank in pending:
+                if not self.processes[rank].is_alive():
+                    time.sleep(0.1)  # its last message may still be in the pipe
+                    if not pending[rank].poll():
+                        raise WorkerError(f"worker {rank} ({placements[rank].label}) died while "
+                                          f"loading (exit code {self.processes[rank].exitcode})")
+        self.reports = [reports[r] for r in range(self.n_ranks)]
+
+    def forward(self, x, pos0):
+        """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the
+        logits of the last token (a view of shared memory, overwritten by the next call)."""
+        n = x.shape[0]
+        self._x[:n] = x
+        self._channel.call(STEP, n, pos0)
+        return self._logits
+
+    def close(self):
+        """Stop the workers and free the shared memory; safe to call twice."""
+        if self._channel is not None:
+            try:
+                self._channel.close()
+            finally:
+                self._channel = None
+        for p in self.processes:
+            if p.is_alive():
+                p.join(timeout=2)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=2)
+        self.processes = []
+        for seg in (self._ar, self._io):
+            if seg is not None:
+                seg.close()
+        self._ar = self._io = None

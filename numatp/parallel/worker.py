@@ -1,0 +1,119 @@
+"""A tensor-parallel worker process: one per (real or virtual) NUMA node.
+
+It pins itself to its node's CPUs, binds its memory policy to the node before allocating,
+copies its shard out of the mmapped GGUF into node-local memory, verifies where the pages
+landed, then runs transformer steps on command until told to quit.
+
+This module imports nothing heavy at the top: Numba's thread count must be set in the
+environment before Numba is first imported in the child.
+"""
+import ctypes
+import os
+import signal
+import sys
+import traceback
+
+STEP = 1
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """Ask the kernel to kill us when the coordinator dies, so no worker is orphaned even
+    if the coordinator is SIGKILLed (the control channel's liveness check is the second
+    line of defence)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn):
+    _die_with_parent()
+    # The coordinator handles Ctrl-C and stops us through the control channel.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["NUMBA_NUM_THREADS"] = str(len(placement.cpus))
+    try:
+        state, channel, ar, io_seg, report = _load(rank, placement, shard, model_path, ctx,
+                                                     max_tokens, names)
+    except BaseException as e:  # anything at load: report it in one line, then exit
+        from numatp.errors import NumatpError
+        msg = str(e) if isinstance(e, NumatpError) else f"{type(e).__name__}: {e}"
+        if not isinstance(e, NumatpError):
+            traceback.print_exc(file=sys.stderr)
+        try:
+            conn.send({"error": msg})
+        finally:
+            os._exit(1)
+    conn.send(report)
+    conn.close()
+    _serve(state, channel, ar, io_seg, rank, shard, max_tokens)
+    os._exit(0)
+
+
+def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
+    from numatp.numa.placement import alloc_on_node, bind_memory, local_fraction, pin_to_cpus
+    pin_to_cpus(placement.cpus)
+    if placement.bind:
+        bind_memory(placement.node)
+    import numba
+    import numpy as np
+
+    from numatp.model.config import from_gguf
+    from numatp.model.gguf_file import GGUFFile
+    from numatp.parallel.allreduce import AllReduceGroup
+    from numatp.parallel.control import WorkerChannel
+    from numatp.parallel.local import ShardState
+    from numatp.parallel.shm import SharedSegment
+
+    numba.set_num_threads(len(placement.cpus))
+    gguf = GGUFFile(model_path)
+    cfg = from_gguf(gguf)
+    alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
+    state = ShardState(gguf, cfg, shard, ctx, alloc)
+    # The shard is copied out: the file's pages need not stay in this process.
+    gguf.release_pages()
+    gguf.close()
+
+    channel = WorkerChannel.attach(names["control"], rank)
+    ar = AllReduceGroup.attach(names["allreduce"], shard.n_ranks, max_tokens * cfg.hidden, rank=rank)
+    io_seg = SharedSegment.attach(names["io"])
+    # Compile (or load from Numba's cache) before reporting ready, without the all-reduce
+    # (n_ranks=1) so that no rank waits on a slower one's compile.
+    x = np.zeros((1, cfg.hidden), dtype=np.float32)
+    state.step(x, 0, np.empty(shard.vocab[1] - shard.vocab[0], dtype=np.float32))
+    report = {"rank": rank, "pid": os.getpid(), "cpus": list(placement.cpus),
+              "node": placement.node, "bound": placement.bind,
+              "weight_bytes": int(state.weights.arena.nbytes),
+              "kv_bytes": int(state.k_cache.nbytes + state.v_cache.nbytes),
+              "threads": numba.get_num_threads()}
+    if placement.bind:
+        report["weights_local"] = local_fraction(state.weights.arena, placement.node)
+        report["kv_local"] = local_fraction(state.k_cache.reshape(-1).view(np.uint8), placement.node)
+    return state, channel, ar, io_seg, report
+
+
+def _serve(state, channel, ar, io_seg, rank, shard, max_tokens):
+    import numpy as np
+
+    from numatp.parallel.control import QUIT
+    from numatp.parallel.coordinator import io_views
+    x_in, logits = io_views(io_seg, max_tokens, state.weights.dims)
+    my_logits = logits[shard.vocab[0]:shard.vocab[1]]
+    ctl, data = ar.arrays()
+    while True:
+        cmd, args = channel.wait()
+        if cmd == QUIT:
+            break
+        if cmd == STEP:
+            n, pos0 = int(args[0]), int(args[1])
+            x = np.array(x_in[:n])  # my own copy: the step updates it in place
+            status = state.step(x, pos0, my_logits, ctl, data, rank, shard.n_ranks)
+            if status != 0:
+                channel.fail(f"all-reduce failed with status {status} (a peer stopped)")
+                break
+            channel.done()
+        else:
+            channel.fail(f"unknown command {cmd}")
+    channel.close()
+    ar.close()
+    io_seg.close()
