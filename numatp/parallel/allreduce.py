@@ -1,0 +1,206 @@
+"""Sum a float32 vector across the tensor-parallel ranks, through shared memory.
+
+Python (setup):
+    group = AllReduceGroup.create(nranks, max_floats)          # coordinator, owns the memory
+    group = AllReduceGroup.attach(name, nranks, max_floats, rank=r)   # worker r
+    ctl, data = group.arrays()     # pass these into jitted code
+    group.abort()                  # make every waiting rank return ABORTED
+    group.close()
+
+Jitted (callable from other @njit code and from Python; releases the GIL):
+    status = allreduce(ctl, data, rank, nranks, x)
+        x: 1-D contiguous float32, len(x) <= max_floats. On return with status OK, x holds
+        the sum over ranks of their x, bit-identical on every rank. Every rank must make
+        the same sequence of calls (same lengths). nranks == 1 returns OK at once without
+        touching ctl or data, so a single-process run may pass any int64/float32 arrays.
+    status is OK (0), ABORTED (1: the abort word was set, e.g. a peer died),
+    TIMED_OUT (2: a peer did not arrive within the group's timeout) or BAD_ARGS (3).
+    After a non-OK status the group is out of step and must not be used again.
+
+The abort word lives in this group's own segment. ControlChannel.abort() sets it (the
+channel is handed the groups it should abort), so a dead worker stops its peers here too.
+
+Algorithm. Call number s (1, 2, ...) on rank r:
+  1. copy x into slot [s % 2][r]
+  2. store-release seq[r] = s                     (seq[r] has its own cache line)
+  3. for every peer p: spin until load-acquire seq[p] >= s, watching the abort word
+  4. x = slot[s%2][0] + slot[s%2][1] + ... + slot[s%2][n-1], in rank order
+Every rank adds the same numbers in the same order, so all get the same bits, and no
+second barrier is needed to say "everyone has read the slots".
+
+Why two buffers (by the parity of s) are enough. Rank r overwrites its slot of parity
+s % 2 again only in call s + 2. To start call s + 2 it must have finished call s + 1,
+which needs every peer's seq >= s + 1 (step 3). A peer stores seq = s + 1 in call s + 1,
+i.e. after it finished summing call s (program order, and the release store keeps those
+reads before it). So by then no one reads the slots of call s any more. A rank can run
+at most one call ahead of the slowest peer; that is why step 3 tests >= s and not == s:
+a fast peer may already have published s + 1, writing only the other buffer.
+
+Layout of the segment (LINE = 128 bytes: two cache lines, so the adjacent-line
+prefetcher does not make neighbours false-share):
+  int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r]
+  float32 data, at a page boundary: slot [b][r] at (b * nranks + r) * stride; stride is
+  max_floats rounded up to whole 4 KiB pages so that each slot is first written by its
+  owner, and lands in that worker's NUMA node (attach(..., rank=r) pre-touches them).
+"""
+from numatp import _env  # noqa: F401
+import numpy as np
+from numba import njit
+
+from numatp.errors import NumatpError
+from numatp.parallel.atomics import load_acquire, store_release
+from numatp.parallel.shm import SharedSegment
+from numatp.parallel.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
+
+OK = READY
+BAD_ARGS = 3
+__all__ = ["AllReduceGroup", "allreduce", "OK", "ABORTED", "TIMED_OUT", "BAD_ARGS"]
+
+LINE = 16                      # int64 words per line (128 bytes)
+_PAGE_FLOATS = 1024            # 4 KiB
+_MAGIC = 0x6E756D617470_4101   # "numatp" + layout version
+
+# header words (line 0)
+H_MAGIC = 0
+H_NRANKS = 1
+H_MAX_FLOATS = 2
+H_STRIDE = 3
+H_PAUSE_NS = 4
+H_TIMEOUT_NS = 5
+H_ABORT = 8
+
+
+def _seq_index(rank):
+    return LINE * (1 + rank)
+
+
+@njit(cache=True, nogil=True)
+def allreduce(ctl, data, rank, nranks, x):
+    if nranks == 1:
+        return OK
+    n = x.shape[0]
+    if nranks != ctl[H_NRANKS] or rank < 0 or rank >= nranks or n > ctl[H_MAX_FLOATS]:
+        return BAD_ARGS
+    stride = ctl[H_STRIDE]
+    me = LINE * (1 + rank)
+    seq = ctl[me] + 1          # only this rank writes its seq word
+    base = (seq & 1) * nranks * stride
+
+    # Loops over slices indexed from 0: `data[off + i]` would make Numba check for a
+    # negative index on every element, and that check stops LLVM from vectorizing.
+    mine = data[base + rank * stride:base + rank * stride + n]
+    for i in range(n):
+        mine[i] = x[i]
+    store_release(ctl, me, seq)
+
+    pause_ns = ctl[H_PAUSE_NS]
+    timeout_ns = ctl[H_TIMEOUT_NS]
+    for p in range(nranks):
+        if p != rank:
+            status = wait_until_ge(ctl, LINE * (1 + p), seq, H_ABORT, pause_ns, timeout_ns)
+            if status != READY:
+                return status
+
+    first = data[base:base + n]
+    for i in range(n):
+        x[i] = first[i]
+    for p in range(1, nranks):
+        slot = data[base + p * stride:base + p * stride + n]
+        for i in range(n):
+            x[i] += slot[i]
+    return OK
+
+
+def _layout(nranks, max_floats):
+    stride = -(-max(max_floats, 1) // _PAGE_FLOATS) * _PAGE_FLOATS
+    ctl_words = LINE * (1 + nranks)
+    data_offset = -(-ctl_words * 8 // 4096) * 4096
+    data_floats = 2 * nranks * stride
+    return stride, ctl_words, data_offset, data_floats
+
+
+class AllReduceGroup:
+    """The shared memory of one all-reduce group. create() in the coordinator,
+    attach() in each worker."""
+
+    def __init__(self, segment, nranks, max_floats):
+        self.nranks = nranks
+        self.max_floats = max_floats
+        self._segment = segment
+        stride, ctl_words, data_offset, data_floats = _layout(nranks, max_floats)
+        self.stride = stride
+        self._ctl = segment.array(np.int64, 0, ctl_words)
+        self._data = segment.array(np.float32, data_offset, data_floats)
+
+    @property
+    def name(self):
+        return self._segment.name
+
+    @classmethod
+    def create(cls, nranks, max_floats, *, timeout_s=120.0, pause_us=50.0):
+        """timeout_s: how long a rank waits for a peer before giving up (a last resort;
+        dead peers are reported through the abort word much sooner).
+        pause_us: how long a waiting rank spins with `pause` before it starts yielding
+        its core between checks."""
+        if nranks < 1 or max_floats < 1:
+            raise ValueError(f"bad all-reduce group size: {nranks} ranks x {max_floats} floats")
+        _, ctl_words, data_offset, data_floats = _layout(nranks, max_floats)
+        seg = SharedSegment.create("allreduce", data_offset + 4 * data_floats)
+        group = cls(seg, nranks, max_floats)
+        ctl = group._ctl
+        ctl[H_NRANKS] = nranks
+        ctl[H_MAX_FLOATS] = max_floats
+        ctl[H_STRIDE] = group.stride
+        ctl[H_PAUSE_NS] = int(pause_us * 1e3)
+        ctl[H_TIMEOUT_NS] = int(timeout_s * 1e9)
+        ctl[H_MAGIC] = _MAGIC
+        return group
+
+    @classmethod
+    def attach(cls, name, nranks, max_floats, rank=None):
+        """rank: if given, this rank's slots are written once now, so that their pages
+        are placed by this process's memory policy (its NUMA node)."""
+        seg = SharedSegment.attach(name)
+        try:
+            group = cls(seg, nranks, max_floats)
+            ctl = group._ctl
+            if (ctl[H_MAGIC], ctl[H_NRANKS], ctl[H_MAX_FLOATS]) != (_MAGIC, nranks, max_floats):
+                raise NumatpError(
+                    f"all-reduce segment {name} holds {ctl[H_NRANKS]} ranks x "
+                    f"{ctl[H_MAX_FLOATS]} floats, expected {nranks} x {max_floats}")
+        except BaseException:
+            seg.close()
+            raise
+        if rank is not None:
+            for b in range(2):
+                off = (b * nranks + rank) * group.stride
+                group._data[off:off + group.stride] = 0.0
+        return group
+
+    def arrays(self):
+        """(ctl, data): the first two arguments of allreduce()."""
+        return self._ctl, self._data
+
+    def abort(self):
+        """Make every rank waiting in (or entering) allreduce return ABORTED."""
+        if not self._segment.closed:
+            store_abort(self._ctl, H_ABORT)
+
+    @property
+    def aborted(self):
+        return bool(self._ctl[H_ABORT]) if not self._segment.closed else True
+
+    def close(self):
+        self._ctl = self._data = None
+        self._segment.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@njit(cache=True)
+def store_abort(ctl, idx):
+    store_release(ctl, idx, 1)
