@@ -1,0 +1,71 @@
+"""Tensor parallelism: N worker processes give the same greedy tokens as one shard, and
+logits within float32 round-off of the single-shard logits.
+
+Why round-off and not bit equality: with N ranks, attn_output and ffn_down are summed as N
+partial sums (each over a rank's columns) and then added, instead of one running sum, so
+the float32 additions happen in another order. Reordering a K-term float32 sum changes it
+by at most ~K * 6e-8 * sum|terms|; for these models (K <= 224, activations O(1)) that is
+< 1e-5 per matmul, growing through the layers and the output head to ~1e-5 of the logits'
+scale. We allow 1e-4 of the largest logit magnitude. Virtual nodes share this machine's 2
+CPUs (3 and 4 workers oversubscribe them, which is slow but must stay correct).
+"""
+import numpy as np
+import pytest
+
+import numatp
+import synth
+from models import STORIES, smollm2
+
+PROMPT_IDS = [7, 100, 42, 250, 3, 19, 77, 401, 5]
+
+
+@pytest.fixture(scope="module")
+def uneven_model(tmp_path_factory):
+    # 14 heads over 2 KV heads; attn_output columns of 5 heads (80) end inside a Q8_0
+    # block of 32, so neighbouring ranks share a block (the padded column shard); ffn of
+    # 160 = 5 blocks splits 2/2/1 over 3 ranks and leaves a rank of 4 with one block.
+    return synth.write_model(tmp_path_factory.mktemp("tp") / "uneven.gguf", arch="qwen2",
+                             qtype="Q8_0", hidden=128, n_heads=14, n_kv_heads=2, head_dim=16,
+                             ffn=160, n_layers=2, vocab=517, seed=11)
+
+
+def logits_and_greedy(path, nodes, ids, n_gen=8):
+    with numatp.load(path, nodes=nodes, ctx_size=64) as llm:
+        logits = llm.logits(ids)
+        from numatp.sampling import SamplingParams
+        tokens = list(llm.generate_ids(ids, n_gen, SamplingParams(temperature=0), stop_at_eog=False))
+    return logits, tokens
+
+
+@pytest.mark.parametrize("nodes", [2, 3, 4])
+def test_uneven_split_matches_one_shard(uneven_model, nodes):
+    ref_logits, ref_tokens = logits_and_greedy(uneven_model, 1, PROMPT_IDS)
+    logits, tokens = logits_and_greedy(uneven_model, nodes, PROMPT_IDS)
+    scale = np.abs(ref_logits).max()
+    assert np.abs(logits - ref_logits).max() <= 1e-4 * scale
+    assert tokens == ref_tokens
+
+
+def greedy_text(path, nodes, prompt, n):
+    with numatp.load(path, nodes=nodes) as llm:
+        return "".join(llm.generate(prompt, max_tokens=n, temperature=0))
+
+
+@pytest.mark.parametrize("nodes", [2, 3, 4])
+def test_stories_tp_greedy_matches(nodes):
+    one = greedy_text(STORIES, 1, "Once upon a time", 30)
+    assert one.startswith(", there was a little girl named Lily")
+    assert greedy_text(STORIES, nodes, "Once upon a time", 30) == one
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [2, 3, 4])
+def test_smollm2_tp_greedy_matches(nodes):
+    path = smollm2()
+    with numatp.load(path, nodes=1) as llm:
+        ids = llm.prompt_ids("The capital of France is")
+        from numatp.sampling import SamplingParams
+        one = list(llm.generate_ids(ids, 12, SamplingParams(temperature=0), stop_at_eog=False))
+    with numatp.load(path, nodes=nodes) as llm:
+        many = list(llm.generate_ids(ids, 12, SamplingParams(temperature=0), stop_at_eog=False))
+    assert many == one
