@@ -12,8 +12,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: memory, kernels,
 app.add_typer(bench_app, name="bench")
 
 # Importing a command module registers its commands on `app` / `bench_app`.
-from numatp.cli import (bench_allreduce, bench_kernels, bench_memory, generate,  # noqa: E402,F401
-                        info, topology)
+from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: E402,F401
+                        generate, info, topology)
 
 
 def fail(message: str, code: int = 1):
