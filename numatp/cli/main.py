@@ -23,12 +23,34 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every `with` and `finally` on the way
+    out runs: the text so far is flushed, workers stopped, shared memory freed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main():
+    import signal
+
     from numatp.errors import NumatpError
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         app()
     except NumatpError as e:
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("\nnumatp: interrupted\n")
-        raise SystemExit(130)
+        _interrupted("interrupted", 130)
+    except Terminated:
+        _interrupted("terminated", 143)
+
+
+def _interrupted(what, code):
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    sys.stderr.write(f"\nnumatp: {what}\n")
+    raise SystemExit(code)
