@@ -1,1 +1,46 @@
-"""Placeholder: this command arrives with its own module."""
+"""`numatp bench allreduce`: latency of the shared-memory all-reduce between workers."""
+import json
+import sys
+
+import typer
+
+from numatp.cli.main import bench_app
+from numatp.errors import UsageError
+
+
+def _int_list(text, flag, minimum):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < minimum:
+        raise UsageError(f"{flag} values must be integers >= {minimum}, got {text!r}")
+    return values
+
+
+@bench_app.command("allreduce")
+def bench_allreduce(
+    workers: str = typer.Option("2", "--workers", help="worker counts, comma-separated"),
+    floats: str = typer.Option("576,896,2048,4096,8192", "--floats",
+                               help="vector lengths in float32 elements, comma-separated"),
+    iters: int = typer.Option(2000, "--iters", help="timed calls per size (after 200 warm-up)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Median and p99 latency of one all-reduce across worker processes."""
+    from numatp.bench import allreduce as bench
+
+    worker_counts = _int_list(workers, "--workers", 1)
+    sizes = _int_list(floats, "--floats", 1)
+    if iters < 1:
+        raise UsageError(f"--iters must be >= 1, got {iters}")
+    for n in worker_counts:
+        if not bench.pinned(n):
+            sys.stderr.write(f"note: {n} workers > CPUs available: workers not pinned, "
+                             "cores oversubscribed\n")
+    results = bench.run(worker_counts, sizes, iters)
+    if as_json:
+        print(json.dumps({"results": results}))
+        return
+    print(f"{'workers':>7} {'floats':>7} {'median_us':>10} {'p99_us':>10}")
+    for r in results:
+        print(f"{r['workers']:>7} {r['floats']:>7} {r['median_us']:>10.2f} {r['p99_us']:>10.2f}")

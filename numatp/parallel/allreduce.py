@@ -137,11 +137,14 @@ class AllReduceGroup:
         return self._segment.name
 
     @classmethod
-    def create(cls, nranks, max_floats, *, timeout_s=120.0, pause_us=50.0):
+    def create(cls, nranks, max_floats, *, timeout_s=120.0, pause_us=5.0):
         """timeout_s: how long a rank waits for a peer before giving up (a last resort;
         dead peers are reported through the abort word much sooner).
         pause_us: how long a waiting rank spins with `pause` before it starts yielding
-        its core between checks."""
+        its core between checks. Short, because when ranks outnumber cores the peer may
+        be waiting for our core (3 ranks on 2 cores: 5 us gave ~30-50 us per call, 50 us
+        gave ~120-360 us); with a core per rank, a peer arriving late finds us at most
+        one sched_yield() call (well under a microsecond) away."""
         if nranks < 1 or max_floats < 1:
             raise ValueError(f"bad all-reduce group size: {nranks} ranks x {max_floats} floats")
         _, ctl_words, data_offset, data_floats = _layout(nranks, max_floats)
