@@ -16,8 +16,11 @@ import numatp  # noqa: F401  (sets up numba before it is imported)
 import numpy as np
 import pytest
 
+from numba import njit
+
 from numatp.parallel.allreduce import (ABORTED, BAD_ARGS, OK, TIMED_OUT, AllReduceGroup,
                                        allreduce)
+from numatp.parallel.atomics import fetch_add, load_acquire, store_release
 from numatp.parallel.shm import SharedSegment, leftover_segments
 
 SPAWN = mp.get_context("spawn")
@@ -30,6 +33,53 @@ def no_leaked_segments():
     assert leftover_segments(os.getpid()) == []
     yield
     assert leftover_segments(os.getpid()) == []
+
+
+@njit(nogil=True)
+def _spin_until_set(flag, limit):
+    # Nothing in the loop but the load and a counter. Written with a plain `flag[0]`,
+    # LLVM reads the flag once and folds the loop into "return -1" (seen with Numba
+    # 0.68); the atomic load must be re-read on every pass. The counter only keeps a
+    # broken build from hanging the test (2e10 passes: tens of seconds).
+    spins = 0
+    while load_acquire(flag, 0) == 0:
+        spins += 1
+        if spins > limit:
+            return -1
+    return load_acquire(flag, 1)
+
+
+def test_jitted_spin_sees_a_flag_set_by_another_process():
+    with SharedSegment.create("testflag", 64) as seg:
+        flag = seg.array(np.int64, 0, 2)
+        _spin_until_set(np.ones(2, np.int64), 1)  # compile now, not while the flag flips
+        code = ("import time, numpy as np\nfrom numatp.parallel.shm import SharedSegment\n"
+                f"s = SharedSegment.attach({seg.name!r})\na = s.array(np.int64, 0, 2)\n"
+                "time.sleep(0.3)\na[1] = 7\na[0] = 1\ndel a\ns.close()\n")
+        setter = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            assert _spin_until_set(flag, 2 * 10**10) == 7
+        finally:
+            setter.wait(60)
+        del flag
+
+
+@njit(nogil=True)
+def _count(words, n):
+    for _ in range(n):
+        fetch_add(words, 0, 1)
+    store_release(words, 1, n)
+
+
+def test_fetch_add_loses_no_updates():
+    words = np.zeros(2, np.int64)
+    _count(words, 1)
+    threads = [threading.Thread(target=_count, args=(words, 200_000)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert words[0] == 1 + 400_000 and words[1] == 200_000
 
 
 def _inputs(seed, call, rank, n):

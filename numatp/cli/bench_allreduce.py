@@ -8,13 +8,13 @@ from numatp.cli.main import bench_app
 from numatp.errors import UsageError
 
 
-def _int_list(text, flag, minimum):
+def _int_list(text, flag, lo, hi):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < minimum:
-        raise UsageError(f"{flag} values must be integers >= {minimum}, got {text!r}")
+    if not values or min(values) < lo or max(values) > hi:
+        raise UsageError(f"{flag} values must be integers from {lo} to {hi}, got {text!r}")
     return values
 
 
@@ -29,8 +29,8 @@ def bench_allreduce(
     """Median and p99 latency of one all-reduce across worker processes."""
     from numatp.bench import allreduce as bench
 
-    worker_counts = _int_list(workers, "--workers", 1)
-    sizes = _int_list(floats, "--floats", 1)
+    worker_counts = _int_list(workers, "--workers", 1, 256)
+    sizes = _int_list(floats, "--floats", 1, 1 << 24)  # 64 MiB per slot
     if iters < 1:
         raise UsageError(f"--iters must be >= 1, got {iters}")
     for n in worker_counts:

@@ -183,6 +183,8 @@ def _stop(proc, deadline):
         except psutil.NoSuchProcess:
             pass
         return
+    if proc.pid is None:  # never started
+        return
     proc.join(max(deadline - time.monotonic(), 0))
     if proc.is_alive():
         proc.terminate()
@@ -237,8 +239,8 @@ class ControlChannel:
 
     def send(self, cmd, *args):
         """Publish a command; returns at once. Waits for the previous one first."""
-        if cmd < 0 and cmd != QUIT:
-            raise ValueError(f"command codes are >= 0, got {cmd}")
+        if cmd < 0:
+            raise ValueError(f"command codes are >= 0 (close() sends QUIT), got {cmd}")
         if len(args) > NARGS:
             raise ValueError(f"at most {NARGS} command arguments, got {len(args)}")
         if self._aborted:
@@ -247,9 +249,8 @@ class ControlChannel:
             self.wait()
         ctl = self._ctl
         ctl[CMD] = cmd
-        self._args[:] = 0
-        for i, a in enumerate(args):
-            self._args[i] = a
+        self._args[:len(args)] = args
+        self._args[len(args):] = 0
         self._seq += 1
         if _publish(ctl, CMD_SEQ, self._seq, SLEEPERS):
             futex_wake(ctl, CMD_SEQ)
@@ -267,7 +268,7 @@ class ControlChannel:
             self._wait_blocking(seq, w, timeout)
         self._waited = seq
         if self._statuses[:self.nworkers].any():
-            self._raise_failure(seq)
+            self._raise_failure()
 
     def call(self, cmd, *args, timeout=None):
         self.send(cmd, *args)
@@ -294,7 +295,7 @@ class ControlChannel:
                 self.abort()
                 raise WorkerError(f"worker {rank} died ({how})")
 
-    def _raise_failure(self, seq):
+    def _raise_failure(self):
         for rank in range(self.nworkers):
             status = int(self._statuses[rank])
             if status == 0:
