@@ -35,6 +35,11 @@ i.e. after it finished summing call s (program order, and the release store keep
 reads before it). So by then no one reads the slots of call s any more. A rank can run
 at most one call ahead of the slowest peer; that is why step 3 tests >= s and not == s:
 a fast peer may already have published s + 1, writing only the other buffer.
+(tests/test_allreduce.py runs a deliberately late rank; with one buffer it fails.)
+
+Caching: Numba's on-disk cache of a caller (cache=True) holds its own copy of this code
+and is not invalidated when this file changes. After editing it, delete the callers'
+cache files (__pycache__/*.nbi, *.nbc), or they keep running the old version.
 
 Layout of the segment (LINE = 128 bytes: two cache lines, so the adjacent-line
 prefetcher does not make neighbours false-share):
