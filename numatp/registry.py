@@ -43,7 +43,8 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("NUMATP_CACHE") or Path.home() / ".cache" / "numatp")
+    from numatp._env import cache_root
+    return cache_root()
 
 
 def cached_path(name: str) -> Path:
