@@ -1,0 +1,151 @@
+"""Row kernels for unquantized weights: F32, F16 and BF16.
+
+These multiply with the float32 activations as they are. A "block" is one element, so
+column ranges are element ranges. F16 converts 8 lanes per instruction where the CPU has
+F16C; BF16 is the upper half of a float32, so a shift converts it.
+
+Like block32.py, functions take the quant type as a literal int and specialize on it.
+"""
+from numatp import _env  # noqa: F401  (before numba)
+
+import numpy as np
+from numba import njit
+
+from numatp.quant.formats import BF16, F16, F32
+from numatp.quant.block32 import literal_qtype
+from numatp.quant.simd import (bf16_to_float, fma, half_to_float, hsum, load, load_bytes,
+                               read_bytes, read_half, splat, store)
+from numba.extending import overload
+
+ELEMENT_BYTES = {F32: 4, F16: 2, BF16: 2}
+TYPES = tuple(ELEMENT_BYTES)
+_LANES = 8      # float32 lanes per vector
+_STEP = 32      # elements per loop step: four vectors, four accumulation chains
+
+
+@njit(boundscheck=False)
+def _f32x8(w, at):
+    return load_bytes(w, at, np.float32, 8)
+
+
+@njit(boundscheck=False)
+def _f16x8(w, at):
+    return half_to_float(load_bytes(w, at, np.uint16, 8))
+
+
+@njit(boundscheck=False)
+def _bf16x8(w, at):
+    return bf16_to_float(load_bytes(w, at, np.uint16, 8))
+
+
+@njit(boundscheck=False)
+def _f32x1(w, at):
+    return read_bytes(w, at, np.float32)
+
+
+@njit(boundscheck=False)
+def _bf16x1(w, at):
+    return hsum(bf16_to_float(load_bytes(w, at, np.uint16, 1)))
+
+
+_VECTOR = {F32: _f32x8, F16: _f16x8, BF16: _bf16x8}
+_SCALAR = {F32: _f32x1, F16: read_half, BF16: _bf16x1}
+
+
+def dot_float(qtype, w, o, n, x):
+    """sum(w_row[k] * x[k] for k < n), the row's first element at byte o."""
+
+
+@overload(dot_float, prefer_literal=True)
+def _dot_float_ov(qtype, w, o, n, x):
+    q = literal_qtype(qtype, TYPES)
+    if q is None:
+        return None
+    eb = ELEMENT_BYTES[q]
+    vec, one = _VECTOR[q], _SCALAR[q]
+
+    def impl(qtype, w, o, n, x):
+        a0 = splat(np.float32(0), _LANES)
+        a1 = a0
+        a2 = a0
+        a3 = a0
+        k = 0
+        while k + _STEP <= n:
+            a0 = fma(vec(w, o + k * eb), load(x, k, _LANES), a0)
+            a1 = fma(vec(w, o + (k + 8) * eb), load(x, k + 8, _LANES), a1)
+            a2 = fma(vec(w, o + (k + 16) * eb), load(x, k + 16, _LANES), a2)
+            a3 = fma(vec(w, o + (k + 24) * eb), load(x, k + 24, _LANES), a3)
+            k += _STEP
+        while k + _LANES <= n:
+            a0 = fma(vec(w, o + k * eb), load(x, k, _LANES), a0)
+            k += _LANES
+        total = hsum((a0 + a1) + (a2 + a3))
+        while k < n:
+            total += one(w, o + k * eb) * x[k]
+            k += 1
+        return total
+
+    return impl
+
+
+def dot_float_x4(qtype, w, o, n, X, t0, t1, t2, t3):
+    """The row at byte o dotted with rows t0..t3 of X, reading the weights once."""
+
+
+@overload(dot_float_x4, prefer_literal=True)
+def _dot_float_x4_ov(qtype, w, o, n, X, t0, t1, t2, t3):
+    q = literal_qtype(qtype, TYPES)
+    if q is None:
+        return None
+    eb = ELEMENT_BYTES[q]
+    vec, one = _VECTOR[q], _SCALAR[q]
+
+    def impl(qtype, w, o, n, X, t0, t1, t2, t3):
+        x0, x1, x2, x3 = X[t0], X[t1], X[t2], X[t3]
+        a0 = splat(np.float32(0), _LANES)
+        a1 = a0
+        a2 = a0
+        a3 = a0
+        k = 0
+        while k + _LANES <= n:
+            v = vec(w, o + k * eb)
+            a0 = fma(v, load(x0, k, _LANES), a0)
+            a1 = fma(v, load(x1, k, _LANES), a1)
+            a2 = fma(v, load(x2, k, _LANES), a2)
+            a3 = fma(v, load(x3, k, _LANES), a3)
+            k += _LANES
+        y0, y1, y2, y3 = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+        while k < n:
+            v1 = one(w, o + k * eb)
+            y0 += v1 * x0[k]
+            y1 += v1 * x1[k]
+            y2 += v1 * x2[k]
+            y3 += v1 * x3[k]
+            k += 1
+        return y0, y1, y2, y3
+
+    return impl
+
+
+def dequant_float(qtype, w, o, n, out):
+    """out[:n] = the n elements at byte o as float32."""
+
+
+@overload(dequant_float, prefer_literal=True)
+def _dequant_float_ov(qtype, w, o, n, out):
+    q = literal_qtype(qtype, TYPES)
+    if q is None:
+        return None
+    eb = ELEMENT_BYTES[q]
+    vec, one = _VECTOR[q], _SCALAR[q]
+
+    def impl(qtype, w, o, n, out):
+        k = 0
+        while k + _LANES <= n:
+            store(out, k, vec(w, o + k * eb))
+            k += _LANES
+        while k < n:
+            out[k] = one(w, o + k * eb)
+            k += 1
+
+    return impl

@@ -1,0 +1,563 @@
+"""Explicit SIMD vectors for the Numba kernels.
+
+Numba has no vector types, and leaving vectorization to LLVM's SLP pass turned out
+fragile for block formats: a small change in a kernel flipped it between packed code and
+scalar inserts/gathers at a fraction of the speed. This module adds one Numba type, Vec
+(an LLVM vector of N numbers, e.g. <8 x float>), and the handful of operations the
+kernels need, each a few lines of target-independent LLVM IR. LLVM lowers them to
+AVX2/AVX-512 on x86 and NEON on Arm; the kernels state exactly what runs in parallel.
+
+Operations (all usable only inside @njit code):
+  load(arr, i, N)          N consecutive elements arr[i : i+N] (unaligned, no bounds check)
+  store(arr, i, v)         arr[i : i+N] = v
+  splat(x, N)              N copies of the scalar x
+  convert(v, dtype)        element-wise numeric conversion (int widening, int->float, ...)
+  half_to_float(v)         IEEE fp16 bits (uint16 lanes) -> float32 lanes
+  bf16_to_float(v)         bfloat16 bits (uint16 lanes) -> float32 lanes
+  part(v, start, N)        lanes start .. start+N-1;   join(a, b): a's lanes then b's
+  deinterleave(v)          even lanes then odd lanes;  interleave(a, b): a0, b0, a1, b1..
+  repeat_lanes(v, k)       each lane k times
+  lookup16(table, idx)     table[idx] per lane, 16 int8 entries (pshufb on x86)
+  bitcast(v, dtype)        the same bits as lanes of another type
+  load_bytes(a, i, dtype, N), read_bytes(a, i, dtype), read_half(a, i)
+                           typed reads at a byte offset of a uint8 array
+  round_even, vabs, hmax   rounding, |v|, largest lane
+  madd_pairs(a, b)         int16 -> int32: a[2i]*b[2i] + a[2i+1]*b[2i+1] (pmaddwd)
+  fma(a, b, c)             a * b + c (fused where the target has FMA)
+  hsum(v)                  sum of the lanes, in a fixed pairwise order
+  +, -, *, &, |, ~, >>, <<  lane-wise; a scalar operand is broadcast to all lanes
+"""
+from numatp import _env  # noqa: F401  (before numba)
+
+import operator
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
+
+
+class Vec(types.Type):
+    """N lanes of one numeric type, held in registers as one LLVM vector value."""
+
+    def __init__(self, dtype, count):
+        self.dtype = dtype
+        self.count = count
+        super().__init__(name=f"Vec({dtype}, {count})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        lane = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(lane, fe_type.count))
+
+
+_I32 = ir.IntType(32)
+
+
+def _const_int(n):
+    return ir.Constant(_I32, n)
+
+
+def vec_bits(lane_t):
+    return {ir.FloatType: 32, ir.DoubleType: 64}[type(lane_t)]
+
+
+def _literal_int(t):
+    if isinstance(t, types.IntegerLiteral):
+        return t.literal_value
+    return None
+
+
+def _lane_type(context, dtype):
+    return context.get_value_type(dtype)
+
+
+def _splat(builder, value, count):
+    vec_t = ir.VectorType(value.type, count)
+    v = builder.insert_element(ir.Constant(vec_t, ir.Undefined), value, _const_int(0))
+    return builder.shuffle_vector(v, ir.Constant(vec_t, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+def _cast(builder, value, src, dst, context):
+    """LLVM conversion of a scalar or vector value between Numba number types."""
+    dst_lane = _lane_type(context, dst)
+    if isinstance(value.type, ir.VectorType):
+        dst_t = ir.VectorType(dst_lane, value.type.count)
+    else:
+        dst_t = dst_lane
+    if src == dst:
+        return value
+    if isinstance(src, types.Integer) and isinstance(dst, types.Integer):
+        if dst.bitwidth > src.bitwidth:
+            return builder.sext(value, dst_t) if src.signed else builder.zext(value, dst_t)
+        if dst.bitwidth < src.bitwidth:
+            return builder.trunc(value, dst_t)
+        return value
+    if isinstance(src, types.Integer) and isinstance(dst, types.Float):
+        return builder.sitofp(value, dst_t) if src.signed else builder.uitofp(value, dst_t)
+    if isinstance(src, types.Float) and isinstance(dst, types.Integer):
+        return builder.fptosi(value, dst_t) if dst.signed else builder.fptoui(value, dst_t)
+    if isinstance(src, types.Float) and isinstance(dst, types.Float):
+        if dst.bitwidth > src.bitwidth:
+            return builder.fpext(value, dst_t)
+        return builder.fptrunc(value, dst_t)
+    raise TypeError(f"cannot convert {src} to {dst}")
+
+
+def _data_pointer(context, builder, arrty, arr, index, lane_t):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.gep(ary.data, [index])
+
+
+@intrinsic
+def load(typingctx, arr, index, count):
+    n = _literal_int(count)
+    if not (isinstance(arr, types.Array) and isinstance(index, types.Integer) and n):
+        return None
+    vt = Vec(arr.dtype, n)
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, _ = args
+        lane_t = _lane_type(context, arr.dtype)
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, lane_t)
+        vptr = builder.bitcast(ptr, ir.PointerType(ir.VectorType(lane_t, n)))
+        return builder.load(vptr, align=1)
+
+    return vt(arr, index, count), codegen
+
+
+@intrinsic
+def load_bytes(typingctx, arr, byte_index, dtype, count):
+    """N elements of `dtype` read from a byte array at byte_index (unaligned)."""
+    n = _literal_int(count)
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and n
+            and isinstance(dtype, types.NumberClass)):
+        return None
+    lane = dtype.instance_type
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, _, _ = args
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, None)
+        vt = ir.VectorType(_lane_type(context, lane), n)
+        return builder.load(builder.bitcast(ptr, ir.PointerType(vt)), align=1)
+
+    return Vec(lane, n)(arr, byte_index, dtype, count), codegen
+
+
+@intrinsic
+def read_bytes(typingctx, arr, byte_index, dtype):
+    """One `dtype` scalar read from a byte array at byte_index (unaligned, unchecked)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8
+            and isinstance(dtype, types.NumberClass)):
+        return None
+    lane = dtype.instance_type
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, _ = args
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, None)
+        lt = _lane_type(context, lane)
+        return builder.load(builder.bitcast(ptr, ir.PointerType(lt)), align=1)
+
+    return lane(arr, byte_index, dtype), codegen
+
+
+@intrinsic
+def read_half(typingctx, arr, byte_index):
+    """The IEEE fp16 number at byte_index of a byte array, as float32.
+
+    The 2-byte load is marked atomic (unordered: a plain mov on x86) so that LLVM keeps it
+    a scalar load into a general register. Otherwise it folds the load into a vector-lane
+    insert (vpinsrw), which merges into whatever register it picks, often an accumulator,
+    and chains every block's scale conversion to the previous block's result."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v = args
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, None)
+        i16 = ir.IntType(16)
+        bits = builder.load_atomic(builder.bitcast(ptr, ir.PointerType(i16)), "unordered", 2)
+        vec = builder.insert_element(ir.Constant(ir.VectorType(i16, 8), None), bits,
+                                     _const_int(0))
+        halves = builder.bitcast(vec, ir.VectorType(ir.HalfType(), 8))
+        floats = builder.fpext(halves, ir.VectorType(ir.FloatType(), 8))
+        return builder.extract_element(floats, _const_int(0))
+
+    return types.float32(arr, byte_index), codegen
+
+
+@intrinsic
+def store(typingctx, arr, index, vec):
+    if not (isinstance(arr, types.Array) and isinstance(vec, Vec) and vec.dtype == arr.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, vec_v = args
+        lane_t = _lane_type(context, arr.dtype)
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, lane_t)
+        vptr = builder.bitcast(ptr, ir.PointerType(vec_v.type))
+        builder.store(vec_v, vptr, align=1)
+        return context.get_dummy_value()
+
+    return types.none(arr, index, vec), codegen
+
+
+@intrinsic
+def splat(typingctx, x, count):
+    n = _literal_int(count)
+    if not (isinstance(x, types.Number) and n):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, args[0], n)
+
+    return Vec(x, n)(x, count), codegen
+
+
+@intrinsic
+def convert(typingctx, vec, dtype):
+    if not (isinstance(vec, Vec) and isinstance(dtype, (types.NumberClass, types.DType))):
+        return None
+    dst = dtype.dtype if isinstance(dtype, types.DType) else dtype.instance_type
+
+    def codegen(context, builder, sig, args):
+        return _cast(builder, args[0], vec.dtype, dst, context)
+
+    return Vec(dst, vec.count)(vec, dtype), codegen
+
+
+@intrinsic
+def half_to_float(typingctx, vec):
+    if not (isinstance(vec, Vec) and vec.dtype in (types.uint16, types.int16)):
+        return None
+    n = vec.count
+
+    def codegen(context, builder, sig, args):
+        halves = builder.bitcast(args[0], ir.VectorType(ir.HalfType(), n))
+        return builder.fpext(halves, ir.VectorType(ir.FloatType(), n))
+
+    return Vec(types.float32, n)(vec), codegen
+
+
+@intrinsic
+def bf16_to_float(typingctx, vec):
+    if not (isinstance(vec, Vec) and vec.dtype in (types.uint16, types.int16)):
+        return None
+    n = vec.count
+
+    def codegen(context, builder, sig, args):
+        wide = builder.zext(args[0], ir.VectorType(_I32, n))
+        wide = builder.shl(wide, ir.Constant(ir.VectorType(_I32, n), [16] * n))
+        return builder.bitcast(wide, ir.VectorType(ir.FloatType(), n))
+
+    return Vec(types.float32, n)(vec), codegen
+
+
+@intrinsic
+def part(typingctx, vec, start, count):
+    s, n = _literal_int(start), _literal_int(count)
+    if not (isinstance(vec, Vec) and s is not None and n and s + n <= vec.count):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        mask = ir.Constant(ir.VectorType(_I32, n), list(range(s, s + n)))
+        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
+
+    return Vec(vec.dtype, n)(vec, start, count), codegen
+
+
+@intrinsic
+def join(typingctx, a, b):
+    if not (isinstance(a, Vec) and a == b):
+        return None
+    n = a.count
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return Vec(a.dtype, 2 * n)(a, b), codegen
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    if not (isinstance(a, Vec) and a == b == c and isinstance(a.dtype, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _float_intrinsic_call(builder, "fmuladd", args)
+
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def deinterleave(typingctx, vec):
+    """Even lanes, then odd lanes: (v0, v2, v4, ..., v1, v3, v5, ...)."""
+    if not (isinstance(vec, Vec) and vec.count % 2 == 0):
+        return None
+    n = vec.count
+    order = list(range(0, n, 2)) + list(range(1, n, 2))
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        mask = ir.Constant(ir.VectorType(_I32, n), order)
+        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
+
+    return vec(vec), codegen
+
+
+@intrinsic
+def interleave(typingctx, a, b):
+    """(a0, b0, a1, b1, ...): the inverse of deinterleave(join(a, b))."""
+    if not (isinstance(a, Vec) and a == b):
+        return None
+    n = a.count
+    order = [k for i in range(n) for k in (i, n + i)]
+
+    def codegen(context, builder, sig, args):
+        mask = ir.Constant(ir.VectorType(_I32, 2 * n), order)
+        return builder.shuffle_vector(args[0], args[1], mask)
+
+    return Vec(a.dtype, 2 * n)(a, b), codegen
+
+
+@intrinsic
+def repeat_lanes(typingctx, vec, times):
+    """Each lane repeated `times` times: (v0, v0, .., v1, v1, ..)."""
+    k = _literal_int(times)
+    if not (isinstance(vec, Vec) and k):
+        return None
+    n = vec.count
+    order = [i for i in range(n) for _ in range(k)]
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        mask = ir.Constant(ir.VectorType(_I32, n * k), order)
+        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
+
+    return Vec(vec.dtype, n * k)(vec, times), codegen
+
+
+@intrinsic
+def lookup16(typingctx, table, index):
+    """table[index[i]] for each lane: 16 int8 entries, uint8 indices 0..15.
+
+    x86 has this as one instruction (pshufb, within each 16-byte half); elsewhere it
+    falls back to one extract/insert per lane."""
+    if not (isinstance(table, Vec) and table.count == 16 and table.dtype == types.int8
+            and isinstance(index, Vec) and index.dtype == types.uint8
+            and index.count in (16, 32)):
+        return None
+    n = index.count
+
+    def codegen(context, builder, sig, args):
+        tab, idx = args
+        i8 = ir.IntType(8)
+        features = getattr(context.codegen(), "_tm_features", "")
+        name = {16: ("+ssse3", "llvm.x86.ssse3.pshuf.b.128"),
+                32: ("+avx2", "llvm.x86.avx2.pshuf.b")}[n]
+        if name[0] in features.split(","):
+            vt = ir.VectorType(i8, n)
+            if n == 32:
+                tab = builder.shuffle_vector(tab, tab,
+                                             ir.Constant(ir.VectorType(_I32, 32),
+                                                         list(range(16)) * 2))
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
+                                                name[1])
+            return builder.call(fn, [tab, idx])
+        out = ir.Constant(ir.VectorType(i8, n), None)
+        for i in range(n):
+            lane = builder.extract_element(idx, _const_int(i))
+            out = builder.insert_element(out, builder.extract_element(tab, lane), _const_int(i))
+        return out
+
+    return Vec(types.int8, n)(table, index), codegen
+
+
+@intrinsic
+def bitcast(typingctx, vec, dtype):
+    """The same bits seen as lanes of another number type (lane count scales)."""
+    if not (isinstance(vec, Vec) and isinstance(dtype, types.NumberClass)):
+        return None
+    dst = dtype.instance_type
+    total = vec.count * vec.dtype.bitwidth
+    if total % dst.bitwidth:
+        return None
+    n = total // dst.bitwidth
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.VectorType(_lane_type(context, dst), n))
+
+    return Vec(dst, n)(vec, dtype), codegen
+
+
+@intrinsic
+def round_even(typingctx, vec):
+    """Lane-wise round to nearest, ties to even."""
+    if not (isinstance(vec, Vec) and isinstance(vec.dtype, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _float_intrinsic_call(builder, "roundeven", args)
+
+    return vec(vec), codegen
+
+
+def _float_intrinsic_call(builder, name, args):
+    vt = args[0].type
+    full = f"llvm.{name}.v{vt.count}f{vec_bits(vt.element)}"
+    fnty = ir.FunctionType(vt, [vt] * len(args))
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, full), args)
+
+
+@intrinsic
+def vabs(typingctx, vec):
+    """Lane-wise absolute value of float lanes."""
+    if not (isinstance(vec, Vec) and isinstance(vec.dtype, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _float_intrinsic_call(builder, "fabs", args)
+
+    return vec(vec), codegen
+
+
+@intrinsic
+def hmax(typingctx, vec):
+    """Largest lane of float lanes; NaN if any lane is NaN."""
+    if not (isinstance(vec, Vec) and isinstance(vec.dtype, types.Float)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        n = vec.count
+        while n > 1:
+            n //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+            hi = builder.shuffle_vector(
+                v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+            v = _float_intrinsic_call(builder, "maximum", [lo, hi])
+        return builder.extract_element(v, _const_int(0))
+
+    return vec.dtype(vec), codegen
+
+
+@intrinsic
+def hsum(typingctx, vec):
+    if not isinstance(vec, Vec):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = args[0]
+        n = vec.count
+        is_float = isinstance(vec.dtype, types.Float)
+        while n > 1:  # fold the upper half onto the lower half: a fixed order
+            n //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+            hi = builder.shuffle_vector(
+                v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+            v = builder.fadd(lo, hi) if is_float else builder.add(lo, hi)
+        return builder.extract_element(v, _const_int(0))
+
+    return vec.dtype(vec), codegen
+
+
+@intrinsic
+def madd_pairs(typingctx, a, b):
+    """int16 lanes a, b -> int32 lanes: a[2i]*b[2i] + a[2i+1]*b[2i+1] (x86 pmaddwd)."""
+    if not (isinstance(a, Vec) and a == b and a.dtype == types.int16 and a.count % 2 == 0):
+        return None
+    n = a.count // 2
+
+    def codegen(context, builder, sig, args):
+        wide = ir.VectorType(_I32, 2 * n)
+        prod = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
+        half = ir.VectorType(_I32, n)
+        even = builder.shuffle_vector(prod, prod, ir.Constant(half, list(range(0, 2 * n, 2))))
+        odd = builder.shuffle_vector(prod, prod, ir.Constant(half, list(range(1, 2 * n, 2))))
+        return builder.add(even, odd)
+
+    return Vec(types.int32, n)(a, b), codegen
+
+
+# -- lane-wise operators ------------------------------------------------------------------
+
+def _binary_intrinsic(float_op, int_op, uint_op=None):
+    """An intrinsic for a lane-wise binary operator; a scalar operand is broadcast."""
+
+    @intrinsic
+    def op(typingctx, a, b):
+        vec = a if isinstance(a, Vec) else b
+        if not isinstance(vec, Vec):
+            return None
+        for t in (a, b):
+            if not (t == vec or isinstance(t, types.Number)):
+                return None
+
+        def codegen(context, builder, sig, args):
+            vals = []
+            for t, v in zip((a, b), args):
+                if not isinstance(t, Vec):
+                    v = _splat(builder, _cast(builder, v, t, vec.dtype, context), vec.count)
+                vals.append(v)
+            if isinstance(vec.dtype, types.Float):
+                name = float_op
+            elif uint_op is not None and not vec.dtype.signed:
+                name = uint_op
+            else:
+                name = int_op
+            if name is None:
+                raise TypeError("operator not defined for this lane type")
+            return getattr(builder, name)(*vals)
+
+        return vec(a, b), codegen
+
+    return op
+
+
+_add = _binary_intrinsic("fadd", "add")
+_sub = _binary_intrinsic("fsub", "sub")
+_mul = _binary_intrinsic("fmul", "mul")
+_and = _binary_intrinsic(None, "and_")
+_or = _binary_intrinsic(None, "or_")
+_shr = _binary_intrinsic(None, "ashr", "lshr")
+_shl = _binary_intrinsic(None, "shl")
+
+
+@intrinsic
+def _invert(typingctx, a):
+    if not (isinstance(a, Vec) and isinstance(a.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.not_(args[0])
+
+    return a(a), codegen
+
+
+@overload(operator.invert)
+def _invert_ov(a):
+    if isinstance(a, Vec):
+        return lambda a: _invert(a)
+
+
+def _is_vec_operands(a, b):
+    return isinstance(a, Vec) or isinstance(b, Vec)
+
+
+def _register(op, impl):
+    @overload(op)
+    def _ov(a, b):
+        if _is_vec_operands(a, b):
+            return lambda a, b: impl(a, b)
+
+
+for _op, _impl in ((operator.add, _add), (operator.iadd, _add), (operator.sub, _sub),
+                   (operator.isub, _sub), (operator.mul, _mul), (operator.imul, _mul),
+                   (operator.and_, _and), (operator.or_, _or), (operator.rshift, _shr),
+                   (operator.lshift, _shl)):
+    _register(_op, _impl)

@@ -1,0 +1,170 @@
+"""The quantized matrix kernels against gguf's reference dequantization.
+
+Every type in formats.SUPPORTED: random weights (quantized by gguf where it can, random
+block bytes with sane fp16 scales where it cannot), a float64 reference product of the
+dequantized matrix, and the kernels' entry points on odd shapes: row counts that do not
+divide among threads, several block counts, row and column-block ranges, batches of
+1, 2 and 5 tokens, and dequantize_rows.
+"""
+import numatp  # noqa: F401  (sets the Numba environment first)
+
+import gguf
+import numba
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as GT
+
+from numatp.quant import formats as F
+from numatp.quant.kernels import (dequantize_rows, linear, matmul_range, matvec_range,
+                                  row_stride)
+
+# Types gguf can quantize itself; the others get random block bytes.
+GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
+# Byte offsets of the fp16 fields (scales and offsets) in each block of the other types.
+HALF_FIELDS = {F.Q2_K: (80, 82), F.Q3_K: (108,), F.Q4_K: (0, 2), F.Q5_K: (0, 2),
+               F.Q6_K: (208,), F.IQ4_NL: (0,), F.IQ4_XS: (0,)}
+FLOATS = (F.F32, F.F16, F.BF16)
+
+
+def _cols(qtype, nblk):
+    return nblk * F.block_size(qtype) if qtype not in FLOATS else nblk
+
+
+def make_matrix(qtype, rows, cols, rng):
+    """(raw uint8 matrix rows x row_bytes, float64 dequantized reference)."""
+    if qtype == F.F32:
+        raw = rng.standard_normal((rows, cols)).astype(np.float32).view(np.uint8)
+    elif qtype == F.F16:
+        raw = rng.standard_normal((rows, cols)).astype(np.float16).view(np.uint8)
+    elif qtype in GGUF_QUANTIZES:
+        raw = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32),
+                                   GT(qtype))
+    else:
+        nb, bb = cols // F.block_size(qtype), F.block_bytes(qtype)
+        blocks = rng.integers(0, 256, (rows, nb, bb), dtype=np.uint8)
+        for at in HALF_FIELDS[qtype]:
+            scale = rng.uniform(0.005, 0.02, (rows, nb)).astype(np.float16)
+            blocks[:, :, at:at + 2] = scale.view(np.uint8).reshape(rows, nb, 2)
+        raw = blocks.reshape(rows, nb * bb)
+    ref = gguf.quants.dequantize(raw, GT(qtype)).astype(np.float64)
+    return np.ascontiguousarray(raw), ref.reshape(rows, cols)
+
+
+def assert_close(qtype, got, W, X):
+    """Kernel output `got` (T, rows) against the float64 product X @ W.T.
+
+    Error bounds per output element:
+      - quantized formats round the activations to int16 with one scale per 32 values,
+        so each is off by at most max|x| / 65534 and the sum by at most
+        sum_j |W_ij| * max|x| / 65534;
+      - float32 accumulation of K terms: at most about K * 2^-24 * sum_j |W_ij * x_j|.
+    The test allows twice the sum of both, so a wrong element, block or scale (errors of
+    the size of the terms themselves) cannot pass."""
+    X = X.astype(np.float64)
+    ref = X @ W.T
+    K = W.shape[1]
+    bound = K * 2.0 ** -24 * (np.abs(X) @ np.abs(W).T)
+    if qtype not in FLOATS:
+        bound += np.abs(X).max(axis=1, keepdims=True) / 65534 * np.abs(W).sum(axis=1)
+    err = np.abs(got.astype(np.float64) - ref)
+    assert np.all(err <= 2 * bound + 1e-30), (F.type_name(qtype), float((err / bound).max()))
+
+
+TYPES = [pytest.param(q, id=F.type_name(q)) for q in F.SUPPORTED]
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("rows,nblk", [(1, 1), (7, 3), (33, 2)])
+def test_matvec(qtype, rows, nblk, rng):
+    cols = _cols(qtype, nblk) if qtype not in FLOATS else 8 * nblk + 5
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((1, cols)).astype(np.float32)
+    Y = np.full((1, rows), np.nan, np.float32)
+    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    assert_close(qtype, Y, W, X)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("T", [2, 5])
+def test_batched(qtype, T, rng):
+    rows = 7
+    cols = _cols(qtype, 3) if qtype not in FLOATS else 29
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((T, cols)).astype(np.float32)
+    Y = np.full((T, rows), np.nan, np.float32)
+    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    assert_close(qtype, Y, W, X)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_ranges(qtype, rng):
+    """A row range and a column-block range of a matrix that is not copied out."""
+    rows, nblk = 9, 4
+    cols = _cols(qtype, nblk) if qtype not in FLOATS else 40
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    stride = row_stride(qtype, cols)
+    assert stride == raw.shape[1]
+    per_blk = 1 if qtype in FLOATS else F.block_size(qtype)
+    total_blk = cols // per_blk
+    r0, r1 = 2, 7
+    blk0, nb = total_blk // 4, total_blk // 2
+    c0, c1 = blk0 * per_blk, (blk0 + nb) * per_blk
+    sub = W[r0:r1, c0:c1]
+
+    x = rng.standard_normal(c1 - c0).astype(np.float32)
+    y = np.full(r1 - r0, np.nan, np.float32)
+    matvec_range(qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, x, y)
+    assert_close(qtype, y[None], sub, x[None])
+
+    X = rng.standard_normal((5, c1 - c0)).astype(np.float32)
+    Y = np.full((5, r1 - r0), np.nan, np.float32)
+    matmul_range(qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, X, Y)
+    assert_close(qtype, Y, sub, X)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_dequantize_rows(qtype, rng):
+    rows = 6
+    cols = _cols(qtype, 2) if qtype not in FLOATS else 21
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    ids = np.array([5, 0, 3, 3], np.int64)
+    out = np.full((ids.size, cols), np.nan, np.float32)
+    dequantize_rows(qtype, raw.reshape(-1), cols, ids, out)
+    # The reference rounds d*q + m in float32 like the kernels; a fused multiply-add may
+    # round once instead of twice: allow one float32 rounding of the largest value.
+    tol = np.abs(W).max() * 2.0 ** -23
+    np.testing.assert_allclose(out, W[ids], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("qtype", [F.Q4_K, F.Q8_0, F.F16])
+def test_thread_count_does_not_change_results(qtype, rng):
+    rows, cols = 37, _cols(qtype, 2) if qtype not in FLOATS else 64
+    raw, _ = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((3, cols)).astype(np.float32)
+    results = []
+    previous = numba.get_num_threads()
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            y1 = np.zeros((1, rows), np.float32)
+            y3 = np.zeros((3, rows), np.float32)
+            linear(qtype, raw.reshape(-1), rows, cols, X[:1], y1)
+            linear(qtype, raw.reshape(-1), rows, cols, X, y3)
+            results.append((y1, y3))
+    finally:
+        numba.set_num_threads(previous)
+    for y1, y3 in results[1:]:
+        assert np.array_equal(y1, results[0][0])
+        assert np.array_equal(y3, results[0][1])
+
+
+def test_unsupported_type_raises():
+    w = np.zeros(64, np.uint8)
+    with pytest.raises(ValueError):
+        dequantize_rows(int(GT.TQ1_0), w, 256, np.zeros(1, np.int64),
+                        np.zeros((1, 256), np.float32))
