@@ -73,74 +73,141 @@ def _family(qtype):
     return FAMILY[qtype]
 
 
+# -- one row, by type ------------------------------------------------------------------------
+# The parallel drivers call these instead of branching on the type themselves: Numba types
+# the body of a parallel loop twice, and everything called from it would be compiled twice.
+
+@njit(cache=True, boundscheck=False)
+def _dot_row(qtype, w, o, nblk, x, xq, xd, xs):
+    """Row at byte o (nblk blocks) dotted with x (float types) or xq/xd/xs (the others)."""
+    if qtype == Q4_K:
+        return dot_k(Q4_K, w, o, nblk, xq, xd, xs)
+    elif qtype == Q6_K:
+        return dot_k(Q6_K, w, o, nblk, xq, xd, xs)
+    elif qtype == Q8_0:
+        return dot32(Q8_0, w, o, nblk, xq, xd, xs)
+    elif qtype == Q4_0:
+        return dot32(Q4_0, w, o, nblk, xq, xd, xs)
+    elif qtype == Q5_K:
+        return dot_k(Q5_K, w, o, nblk, xq, xd, xs)
+    elif qtype == Q5_0:
+        return dot32(Q5_0, w, o, nblk, xq, xd, xs)
+    elif qtype == Q4_1:
+        return dot32(Q4_1, w, o, nblk, xq, xd, xs)
+    elif qtype == Q5_1:
+        return dot32(Q5_1, w, o, nblk, xq, xd, xs)
+    elif qtype == F16:
+        return dot_float(F16, w, o, nblk, x)
+    elif qtype == BF16:
+        return dot_float(BF16, w, o, nblk, x)
+    elif qtype == F32:
+        return dot_float(F32, w, o, nblk, x)
+    elif qtype == Q3_K:
+        return dot_k(Q3_K, w, o, nblk, xq, xd, xs)
+    elif qtype == Q2_K:
+        return dot_k(Q2_K, w, o, nblk, xq, xd, xs)
+    elif qtype == IQ4_NL:
+        return dot32(IQ4_NL, w, o, nblk, xq, xd, xs)
+    else:
+        return dot_k(IQ4_XS, w, o, nblk, xq, xd, xs)
+
+
+@njit(cache=True, boundscheck=False)
+def _dot_row_x4(qtype, w, o, nblk, X, XQ, XD, XS, t0, t1, t2, t3):
+    """The same for tokens t0..t3 (rows of X or of XQ/XD/XS)."""
+    if qtype == Q4_K:
+        return dot_k_x4(Q4_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q6_K:
+        return dot_k_x4(Q6_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q8_0:
+        return dot32x4(Q8_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q4_0:
+        return dot32x4(Q4_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q5_K:
+        return dot_k_x4(Q5_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q5_0:
+        return dot32x4(Q5_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q4_1:
+        return dot32x4(Q4_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q5_1:
+        return dot32x4(Q5_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == F16:
+        return dot_float_x4(F16, w, o, nblk, X, t0, t1, t2, t3)
+    elif qtype == BF16:
+        return dot_float_x4(BF16, w, o, nblk, X, t0, t1, t2, t3)
+    elif qtype == F32:
+        return dot_float_x4(F32, w, o, nblk, X, t0, t1, t2, t3)
+    elif qtype == Q3_K:
+        return dot_k_x4(Q3_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == Q2_K:
+        return dot_k_x4(Q2_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    elif qtype == IQ4_NL:
+        return dot32x4(IQ4_NL, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+    else:
+        return dot_k_x4(IQ4_XS, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+
+
+@njit(cache=True, boundscheck=False)
+def _dequant_row(qtype, w, o, nblk, out):
+    if qtype == F32:
+        dequant_float(F32, w, o, nblk, out)
+    elif qtype == F16:
+        dequant_float(F16, w, o, nblk, out)
+    elif qtype == BF16:
+        dequant_float(BF16, w, o, nblk, out)
+    elif qtype == Q8_0:
+        dequant32(Q8_0, w, o, nblk, out)
+    elif qtype == Q4_0:
+        dequant32(Q4_0, w, o, nblk, out)
+    elif qtype == Q4_1:
+        dequant32(Q4_1, w, o, nblk, out)
+    elif qtype == Q5_0:
+        dequant32(Q5_0, w, o, nblk, out)
+    elif qtype == Q5_1:
+        dequant32(Q5_1, w, o, nblk, out)
+    elif qtype == IQ4_NL:
+        dequant32(IQ4_NL, w, o, nblk, out)
+    elif qtype == Q4_K:
+        dequant_k(Q4_K, w, o, nblk, out)
+    elif qtype == Q6_K:
+        dequant_k(Q6_K, w, o, nblk, out)
+    elif qtype == Q5_K:
+        dequant_k(Q5_K, w, o, nblk, out)
+    elif qtype == Q3_K:
+        dequant_k(Q3_K, w, o, nblk, out)
+    elif qtype == Q2_K:
+        dequant_k(Q2_K, w, o, nblk, out)
+    else:
+        dequant_k(IQ4_XS, w, o, nblk, out)
+
+
 # -- matrix-vector -------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _matvec_float(qtype, w, stride, r0, r1, k0, n, x, y):
-    eb = BLOCK_BYTES[qtype]
-    for i in prange(r0, r1):
-        o = i * stride + k0 * eb
-        if qtype == F32:
-            y[i - r0] = dot_float(F32, w, o, n, x)
-        elif qtype == F16:
-            y[i - r0] = dot_float(F16, w, o, n, x)
-        else:
-            y[i - r0] = dot_float(BF16, w, o, n, x)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matvec_block32(qtype, w, stride, r0, r1, blk0, nblk, xq, xd, xs, y):
+def _matvec(qtype, w, stride, r0, r1, blk0, nblk, x, xq, xd, xs, y):
     bb = BLOCK_BYTES[qtype]
     for i in prange(r0, r1):
-        o = i * stride + blk0 * bb
-        if qtype == Q8_0:
-            y[i - r0] = dot32(Q8_0, w, o, nblk, xq, xd, xs)
-        elif qtype == Q4_0:
-            y[i - r0] = dot32(Q4_0, w, o, nblk, xq, xd, xs)
-        elif qtype == Q4_1:
-            y[i - r0] = dot32(Q4_1, w, o, nblk, xq, xd, xs)
-        elif qtype == Q5_0:
-            y[i - r0] = dot32(Q5_0, w, o, nblk, xq, xd, xs)
-        elif qtype == Q5_1:
-            y[i - r0] = dot32(Q5_1, w, o, nblk, xq, xd, xs)
-        else:
-            y[i - r0] = dot32(IQ4_NL, w, o, nblk, xq, xd, xs)
+        y[i - r0] = _dot_row(qtype, w, i * stride + blk0 * bb, nblk, x, xq, xd, xs)
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matvec_super(qtype, w, stride, r0, r1, blk0, nblk, xq, xd, xs, y):
-    bb = BLOCK_BYTES[qtype]
-    for i in prange(r0, r1):
-        o = i * stride + blk0 * bb
-        if qtype == Q4_K:
-            y[i - r0] = dot_k(Q4_K, w, o, nblk, xq, xd, xs)
-        elif qtype == Q6_K:
-            y[i - r0] = dot_k(Q6_K, w, o, nblk, xq, xd, xs)
-        elif qtype == Q5_K:
-            y[i - r0] = dot_k(Q5_K, w, o, nblk, xq, xd, xs)
-        elif qtype == Q3_K:
-            y[i - r0] = dot_k(Q3_K, w, o, nblk, xq, xd, xs)
-        elif qtype == Q2_K:
-            y[i - r0] = dot_k(Q2_K, w, o, nblk, xq, xd, xs)
-        else:
-            y[i - r0] = dot_k(IQ4_XS, w, o, nblk, xq, xd, xs)
+@njit(cache=True)
+def _matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
+    n = nblk * BLOCK_ELEMS[qtype]
+    groups = n // GROUP if _family(qtype) != _FLOAT else 0
+    xq = np.empty(groups * GROUP, np.int16)
+    xd = np.empty(groups, np.float32)
+    xs = np.empty(groups, np.float32)
+    if groups:
+        quantize_vector(x[:n], xq, xd, xs)
+    _matvec(qtype, w, row_stride, r0, r1, blk0, nblk, x, xq, xd, xs, y)
 
 
 @njit(cache=True)
 def matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
-    family = _family(qtype)
-    n = nblk * BLOCK_ELEMS[qtype]
-    if family == _FLOAT:
-        _matvec_float(qtype, w, row_stride, r0, r1, blk0, nblk, x, y)
-        return
-    xq = np.empty(n, np.int16)
-    xd = np.empty(n // GROUP, np.float32)
-    xs = np.empty(n // GROUP, np.float32)
-    quantize_vector(x[:n], xq, xd, xs)
-    if family == _BLOCK32:
-        _matvec_block32(qtype, w, row_stride, r0, r1, blk0, nblk, xq, xd, xs, y)
-    else:
-        _matvec_super(qtype, w, row_stride, r0, r1, blk0, nblk, xq, xd, xs, y)
+    # The int64() calls keep constant arguments of a jitted caller from producing a
+    # separate, literal-typed compilation of the kernels for every call site.
+    _matvec_range(np.int64(qtype), w, np.int64(row_stride), np.int64(r0), np.int64(r1),
+                  np.int64(blk0), np.int64(nblk), x, y)
 
 
 # -- batched -------------------------------------------------------------------------------
@@ -165,29 +232,8 @@ def _store4(Y, t0, T, i, y0, y1, y2, y3):
 
 
 @njit(cache=True, parallel=True, boundscheck=False)
-def _matmul_float(qtype, w, stride, r0, r1, k0, n, X, Y):
+def _matmul(qtype, w, stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y):
     T = X.shape[0]
-    eb = BLOCK_BYTES[qtype]
-    per, ngroups = _row_groups(r1 - r0, n * eb)
-    for g in prange(ngroups):
-        first = r0 + g * per
-        last = min(r1, first + per)
-        for t0 in range(0, T, _TOKENS):
-            t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
-            for i in range(first, last):
-                o = i * stride + k0 * eb
-                if qtype == F32:
-                    y0, y1, y2, y3 = dot_float_x4(F32, w, o, n, X, t0, t1, t2, t3)
-                elif qtype == F16:
-                    y0, y1, y2, y3 = dot_float_x4(F16, w, o, n, X, t0, t1, t2, t3)
-                else:
-                    y0, y1, y2, y3 = dot_float_x4(BF16, w, o, n, X, t0, t1, t2, t3)
-                _store4(Y, t0, T, i - r0, y0, y1, y2, y3)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matmul_block32(qtype, w, stride, r0, r1, blk0, nblk, XQ, XD, XS, Y):
-    T = XQ.shape[0]
     bb = BLOCK_BYTES[qtype]
     per, ngroups = _row_groups(r1 - r0, nblk * bb)
     for g in prange(ngroups):
@@ -196,66 +242,28 @@ def _matmul_block32(qtype, w, stride, r0, r1, blk0, nblk, XQ, XD, XS, Y):
         for t0 in range(0, T, _TOKENS):
             t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
             for i in range(first, last):
-                o = i * stride + blk0 * bb
-                if qtype == Q8_0:
-                    y0, y1, y2, y3 = dot32x4(Q8_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q4_0:
-                    y0, y1, y2, y3 = dot32x4(Q4_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q4_1:
-                    y0, y1, y2, y3 = dot32x4(Q4_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q5_0:
-                    y0, y1, y2, y3 = dot32x4(Q5_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q5_1:
-                    y0, y1, y2, y3 = dot32x4(Q5_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                else:
-                    y0, y1, y2, y3 = dot32x4(IQ4_NL, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                _store4(Y, t0, T, i - r0, y0, y1, y2, y3)
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matmul_super(qtype, w, stride, r0, r1, blk0, nblk, XQ, XD, XS, Y):
-    T = XQ.shape[0]
-    bb = BLOCK_BYTES[qtype]
-    per, ngroups = _row_groups(r1 - r0, nblk * bb)
-    for g in prange(ngroups):
-        first = r0 + g * per
-        last = min(r1, first + per)
-        for t0 in range(0, T, _TOKENS):
-            t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
-            for i in range(first, last):
-                o = i * stride + blk0 * bb
-                if qtype == Q4_K:
-                    y0, y1, y2, y3 = dot_k_x4(Q4_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q6_K:
-                    y0, y1, y2, y3 = dot_k_x4(Q6_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q5_K:
-                    y0, y1, y2, y3 = dot_k_x4(Q5_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q3_K:
-                    y0, y1, y2, y3 = dot_k_x4(Q3_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                elif qtype == Q2_K:
-                    y0, y1, y2, y3 = dot_k_x4(Q2_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
-                else:
-                    y0, y1, y2, y3 = dot_k_x4(IQ4_XS, w, o, nblk, XQ, XD, XS, t0, t1, t2,
-                                              t3)
+                y0, y1, y2, y3 = _dot_row_x4(qtype, w, i * stride + blk0 * bb, nblk, X, XQ,
+                                             XD, XS, t0, t1, t2, t3)
                 _store4(Y, t0, T, i - r0, y0, y1, y2, y3)
 
 
 @njit(cache=True)
-def matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
-    family = _family(qtype)
-    if family == _FLOAT:
-        _matmul_float(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y)
-        return
+def _matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
     T = X.shape[0]
     n = nblk * BLOCK_ELEMS[qtype]
-    XQ = np.empty((T, n), np.int16)
-    XD = np.empty((T, n // GROUP), np.float32)
-    XS = np.empty((T, n // GROUP), np.float32)
-    quantize_rows(X, XQ, XD, XS)
-    if family == _BLOCK32:
-        _matmul_block32(qtype, w, row_stride, r0, r1, blk0, nblk, XQ, XD, XS, Y)
-    else:
-        _matmul_super(qtype, w, row_stride, r0, r1, blk0, nblk, XQ, XD, XS, Y)
+    groups = n // GROUP if _family(qtype) != _FLOAT else 0
+    XQ = np.empty((T, groups * GROUP), np.int16)
+    XD = np.empty((T, groups), np.float32)
+    XS = np.empty((T, groups), np.float32)
+    if groups:
+        quantize_rows(X, XQ, XD, XS)
+    _matmul(qtype, w, row_stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y)
+
+
+@njit(cache=True)
+def matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
+    _matmul_range(np.int64(qtype), w, np.int64(row_stride), np.int64(r0), np.int64(r1),
+                  np.int64(blk0), np.int64(nblk), X, Y)
 
 
 # -- whole matrices, dequantization ----------------------------------------------------------
@@ -279,40 +287,8 @@ def linear(qtype, w, rows, cols, X, Y):
 
 @njit(cache=True, boundscheck=False)
 def dequantize_rows(qtype, w, cols, row_ids, out):
-    family = _family(qtype)
-    stride = row_stride(qtype, cols)
-    nblk = cols // BLOCK_ELEMS[qtype]
+    q = np.int64(qtype)
+    stride = row_stride(q, cols)
+    nblk = cols // BLOCK_ELEMS[q]
     for k in range(row_ids.shape[0]):
-        o = row_ids[k] * stride
-        row = out[k]
-        if family == _FLOAT:
-            if qtype == F32:
-                dequant_float(F32, w, o, cols, row)
-            elif qtype == F16:
-                dequant_float(F16, w, o, cols, row)
-            else:
-                dequant_float(BF16, w, o, cols, row)
-        elif qtype == Q8_0:
-            dequant32(Q8_0, w, o, nblk, row)
-        elif qtype == Q4_0:
-            dequant32(Q4_0, w, o, nblk, row)
-        elif qtype == Q4_1:
-            dequant32(Q4_1, w, o, nblk, row)
-        elif qtype == Q5_0:
-            dequant32(Q5_0, w, o, nblk, row)
-        elif qtype == Q5_1:
-            dequant32(Q5_1, w, o, nblk, row)
-        elif qtype == IQ4_NL:
-            dequant32(IQ4_NL, w, o, nblk, row)
-        elif qtype == Q4_K:
-            dequant_k(Q4_K, w, o, nblk, row)
-        elif qtype == Q6_K:
-            dequant_k(Q6_K, w, o, nblk, row)
-        elif qtype == Q5_K:
-            dequant_k(Q5_K, w, o, nblk, row)
-        elif qtype == Q3_K:
-            dequant_k(Q3_K, w, o, nblk, row)
-        elif qtype == Q2_K:
-            dequant_k(Q2_K, w, o, nblk, row)
-        else:
-            dequant_k(IQ4_XS, w, o, nblk, row)
+        _dequant_row(q, w, row_ids[k] * stride, nblk, out[k])

@@ -34,7 +34,9 @@ import operator
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, overload, register_model
+from numba.core.imputils import lower_builtin
+from numba.core.typing.templates import AbstractTemplate, infer_global, signature
+from numba.extending import intrinsic, models, register_model
 
 
 class Vec(types.Type):
@@ -486,78 +488,62 @@ def madd_pairs(typingctx, a, b):
 
 # -- lane-wise operators ------------------------------------------------------------------
 
-def _binary_intrinsic(float_op, int_op, uint_op=None):
-    """An intrinsic for a lane-wise binary operator; a scalar operand is broadcast."""
+# Operators are registered as typing templates plus lowerings rather than @overload: an
+# overload compiles a small Python function for every operand-type combination, which
+# added minutes to the compile time of the kernels.
 
-    @intrinsic
-    def op(typingctx, a, b):
-        vec = a if isinstance(a, Vec) else b
-        if not isinstance(vec, Vec):
-            return None
-        for t in (a, b):
-            if not (t == vec or isinstance(t, types.Number)):
+def _binary_operator(op, float_op, int_op, uint_op=None):
+    """Lane-wise `op` on Vec operands; a scalar operand is broadcast to all lanes."""
+
+    def lane_op(vec):
+        if isinstance(vec.dtype, types.Float):
+            return float_op
+        if uint_op is not None and not vec.dtype.signed:
+            return uint_op
+        return int_op
+
+    @infer_global(op)
+    class _Typing(AbstractTemplate):
+        def generic(self, args, kws):
+            if len(args) != 2 or kws:
                 return None
+            a, b = args
+            vec = a if isinstance(a, Vec) else b
+            if not isinstance(vec, Vec) or lane_op(vec) is None:
+                return None
+            if all(t == vec or isinstance(t, types.Number) for t in args):
+                return signature(vec, a, b)
+            return None
 
-        def codegen(context, builder, sig, args):
-            vals = []
-            for t, v in zip((a, b), args):
-                if not isinstance(t, Vec):
-                    v = _splat(builder, _cast(builder, v, t, vec.dtype, context), vec.count)
-                vals.append(v)
-            if isinstance(vec.dtype, types.Float):
-                name = float_op
-            elif uint_op is not None and not vec.dtype.signed:
-                name = uint_op
-            else:
-                name = int_op
-            if name is None:
-                raise TypeError("operator not defined for this lane type")
-            return getattr(builder, name)(*vals)
+    def lower(context, builder, sig, args):
+        vec = sig.return_type
+        vals = []
+        for t, v in zip(sig.args, args):
+            if not isinstance(t, Vec):
+                v = _splat(builder, _cast(builder, v, t, vec.dtype, context), vec.count)
+            vals.append(v)
+        return getattr(builder, lane_op(vec))(*vals)
 
-        return vec(a, b), codegen
-
-    return op
-
-
-_add = _binary_intrinsic("fadd", "add")
-_sub = _binary_intrinsic("fsub", "sub")
-_mul = _binary_intrinsic("fmul", "mul")
-_and = _binary_intrinsic(None, "and_")
-_or = _binary_intrinsic(None, "or_")
-_shr = _binary_intrinsic(None, "ashr", "lshr")
-_shl = _binary_intrinsic(None, "shl")
+    for operands in ((Vec, Vec), (Vec, types.Number), (types.Number, Vec)):
+        lower_builtin(op, *operands)(lower)
 
 
-@intrinsic
-def _invert(typingctx, a):
-    if not (isinstance(a, Vec) and isinstance(a.dtype, types.Integer)):
+for _op, _names in ((operator.add, ("fadd", "add")), (operator.sub, ("fsub", "sub")),
+                    (operator.mul, ("fmul", "mul")), (operator.and_, (None, "and_")),
+                    (operator.or_, (None, "or_")), (operator.rshift, (None, "ashr", "lshr")),
+                    (operator.lshift, (None, "shl"))):
+    _binary_operator(_op, *_names)
+
+
+@infer_global(operator.invert)
+class _InvertTyping(AbstractTemplate):
+    def generic(self, args, kws):
+        if len(args) == 1 and isinstance(args[0], Vec) and isinstance(args[0].dtype,
+                                                                      types.Integer):
+            return signature(args[0], args[0])
         return None
 
-    def codegen(context, builder, sig, args):
-        return builder.not_(args[0])
 
-    return a(a), codegen
-
-
-@overload(operator.invert)
-def _invert_ov(a):
-    if isinstance(a, Vec):
-        return lambda a: _invert(a)
-
-
-def _is_vec_operands(a, b):
-    return isinstance(a, Vec) or isinstance(b, Vec)
-
-
-def _register(op, impl):
-    @overload(op)
-    def _ov(a, b):
-        if _is_vec_operands(a, b):
-            return lambda a, b: impl(a, b)
-
-
-for _op, _impl in ((operator.add, _add), (operator.iadd, _add), (operator.sub, _sub),
-                   (operator.isub, _sub), (operator.mul, _mul), (operator.imul, _mul),
-                   (operator.and_, _and), (operator.or_, _or), (operator.rshift, _shr),
-                   (operator.lshift, _shl)):
-    _register(_op, _impl)
+@lower_builtin(operator.invert, Vec)
+def _invert_lower(context, builder, sig, args):
+    return builder.not_(args[0])
