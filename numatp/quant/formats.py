@@ -42,3 +42,19 @@ def row_bytes(qtype: int, cols: int) -> int:
     if cols % bs:
         raise ValueError(f"{cols} columns is not a whole number of {type_name(qtype)} blocks")
     return cols // bs * bb
+
+
+# Byte offsets of the fp16 numbers (scales, offsets) inside one block of each quantized
+# type, from the GGML format definitions. Test and benchmark matrices made of random
+# bytes put finite, modest values there so that every block means something sane.
+HALF_FIELDS = {Q8_0: (0,), Q4_0: (0,), Q4_1: (0, 2), Q5_0: (0,), Q5_1: (0, 2),
+               IQ4_NL: (0,), Q2_K: (80, 82), Q3_K: (108,), Q4_K: (0, 2), Q5_K: (0, 2),
+               Q6_K: (208,), IQ4_XS: (0,)}
+
+
+def parse_type(name: str) -> int:
+    """A type code from its GGML name (case-insensitive); ValueError if unknown."""
+    try:
+        return int(T[name.strip().upper()])
+    except KeyError:
+        raise ValueError(f"unknown quant type {name.strip()!r}") from None

@@ -1,0 +1,170 @@
+"""Matvec throughput of every kernel, against the read bandwidth measured in the same run.
+
+Decode is one matvec per weight matrix per token, and a matvec reads each weight byte
+once: the best a kernel can do is to stream its matrix as fast as the cores can read
+memory. So each kernel is timed on a matrix far larger than the last-level cache (256 MB
+of weights by default, random blocks with sane scales), and its rate in weight bytes per
+second is put next to numatp.bench.memory.read_gbps with the same number of threads.
+
+Figures: the median of the timed matvecs for a kernel; for the read bandwidth the best of
+read_gbps's passes, measured before and after the kernels (the better of the two), so
+that a noisy neighbour lowers the percentages rather than raising them.
+"""
+from numatp import _env  # noqa: F401  (before numba)
+
+import time
+
+import numba
+import numpy as np
+
+from numatp.bench import memory
+from numatp.errors import UsageError
+from numatp.quant import formats as F
+from numatp.quant.kernels import matvec_range, row_stride
+
+GB = 1e9
+DEFAULT_MATRIX_BYTES = 256 << 20
+DEFAULT_COLS = 4096
+FLOATS = (F.F32, F.F16, F.BF16)
+
+
+def parse_types(text: str | None) -> list[int]:
+    if not text:
+        return list(F.SUPPORTED)
+    out = []
+    for name in text.split(","):
+        try:
+            q = F.parse_type(name)
+        except ValueError as e:
+            raise UsageError(f"{e}; supported: {F.supported_names()}") from None
+        if q not in F.SUPPORTED:
+            raise UsageError(f"no kernel for {F.type_name(q)}; supported: {F.supported_names()}")
+        out.append(q)
+    return out
+
+
+def parse_threads(text: str | None) -> list[int]:
+    """'1,2,4' or '1-4'; default 1..all threads Numba has."""
+    top = memory.max_threads()
+    if not text:
+        return list(range(1, top + 1))
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UsageError(f"--threads wants a list like 1,2 or 1-4, got {text!r}") from None
+    bad = [t for t in out if not 1 <= t <= top]
+    if bad or not out:
+        raise UsageError(f"--threads must be between 1 and {top}, got {text!r}")
+    return sorted(set(out))
+
+
+def matrix_shape(qtype: int, rows: int | None, cols: int | None) -> tuple[int, int]:
+    cols = DEFAULT_COLS if cols is None else cols
+    bs = F.block_size(qtype)
+    if cols < 1 or cols % bs:
+        raise UsageError(f"--cols must be a positive multiple of {bs} for "
+                         f"{F.type_name(qtype)}, got {cols}")
+    if rows is None:
+        rows = max(1, DEFAULT_MATRIX_BYTES // F.row_bytes(qtype, cols))
+    if rows < 1:
+        raise UsageError(f"--rows must be at least 1, got {rows}")
+    return rows, cols
+
+
+def random_matrix(qtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """rows x cols of `qtype` as one uint8 array: normal floats for the float types,
+    random bytes with finite fp16 scales (about 0.01) for the quantized ones."""
+    rng = np.random.default_rng(seed)
+    if qtype in FLOATS:
+        values = rng.standard_normal((rows, cols), dtype=np.float32)
+        if qtype == F.F16:
+            values = values.astype(np.float16)
+        elif qtype == F.BF16:
+            values = (values.view(np.uint32) >> 16).astype(np.uint16)
+        return values.view(np.uint8).reshape(-1)
+    w = rng.integers(0, 256, rows * F.row_bytes(qtype, cols), dtype=np.uint8)
+    blocks = w.reshape(-1, F.block_bytes(qtype))
+    scale = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    for at in F.HALF_FIELDS[qtype]:
+        blocks[:, at:at + 2] = scale
+    return w
+
+
+def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
+                repeats: int) -> float:
+    """Median GB/s (weight bytes) of `repeats` matvecs with `threads` threads, after one
+    untimed call (compilation, first touch)."""
+    stride = row_stride(qtype, cols)
+    nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
+    x = np.random.default_rng(1).standard_normal(cols, dtype=np.float32)
+    y = np.empty(rows, np.float32)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
+            rates.append(rows * stride / (time.perf_counter() - t0) / GB)
+    finally:
+        numba.set_num_threads(previous)
+    return float(np.median(rates))
+
+
+def run(types: str | None = None, threads: str | None = None, rows: int | None = None,
+        cols: int | None = None, repeats: int = 5, progress=None) -> dict:
+    """The whole `numatp bench kernels`; returns the JSON-ready result."""
+    qtypes = parse_types(types)
+    counts = parse_threads(threads)
+    if repeats < 1:
+        raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    shapes = {q: matrix_shape(q, rows, cols) for q in qtypes}
+    read = {t: memory.read_gbps(t) for t in counts}
+    results = []
+    for q in qtypes:
+        r, c = shapes[q]
+        w = random_matrix(q, r, c)
+        for t in counts:
+            gbps = time_matvec(q, w, r, c, t, repeats)
+            results.append({"type": F.type_name(q), "threads": t, "gbps": gbps,
+                            "rows": r, "cols": c, "matrix_mb": w.nbytes / 1e6})
+            if progress:
+                progress(results[-1])
+        del w
+    for t in counts:
+        read[t] = max(read[t], memory.read_gbps(t))
+    for item in results:
+        item["pct_of_read"] = 100.0 * item["gbps"] / read[item["threads"]]
+    return {
+        "read_gbps": read[max(counts)],
+        "read_gbps_by_threads": {str(t): v for t, v in read.items()},
+        "threads": counts,
+        "repeats": repeats,
+        "kernels": results,
+    }
+
+
+def format_report(r: dict) -> str:
+    counts = r["threads"]
+    lines = [f"Matvec throughput, GB/s of weights read (median of {r['repeats']}), and as % "
+             f"of the read bandwidth with as many threads (Numba read kernel, same run)"]
+    head = f"{'type':<8}{'rows x cols':>16}{'MB':>7}"
+    head += "".join(f"{f'{t}T GB/s':>10}{'%read':>7}" for t in counts)
+    lines.append(head)
+    by_type: dict[str, dict[int, dict]] = {}
+    for k in r["kernels"]:
+        by_type.setdefault(k["type"], {})[k["threads"]] = k
+    for name, per in by_type.items():
+        first = next(iter(per.values()))
+        line = f"{name:<8}{first['rows']:>9} x {first['cols']:<5}{first['matrix_mb']:>6.0f}"
+        for t in counts:
+            k = per.get(t)
+            line += f"{k['gbps']:>10.1f}{k['pct_of_read']:>6.0f}%" if k else " " * 17
+        lines.append(line)
+    read = r["read_gbps_by_threads"]
+    lines.append(f"{'read':<8}{'':>23}" + "".join(f"{read[str(t)]:>10.1f}{'':>7}" for t in counts))
+    return "\n".join(lines)
