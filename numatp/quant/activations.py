@@ -21,19 +21,21 @@ from numatp import _env  # noqa: F401  (before numba)
 import numpy as np
 from numba import njit
 
-from numatp.quant.simd import (convert, deinterleave, hmax, hsum, load, round_even, store,
-                               vabs)
+from numatp.quant.simd import (convert, deinterleave, hmax, hsum, load, part, round_even,
+                               store, vabs)
 
 GROUP = 32
+HALF = GROUP // 2
 INT16_MAX = 32767
 
 
 @njit(cache=True, boundscheck=False)
 def quantize_vector(x, xq, xd, xs):
-    """x: float32 (n,), n a multiple of 32 -> xq int16 (n,), per group xd (scale) and
-    xs = xd * sum(xq), the sum of the group as quantized (for formats whose blocks have an
-    offset: using the quantized sum makes a block's result exactly the dot product of the
-    dequantized weights with the dequantized activations, up to float rounding)."""
+    """x: float32 (n,), n a multiple of 32 -> xq int16 (n,), xd (n/32,) the scale of each
+    group, and xs (n/16,) the sum of each half group as quantized, xd * sum(xq), for
+    formats with an offset per block or per 16 elements (using the quantized sum makes a
+    block's result exactly the dot product of the dequantized weights with the dequantized
+    activations, up to float rounding)."""
     for g in range(x.size // GROUP):
         v = load(x, g * GROUP, GROUP)
         top = hmax(vabs(v))
@@ -41,12 +43,13 @@ def quantize_vector(x, xq, xd, xs):
         inv = np.float32(INT16_MAX) / top if top > 0 else np.float32(0)
         q32 = convert(round_even(v * inv), np.int32)
         store(xq, g * GROUP, deinterleave(convert(q32, np.int16)))
-        xs[g] = xd[g] * np.float32(hsum(q32))
+        xs[2 * g] = xd[g] * np.float32(hsum(part(q32, 0, 16)))
+        xs[2 * g + 1] = xd[g] * np.float32(hsum(part(q32, 16, 16)))
 
 
 @njit(cache=True, boundscheck=False)
 def quantize_rows(X, XQ, XD, XS):
-    """Row t of X (T, n) -> row t of XQ (T, n), XD and XS (T, n // 32)."""
+    """Row t of X (T, n) -> row t of XQ (T, n), XD (T, n // 32) and XS (T, n // 16)."""
     for t in range(X.shape[0]):
         quantize_vector(X[t], XQ[t], XD[t], XS[t])
 

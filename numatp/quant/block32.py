@@ -124,7 +124,8 @@ def _block_int_dot(ev, od, xq, at):
 
 
 def dot32(qtype, w, o, nblk, xq, xd, xs):
-    """Row starting at byte o, nblk blocks, dotted with quantized activations."""
+    """Row starting at byte o, nblk blocks, dotted with quantized activations (xq, xd, xs
+    as activations.quantize_vector makes them)."""
 
 
 @overload(dot32, prefer_literal=True)
@@ -150,19 +151,19 @@ def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
             acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32),
                        splat(d * xd[b], 8), acc0)
             if offset:
-                off0 += m * xs[b]
+                off0 += m * (xs[2 * b] + xs[2 * b + 1])
             ev, od, d, m = decode(w, o + (b + 1) * bb)
             acc1 = fma(convert(bdot(ev, od, xq, (b + 1) * BLOCK), np.float32),
                        splat(d * xd[b + 1], 8), acc1)
             if offset:
-                off1 += m * xs[b + 1]
+                off1 += m * (xs[2 * b + 2] + xs[2 * b + 3])
             b += 2
         if b < nblk:
             ev, od, d, m = decode(w, o + b * bb)
             acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32),
                        splat(d * xd[b], 8), acc0)
             if offset:
-                off0 += m * xs[b]
+                off0 += m * (xs[2 * b] + xs[2 * b + 1])
         return hsum(acc0 + acc1) + (off0 + off1)
 
     return impl
@@ -205,10 +206,10 @@ def _dot32x4_ov(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
             a2 = fma(convert(bdot(ev, od, x2, at), np.float32), splat(d * d2[b], 8), a2)
             a3 = fma(convert(bdot(ev, od, x3, at), np.float32), splat(d * d3[b], 8), a3)
             if offset:
-                f0 += m * s0[b]
-                f1 += m * s1[b]
-                f2 += m * s2[b]
-                f3 += m * s3[b]
+                f0 += m * (s0[2 * b] + s0[2 * b + 1])
+                f1 += m * (s1[2 * b] + s1[2 * b + 1])
+                f2 += m * (s2[2 * b] + s2[2 * b + 1])
+                f3 += m * (s3[2 * b] + s3[2 * b + 1])
         return hsum(a0) + f0, hsum(a1) + f1, hsum(a2) + f2, hsum(a3) + f3
 
     return impl

@@ -196,7 +196,7 @@ def _matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
     groups = n // GROUP if _family(qtype) != _FLOAT else 0
     xq = np.empty(groups * GROUP, np.int16)
     xd = np.empty(groups, np.float32)
-    xs = np.empty(groups, np.float32)
+    xs = np.empty(2 * groups, np.float32)
     if groups:
         quantize_vector(x[:n], xq, xd, xs)
     _matvec(qtype, w, row_stride, r0, r1, blk0, nblk, x, xq, xd, xs, y)
@@ -254,7 +254,7 @@ def _matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
     groups = n // GROUP if _family(qtype) != _FLOAT else 0
     XQ = np.empty((T, groups * GROUP), np.int16)
     XD = np.empty((T, groups), np.float32)
-    XS = np.empty((T, groups), np.float32)
+    XS = np.empty((T, 2 * groups), np.float32)
     if groups:
         quantize_rows(X, XQ, XD, XS)
     _matmul(qtype, w, row_stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y)

@@ -1,17 +1,21 @@
 """Row kernels for the 256-element super-block formats: Q2_K .. Q6_K and IQ4_XS.
 
-A super-block holds one or two fp16 numbers, small per-sub-block scales (and offsets),
-and the packed integers. The kernels walk it as eight chunks of 32 elements. A chunk's
-decoder returns what block32.py's decoders return for a whole block: the integers as
-(even, odd) int16 lanes, in the order the activations are stored, plus how to scale them:
+A super-block holds one or two fp16 numbers, small scales (and offsets) per 16 or 32
+elements, and the packed integers. For each format there are two decoders:
 
-  svec   float32 x 8, the scale of each int32 lane of the chunk's integer dot
-         (lane i covers elements 4i..4i+3, so formats with a scale per 16 elements put
-         two different values in lanes 0-3 and 4-7),
-  c      an offset per chunk: value = svec * q + c   (Q4_K, Q5_K; 0 for the others),
-  mvec   an offset per lane, for Q2_K only: value = svec * q - mvec.
+  scales(w, ob) -> (S, M), once per super-block, vectorized:
+      S  float32 x 8, the scale of each 32-element chunk, or x 16, one per 16 elements;
+      M  float32 x 16, a fixed offset per 16 elements. An element is S * q + M, with q
+         the unsigned integer stored for it.
+  chunk(w, ob, j) -> (even, odd) int16 lanes of chunk j's 32 integers q, in the order the
+      activations are stored (see activations.py), like block32.py's decoders.
 
-Byte layouts follow the GGML format definitions: each decoder says where its bytes are.
+The dot product of a chunk is then block32.py's integer multiply-add, scaled by the
+chunk's lane of S (lanes 0-3 and 4-7 of the int32 sums cover elements 0-15 and 16-31,
+which is how two scales per chunk apply), and the offsets of a whole super-block are one
+vector multiply-add with the activations' sums per 16 elements.
+
+Byte layouts follow the GGML format definitions; each decoder says where its bytes are.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -21,19 +25,20 @@ from numba.extending import overload
 
 from numatp.quant.block32 import IQ4_LEVELS, literal_qtype
 from numatp.quant.formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, load,
-                               load_bytes, lookup16, madd_pairs, read_half, repeat_lanes,
-                               splat, store)
+from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
+                               load_bytes, lookup16, madd_pairs, read_bytes, read_half,
+                               repeat_lanes, splat, stack_empty, store)
 
 SUPER = 256
 CHUNK = 32
 CHUNKS = SUPER // CHUNK
 BLOCK_BYTES = {Q2_K: 84, Q3_K: 110, Q4_K: 144, Q5_K: 176, Q6_K: 210, IQ4_XS: 136}
 TYPES = tuple(BLOCK_BYTES)
-_CHUNK_OFFSET = (Q4_K, Q5_K)
-_LANE_OFFSET = (Q2_K,)
+_SCALE_PER_16 = (Q2_K, Q3_K, Q6_K)   # S has 16 lanes
+_NO_OFFSET = (IQ4_XS,)               # M is zero
 
 _NIBBLE_SHIFTS = np.array([0, 0, 0, 0, 4, 4, 4, 4], np.uint32)
+_PAIR_SHIFTS = np.arange(0, 16, 2, dtype=np.uint32)
 
 
 @njit(boundscheck=False)
@@ -50,146 +55,174 @@ def _split(words, shift, mask):
 
 
 @njit(boundscheck=False)
-def _pair_scales(w, at):
-    """Two int8 scales at `at` (elements 0-15 and 16-31 of a chunk) as lane scales."""
-    return repeat_lanes(convert(load_bytes(w, at, np.int8, 2), np.float32), 4)
+def _floats(v):
+    return convert(v, np.float32)
+
+
+# -- Q4_K, Q5_K: d@0 dmin@2 scales@4 (12 bytes), then Q5_K's qh@16, then qs ----------------
+
+@njit(boundscheck=False)
+def _scales_k4(w, ob):
+    # 6-bit scale and offset per chunk: bytes 0-3 hold scales 0-3 in their low 6 bits,
+    # bytes 4-7 offsets 0-3, bytes 8-11 the low 4 bits of scales (and, high nibble,
+    # offsets) 4-7, whose top 2 bits are the top bits of bytes 0-3 (4-7).
+    a = load_bytes(w, ob + 4, np.uint8, 4)
+    b = load_bytes(w, ob + 8, np.uint8, 4)
+    c = load_bytes(w, ob + 12, np.uint8, 4)
+    sc = join(a & 63, (c & 15) | ((a >> 6) << 4))
+    mn = join(b & 63, (c >> 4) | ((b >> 6) << 4))
+    S = _floats(sc) * read_half(w, ob)
+    M = repeat_lanes(_floats(mn) * -read_half(w, ob + 2), 2)
+    return S, M
 
 
 @njit(boundscheck=False)
-def _k4_scale_min(w, ob, j):
-    """Q4_K/Q5_K: the 6-bit scale and offset of sub-block j, packed in 12 bytes at ob+4:
-    bytes 0-3 hold scales 0-3 (low 6 bits), 4-7 offsets 0-3, and 8-11 the low 4 bits of
-    scales/offsets 4-7, whose top 2 bits ride in the top bits of bytes 0-7."""
-    s = ob + 4
-    if j < 4:
-        sc = w[s + j] & 63
-        m = w[s + 4 + j] & 63
-    else:
-        sc = (w[s + 4 + j] & 15) | ((w[s + j - 4] >> 6) << 4)
-        m = (w[s + 4 + j] >> 4) | ((w[s + j] >> 6) << 4)
-    return np.float32(sc), np.float32(m)
+def _chunk_q4_k(w, ob, j):
+    # qs@16: chunk j is the low (j even) or high nibbles of the 32 bytes at 32*(j//2)
+    return _split(_words(w, ob + 16 + 32 * (j >> 1)), 4 * (j & 1), 15)
 
 
 @njit(boundscheck=False)
-def _decode_q4_k(w, ob, j):
-    # d@0 dmin@2 scales@4 qs@16; chunk j: low (j even) or high nibbles of qs[32*(j//2):]
-    ev, od = _split(_words(w, ob + 16 + 32 * (j >> 1)), 4 * (j & 1), 15)
-    sc, m = _k4_scale_min(w, ob, j)
-    return (ev, od, splat(read_half(w, ob) * sc, 8), -read_half(w, ob + 2) * m,
-            splat(np.float32(0), 8))
-
-
-@njit(boundscheck=False)
-def _decode_q5_k(w, ob, j):
-    # d@0 dmin@2 scales@4 qh@16 qs@48; element 32j+l has its fifth bit at bit j of qh[l]
+def _chunk_q5_k(w, ob, j):
+    # qh@16 qs@48: element 32j+l has its fifth bit at bit j of qh[l]
     ev, od = _split(_words(w, ob + 48 + 32 * (j >> 1)), 4 * (j & 1), 15)
     he, ho = _split(_words(w, ob + 16), j, 1)
-    sc, m = _k4_scale_min(w, ob, j)
-    return (ev | (he << 4), od | (ho << 4), splat(read_half(w, ob) * sc, 8),
-            -read_half(w, ob + 2) * m, splat(np.float32(0), 8))
+    return ev | (he << 4), od | (ho << 4)
+
+
+# -- Q6_K: ql@0 qh@128 scales(int8, one per 16)@192 d@208; q - 32 --------------------------
+
+@njit(boundscheck=False)
+def _scales_q6_k(w, ob):
+    S = _floats(load_bytes(w, ob + 192, np.int8, 16)) * read_half(w, ob + 208)
+    return S, S * np.float32(-32)
 
 
 @njit(boundscheck=False)
-def _decode_q6_k(w, ob, j):
-    # ql@0 qh@128 scales(int8, one per 16)@192 d@208. Chunk j = 4h + s: low 4 bits at
-    # ql[64h + 32(s%2) + l] >> 4(s//2), high 2 bits at qh[32h + l] >> 2s; q - 32.
+def _chunk_q6_k(w, ob, j):
+    # chunk j = 4h + s: low 4 bits at ql[64h + 32(s%2) + l] >> 4(s//2),
+    # high 2 bits at qh[32h + l] >> 2s
     h = j >> 2
     s = j & 3
     le, lo = _split(_words(w, ob + 64 * h + 32 * (s & 1)), 4 * (s >> 1), 15)
     he, ho = _split(_words(w, ob + 128 + 32 * h), 2 * s, 3)
-    svec = _pair_scales(w, ob + 192 + 2 * j) * read_half(w, ob + 208)
-    return ((le | (he << 4)) - 32, (lo | (ho << 4)) - 32, svec, np.float32(0),
-            splat(np.float32(0), 8))
+    return le | (he << 4), lo | (ho << 4)
+
+
+# -- Q3_K: hmask@0 qs@32 scales@96 (12 bytes) d@108; q - 4 ---------------------------------
+
+@njit(boundscheck=False)
+def _scales_q3_k(w, ob):
+    # 16 signed 6-bit scales (stored + 32): low 4 bits in the low (scales 0-7) or high
+    # nibble (8-15) of bytes 0-7; high 2 bits of scale i at bits 2(i//4) of byte 8 + i%4.
+    lowb = load_bytes(w, ob + 96, np.uint8, 8)
+    highb = load_bytes(w, ob + 104, np.uint8, 4)
+    low = join(lowb & 15, lowb >> 4)
+    high = join(join(highb, highb >> 2), join(highb >> 4, highb >> 6)) & 3
+    S = (_floats(low | (high << 4)) - np.float32(32)) * read_half(w, ob + 108)
+    return S, S * np.float32(-4)
 
 
 @njit(boundscheck=False)
-def _decode_q2_k(w, ob, j):
-    # scales@0 (low 4 bits: scale, high 4: offset; one per 16) qs@16 d@80 dmin@82.
-    # Chunk j = 4h + s: element 32j+l is (qs[32h + l] >> 2s) & 3.
-    ev, od = _split(_words(w, ob + 16 + 32 * (j >> 2)), 2 * (j & 3), 3)
-    packed = load_bytes(w, ob + 2 * j, np.uint8, 2)
-    sc = repeat_lanes(convert(packed & 15, np.float32), 4)
-    mn = repeat_lanes(convert(packed >> 4, np.float32), 4)
-    return ev, od, sc * read_half(w, ob + 80), np.float32(0), mn * read_half(w, ob + 82)
-
-
-@njit(boundscheck=False)
-def _q3_k_scale(w, ob, i):
-    """Q3_K's signed 6-bit scale i (0..15), 12 bytes at ob+96: low 4 bits in the low
-    (i < 8) or high nibble of byte i%8, high 2 bits at bits 2(i//4) of byte 8 + i%4."""
-    s = ob + 96
-    low = (w[s + (i & 7)] >> (4 * (i >> 3))) & 15
-    high = (w[s + 8 + (i & 3)] >> (2 * (i >> 2))) & 3
-    return np.float32(np.int32(low | (high << 4)) - 32)
-
-
-@njit(boundscheck=False)
-def _decode_q3_k(w, ob, j):
-    # hmask@0 qs@32 scales@96 d@108. Element 32j+l: low 2 bits (qs[32h + l] >> 2s) & 3
-    # with j = 4h + s; bit j of hmask[l] clear means subtract 4.
+def _chunk_q3_k(w, ob, j):
+    # element 32j+l: low 2 bits (qs[32h + l] >> 2s) & 3 with j = 4h + s, and bit j of
+    # hmask[l] adds 4
     le, lo = _split(_words(w, ob + 32 + 32 * (j >> 2)), 2 * (j & 3), 3)
     he, ho = _split(_words(w, ob), j, 1)
-    d = read_half(w, ob + 108)
-    sa = _q3_k_scale(w, ob, 2 * j)
-    sb = _q3_k_scale(w, ob, 2 * j + 1)
-    svec = join(splat(sa * d, 4), splat(sb * d, 4))
-    return ((le | (he << 2)) - 4, (lo | (ho << 2)) - 4, svec, np.float32(0),
-            splat(np.float32(0), 8))
+    return le | (he << 2), lo | (ho << 2)
+
+
+# -- Q2_K: scales@0 (16 bytes: low nibble scale, high nibble offset) qs@16 d@80 dmin@82 ----
+
+@njit(boundscheck=False)
+def _scales_q2_k(w, ob):
+    packed = load_bytes(w, ob, np.uint8, 16)
+    return (_floats(packed & 15) * read_half(w, ob + 80),
+            _floats(packed >> 4) * -read_half(w, ob + 82))
 
 
 @njit(boundscheck=False)
-def _decode_iq4_xs(w, ob, j):
-    # d@0 scales_h(u16)@2 scales_l@4 qs@8. Sub-block j: 16 bytes at qs + 16j, low nibbles
-    # elements 0-15, high 16-31, each an index into the IQ4 levels; 6-bit scale - 32.
+def _chunk_q2_k(w, ob, j):
+    # chunk j = 4h + s: element 32j+l is (qs[32h + l] >> 2s) & 3
+    return _split(_words(w, ob + 16 + 32 * (j >> 2)), 2 * (j & 3), 3)
+
+
+# -- IQ4_XS: d@0 scales_h(u16)@2 scales_l@4 qs@8 -------------------------------------------
+
+@njit(boundscheck=False)
+def _scales_iq4_xs(w, ob):
+    # 6-bit scale - 32 per chunk: low 4 bits in nibble j%2 of scales_l[j//2], high 2 bits
+    # at bits 2j of scales_h
+    low4 = load_bytes(w, ob + 4, np.uint8, 4)
+    low = convert(interleave(low4 & 15, low4 >> 4), np.uint32)
+    high = (splat(np.uint32(read_bytes(w, ob + 2, np.uint16)), 8)
+            >> load(_PAIR_SHIFTS, 0, 8)) & 3
+    S = (_floats(low | (high << 4)) - np.float32(32)) * read_half(w, ob)
+    return S, splat(np.float32(0), 16)
+
+
+@njit(boundscheck=False)
+def _chunk_iq4_xs(w, ob, j):
+    # 16 bytes at qs + 16j: low nibbles elements 0-15, high nibbles 16-31, each an index
+    # into the IQ4 levels
     v = load_bytes(w, ob + 8 + 16 * j, np.uint32, 4)
     idx = bitcast((join(v, v) >> load(_NIBBLE_SHIFTS, 0, 8)) & 0x0F0F0F0F, np.uint8)
     q = bitcast(lookup16(load(IQ4_LEVELS, 0, 16), idx), np.int16)
-    low = (w[ob + 4 + (j >> 1)] >> (4 * (j & 1))) & 15
-    high = (np.uint32(w[ob + 2]) | (np.uint32(w[ob + 3]) << 8)) >> (2 * j) & 3
-    scale = np.float32(np.int32(low | (high << 4)) - 32) * read_half(w, ob)
-    return (q << 8) >> 8, q >> 8, splat(scale, 8), np.float32(0), splat(np.float32(0), 8)
+    return (q << 8) >> 8, q >> 8
 
 
-_DECODERS = {Q2_K: _decode_q2_k, Q3_K: _decode_q3_k, Q4_K: _decode_q4_k,
-             Q5_K: _decode_q5_k, Q6_K: _decode_q6_k, IQ4_XS: _decode_iq4_xs}
+_SCALES = {Q2_K: _scales_q2_k, Q3_K: _scales_q3_k, Q4_K: _scales_k4, Q5_K: _scales_k4,
+           Q6_K: _scales_q6_k, IQ4_XS: _scales_iq4_xs}
+_CHUNKS = {Q2_K: _chunk_q2_k, Q3_K: _chunk_q3_k, Q4_K: _chunk_q4_k, Q5_K: _chunk_q5_k,
+           Q6_K: _chunk_q6_k, IQ4_XS: _chunk_iq4_xs}
 
 
 @njit(boundscheck=False)
 def _chunk_int_dot(ev, od, xq, at):
+    """int32 lanes of sum(q * x) for one chunk; lane i holds elements 4i .. 4i+3."""
     return madd_pairs(ev, load(xq, at, 16)) + madd_pairs(od, load(xq, at + 16, 16))
 
 
-_ONES = np.ones(16, np.int16)
+@njit(boundscheck=False)
+def _scaled_per_32(S, xd, g0):
+    """Chunk scales times the activations' scales of the super-block's 8 groups."""
+    return S * load(xd, g0, CHUNKS)
 
 
 @njit(boundscheck=False)
-def _lane_sums(xq, at):
-    """int32 lanes of the activation sums that pair with _chunk_int_dot's lanes."""
-    ones = load(_ONES, 0, 16)
-    return madd_pairs(ones, load(xq, at, 16)) + madd_pairs(ones, load(xq, at + 16, 16))
+def _scaled_per_16(S, xd, g0):
+    return S * repeat_lanes(load(xd, g0, CHUNKS), 2)
+
+
+# The scales of a super-block are stored to a stack buffer once, and each chunk reads its
+# lane(s) back as a broadcast from memory: picking lane j out of a register with a
+# run-time j made LLVM spill the whole vector for every chunk.
+
+@njit(boundscheck=False)
+def _lanes_per_32(buf, j):
+    """The 8 int32-lane scales of chunk j."""
+    return splat(buf[j], 8)
+
+
+@njit(boundscheck=False)
+def _lanes_per_16(buf, j):
+    return join(splat(buf[2 * j], 4), splat(buf[2 * j + 1], 4))
 
 
 def _specialize(qtype):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
-    return BLOCK_BYTES[q], _DECODERS[q], q in _CHUNK_OFFSET, q in _LANE_OFFSET
-
-
-@njit(boundscheck=False)
-def _apply(ev, od, svec, c, mvec, xq, xd, xs, g, acc, off, chunk_offset, lane_offset):
-    """Add chunk g's contribution to the lane accumulator and the scalar offset sum."""
-    sx = splat(xd[g], 8)
-    acc = fma(convert(_chunk_int_dot(ev, od, xq, g * CHUNK), np.float32), svec * sx, acc)
-    if lane_offset:
-        acc = acc - convert(_lane_sums(xq, g * CHUNK), np.float32) * (mvec * sx)
-    if chunk_offset:
-        off += c * xs[g]
-    return acc, off
+    per16 = q in _SCALE_PER_16
+    return (BLOCK_BYTES[q], _SCALES[q], _CHUNKS[q],
+            _scaled_per_16 if per16 else _scaled_per_32,
+            _lanes_per_16 if per16 else _lanes_per_32,
+            q not in _NO_OFFSET)
 
 
 def dot_k(qtype, w, o, nsb, xq, xd, xs):
-    """Row starting at byte o, nsb super-blocks, dotted with quantized activations."""
+    """Row starting at byte o, nsb super-blocks, dotted with quantized activations (xq,
+    xd, xs as activations.quantize_vector makes them)."""
 
 
 @overload(dot_k, prefer_literal=True)
@@ -197,25 +230,29 @@ def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, decode, chunk_offset, lane_offset = spec
+    bb, scales, chunk, scaled, lanes, offset = spec
 
     def impl(qtype, w, o, nsb, xq, xd, xs):
         # Even and odd chunks feed separate accumulators: two dependency chains.
         acc0 = splat(np.float32(0), 8)
         acc1 = acc0
-        off0 = np.float32(0)
-        off1 = off0
+        offs = splat(np.float32(0), 16)
+        buf = stack_empty(16, np.float32)
         for sb in range(nsb):
             ob = o + sb * bb
+            g0 = sb * CHUNKS
+            S, M = scales(w, ob)
+            store(buf, 0, scaled(S, xd, g0))
+            if offset:
+                offs = fma(M, load(xs, 2 * g0, 16), offs)
             for j in range(0, CHUNKS, 2):
-                g = sb * CHUNKS + j
-                ev, od, svec, c, mvec = decode(w, ob, j)
-                acc0, off0 = _apply(ev, od, svec, c, mvec, xq, xd, xs, g, acc0, off0,
-                                    chunk_offset, lane_offset)
-                ev, od, svec, c, mvec = decode(w, ob, j + 1)
-                acc1, off1 = _apply(ev, od, svec, c, mvec, xq, xd, xs, g + 1, acc1, off1,
-                                    chunk_offset, lane_offset)
-        return hsum(acc0 + acc1) + (off0 + off1)
+                ev, od = chunk(w, ob, j)
+                acc0 = fma(_floats(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK)),
+                           lanes(buf, j), acc0)
+                ev, od = chunk(w, ob, j + 1)
+                acc1 = fma(_floats(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK)),
+                           lanes(buf, j + 1), acc1)
+        return hsum(acc0 + acc1) + hsum(offs)
 
     return impl
 
@@ -229,34 +266,44 @@ def _dot_k_x4_ov(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, decode, chunk_offset, lane_offset = spec
+    bb, scales, chunk, scaled, lanes, offset = spec
 
     def impl(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
         x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
-        d0, d1, d2, d3 = XD[t0], XD[t1], XD[t2], XD[t3]
-        s0, s1, s2, s3 = XS[t0], XS[t1], XS[t2], XS[t3]
         a0 = splat(np.float32(0), 8)
         a1 = a0
         a2 = a0
         a3 = a0
-        f0 = np.float32(0)
+        f0 = splat(np.float32(0), 16)
         f1 = f0
         f2 = f0
         f3 = f0
+        b0 = stack_empty(16, np.float32)
+        b1 = stack_empty(16, np.float32)
+        b2 = stack_empty(16, np.float32)
+        b3 = stack_empty(16, np.float32)
         for sb in range(nsb):
             ob = o + sb * bb
+            g0 = sb * CHUNKS
+            S, M = scales(w, ob)
+            store(b0, 0, scaled(S, XD[t0], g0))
+            store(b1, 0, scaled(S, XD[t1], g0))
+            store(b2, 0, scaled(S, XD[t2], g0))
+            store(b3, 0, scaled(S, XD[t3], g0))
+            if offset:
+                f0 = fma(M, load(XS[t0], 2 * g0, 16), f0)
+                f1 = fma(M, load(XS[t1], 2 * g0, 16), f1)
+                f2 = fma(M, load(XS[t2], 2 * g0, 16), f2)
+                f3 = fma(M, load(XS[t3], 2 * g0, 16), f3)
             for j in range(CHUNKS):
-                g = sb * CHUNKS + j
-                ev, od, svec, c, mvec = decode(w, ob, j)
-                a0, f0 = _apply(ev, od, svec, c, mvec, x0, d0, s0, g, a0, f0,
-                                chunk_offset, lane_offset)
-                a1, f1 = _apply(ev, od, svec, c, mvec, x1, d1, s1, g, a1, f1,
-                                chunk_offset, lane_offset)
-                a2, f2 = _apply(ev, od, svec, c, mvec, x2, d2, s2, g, a2, f2,
-                                chunk_offset, lane_offset)
-                a3, f3 = _apply(ev, od, svec, c, mvec, x3, d3, s3, g, a3, f3,
-                                chunk_offset, lane_offset)
-        return hsum(a0) + f0, hsum(a1) + f1, hsum(a2) + f2, hsum(a3) + f3
+                ev, od = chunk(w, ob, j)
+                at = (g0 + j) * CHUNK
+                a0 = fma(_floats(_chunk_int_dot(ev, od, x0, at)), lanes(b0, j), a0)
+                a1 = fma(_floats(_chunk_int_dot(ev, od, x1, at)), lanes(b1, j), a1)
+                a2 = fma(_floats(_chunk_int_dot(ev, od, x2, at)), lanes(b2, j), a2)
+                a3 = fma(_floats(_chunk_int_dot(ev, od, x3, at)), lanes(b3, j), a3)
+        return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
+                hsum(a3) + hsum(f3))
 
     return impl
 
@@ -270,17 +317,21 @@ def _dequant_k_ov(qtype, w, o, nsb, out):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, decode = spec[0], spec[1]
+    bb, scales, chunk = spec[0], spec[1], spec[2]
+    per16 = spec[3] is _scaled_per_16
 
     def impl(qtype, w, o, nsb, out):
         for sb in range(nsb):
             ob = o + sb * bb
+            S, M = scales(w, ob)
             for j in range(CHUNKS):
-                ev, od, svec, c, mvec = decode(w, ob, j)
-                q = convert(convert(interleave(ev, od), np.int32), np.float32)
-                # Lane i of svec/mvec covers elements 4i..4i+3 in natural order too.
-                scale = repeat_lanes(svec, 4)
-                shift = repeat_lanes(mvec, 4)
-                store(out, (sb * CHUNKS + j) * CHUNK, fma(q, scale, splat(c, 32)) - shift)
+                ev, od = chunk(w, ob, j)
+                q = _floats(convert(interleave(ev, od), np.int32))
+                if per16:
+                    scale = join(splat(lane(S, 2 * j), 16), splat(lane(S, 2 * j + 1), 16))
+                else:
+                    scale = splat(lane(S, j), 32)
+                shift = join(splat(lane(M, 2 * j), 16), splat(lane(M, 2 * j + 1), 16))
+                store(out, (sb * CHUNKS + j) * CHUNK, fma(q, scale, shift))
 
     return impl

@@ -15,6 +15,7 @@ Operations (all usable only inside @njit code):
   half_to_float(v)         IEEE fp16 bits (uint16 lanes) -> float32 lanes
   bf16_to_float(v)         bfloat16 bits (uint16 lanes) -> float32 lanes
   part(v, start, N)        lanes start .. start+N-1;   join(a, b): a's lanes then b's
+  lane(v, i)               lane i as a scalar
   deinterleave(v)          even lanes then odd lanes;  interleave(a, b): a0, b0, a1, b1..
   repeat_lanes(v, k)       each lane k times
   lookup16(table, idx)     table[idx] per lane, 16 int8 entries (pshufb on x86)
@@ -22,6 +23,7 @@ Operations (all usable only inside @njit code):
   load_bytes(a, i, dtype, N), read_bytes(a, i, dtype), read_half(a, i)
                            typed reads at a byte offset of a uint8 array
   round_even, vabs, hmax   rounding, |v|, largest lane
+  stack_empty(N, dtype)    scratch array on the caller's stack
   madd_pairs(a, b)         int16 -> int32: a[2i]*b[2i] + a[2i+1]*b[2i+1] (pmaddwd)
   fma(a, b, c)             a * b + c (fused where the target has FMA)
   hsum(v)                  sum of the lanes, in a fixed pairwise order
@@ -192,6 +194,30 @@ def read_half(typingctx, arr, byte_index):
 
 
 @intrinsic
+def stack_empty(typingctx, count, dtype):
+    """A small uninitialized 1-D array on the calling function's stack (no allocation
+    call). It must not outlive that function: use it as per-call scratch only."""
+    n = _literal_int(count)
+    if not (n and isinstance(dtype, types.NumberClass)):
+        return None
+    arrty = types.Array(dtype.instance_type, 1, "C")
+
+    def codegen(context, builder, sig, args):
+        from numba.np.arrayobj import populate_array
+        lane_t = _lane_type(context, dtype.instance_type)
+        data = cgutils.alloca_once(builder, lane_t, size=n)
+        ary = context.make_array(arrty)(context, builder)
+        itemsize = context.get_abi_sizeof(lane_t)
+        intp = context.get_value_type(types.intp)
+        populate_array(ary, data=data, shape=[ir.Constant(intp, n)],
+                       strides=[ir.Constant(intp, itemsize)],
+                       itemsize=ir.Constant(intp, itemsize), meminfo=None)
+        return ary._getvalue()
+
+    return arrty(count, dtype), codegen
+
+
+@intrinsic
 def store(typingctx, arr, index, vec):
     if not (isinstance(arr, types.Array) and isinstance(vec, Vec) and vec.dtype == arr.dtype):
         return None
@@ -270,6 +296,18 @@ def part(typingctx, vec, start, count):
         return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
 
     return Vec(vec.dtype, n)(vec, start, count), codegen
+
+
+@intrinsic
+def lane(typingctx, vec, index):
+    """Lane `index` of vec as a scalar (the index may be a run-time value)."""
+    if not (isinstance(vec, Vec) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], args[1])
+
+    return vec.dtype(vec, index), codegen
 
 
 @intrinsic
