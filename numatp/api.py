@@ -62,10 +62,16 @@ class LLM:
         if not isinstance(ctx_size, int) or ctx_size < 1:
             raise UsageError(f"invalid context size {ctx_size!r}: must be a positive integer")
         self.ctx = ctx_size
+        check_kv_fits(self.config, ctx_size)
         self._embd = self.gguf.tensors["token_embd.weight"]
-        self.model = self._start(nodes, threads)
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
+        self.model = None
+        try:
+            self.model = self._start(nodes, threads)
+        except MemoryError as e:
+            raise NumatpError(f"not enough memory to load {self.path} with a context of "
+                              f"{ctx_size} tokens ({e})") from None
 
     def _start(self, nodes, threads):
         from numatp.parallel.group import resolve_nodes
@@ -104,8 +110,17 @@ class LLM:
                               "tokens (raise -c/--ctx-size)")
         logits = None
         for start in range(0, len(ids), PREFILL_CHUNK):
-            logits = self.model.forward(self.embed(ids[start:start + PREFILL_CHUNK]), start)
+            logits = self._forward(ids[start:start + PREFILL_CHUNK], start)
         return logits
+
+    def _forward(self, ids, pos0):
+        # The jitted step does not check bounds: a position past the KV cache would
+        # write outside it.
+        if self.model is None:
+            raise NumatpError("this model is closed")
+        if pos0 + len(ids) > self.ctx:
+            raise NumatpError(f"position {pos0 + len(ids) - 1} is past the context of {self.ctx} tokens")
+        return self.model.forward(self.embed(ids), pos0)
 
     def logits(self, ids) -> np.ndarray:
         """Logits (float32, vocab) after the last of `ids`, from an empty cache."""
@@ -143,13 +158,15 @@ class LLM:
             if pos >= self.ctx:
                 stats.stop_reason = "context"
                 break
-            logits = self.model.forward(self.embed([tok]), pos)
+            logits = self._forward([tok], pos)
             pos += 1
             stats.decode_seconds = time.perf_counter() - t1
 
     def prompt_ids(self, prompt: str, chat=False, system=None) -> list:
         """Token ids of a prompt, BOS included where the model wants it; with chat, the
         prompt as a user turn of the model's chat template plus the generation prompt."""
+        if not prompt:
+            raise UsageError("empty prompt: give some text to continue")
         if chat:
             from numatp.chat import chat_prompt
             prompt = chat_prompt(self.tokenizer, prompt, system=system)
@@ -204,6 +221,16 @@ def weight_bytes_per_token(gguf, cfg) -> int:
         elif name != "rope_freqs.weight":
             total += t.nbytes
     return total
+
+
+def check_kv_fits(cfg, ctx):
+    """Refuse a context whose KV cache could never fit, before any of it is allocated."""
+    import psutil
+    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * ctx
+    total = psutil.virtual_memory().total
+    if kv > total:
+        raise NumatpError(f"a context of {ctx} tokens needs {kv / 2**30:.1f} GiB of KV cache, more "
+                          f"than this machine's {total / 2**30:.1f} GiB of memory (lower -c/--ctx-size)")
 
 
 def load(path=None, nodes="auto", threads=None, ctx_size=None) -> LLM:

@@ -25,7 +25,11 @@ class SamplingParams:
         for name in ("temperature", "top_p", "min_p", "repeat_penalty"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                bad(name, value, "must be a finite number")
+                bad(name.replace("_", "-"), value, "must be a finite number")
+        for name in ("top_k", "repeat_last_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                bad(name.replace("_", "-"), value, "must be an integer")
         if self.temperature < 0:
             bad("temperature", self.temperature, "must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -38,8 +42,9 @@ class SamplingParams:
             bad("top-k", self.top_k, "must be >= 0 (0 disables it)")
         if self.repeat_last_n < 0:
             bad("repeat-last-n", self.repeat_last_n, "must be >= 0")
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            bad("seed", self.seed, "must be in [0, 2^64)")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            bad("seed", seed, "must be an integer in [0, 2^64)")
         return self
 
 

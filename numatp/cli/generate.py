@@ -21,11 +21,13 @@ def read_prompt(prompt, prompt_opt, file) -> str:
             raise UsageError(f"prompt file {file} is not UTF-8 text") from None
     if len(given) > 1:
         raise UsageError("give the prompt once: as an argument, with -p, or with -f")
-    if given:
-        return given[0]
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    raise UsageError("no prompt: give one as an argument, with -p/-f, or on stdin")
+    if not given and not sys.stdin.isatty():
+        given.append(sys.stdin.read())
+    if not given:
+        raise UsageError("no prompt: give one as an argument, with -p/-f, or on stdin")
+    if not given[0]:
+        raise UsageError("empty prompt: give some text to continue")
+    return given[0]
 
 
 @app.command()

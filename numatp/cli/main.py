@@ -36,15 +36,36 @@ def main():
     import signal
 
     from numatp.errors import NumatpError
+    cli_errors = _click_exceptions()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app()
+        # Not standalone: click's own handling would print bad flags as a framed block.
+        code = app(standalone_mode=False)
     except NumatpError as e:
         fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
+    except getattr(cli_errors, "NoArgsIsHelpError", ()) as e:
+        e.show()
+        raise SystemExit(e.exit_code)
+    except cli_errors.ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        fail(e.format_message() + hint, e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         _interrupted("interrupted", 130)
     except Terminated:
         _interrupted("terminated", 143)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        _interrupted("interrupted", 130)
+    raise SystemExit(code or 0)
+
+
+def _click_exceptions():
+    """typer >= 0.2x carries its own copy of click; older ones use click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions
+    return exceptions
 
 
 def _interrupted(what, code):

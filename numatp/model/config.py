@@ -53,12 +53,23 @@ def from_gguf(gguf) -> ModelConfig:
     arch_name = gguf.metadata.get("general.architecture")
     if not isinstance(arch_name, str):
         raise ModelFileError(f"{gguf.path}: missing metadata general.architecture")
-    arch = get_arch(arch_name)
+    try:
+        arch = get_arch(arch_name)
+    except ModelFileError as e:
+        raise ModelFileError(f"{gguf.path}: {e}") from None
     p = arch_name + "."
     n_layers = _meta(gguf, p + "block_count", int)
+    # Each layer has several tensors: a larger count is corrupt, and would have us list
+    # the expected tensors of billions of layers.
+    if n_layers > len(gguf.tensors):
+        raise ModelFileError(f"{gguf.path}: metadata {p}block_count = {n_layers}, but the file "
+                             f"has only {len(gguf.tensors)} tensors")
     hidden = _meta(gguf, p + "embedding_length", int)
     n_heads = _meta(gguf, p + "attention.head_count", int)
     n_kv = _meta(gguf, p + "attention.head_count_kv", int, default=n_heads)
+    if p + "attention.key_length" not in gguf.metadata and hidden % n_heads:
+        raise ModelFileError(f"{gguf.path}: embedding length {hidden} is not a multiple of the "
+                             f"head count {n_heads}")
     head_dim = _meta(gguf, p + "attention.key_length", int, default=hidden // n_heads)
     value_dim = _meta(gguf, p + "attention.value_length", int, default=head_dim)
     if value_dim != head_dim:

@@ -12,6 +12,7 @@ file and the problem.
 """
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -111,10 +112,17 @@ class GGUFFile:
 
     def __init__(self, path):
         self.path = str(path)
-        if not os.path.exists(self.path):
-            raise ModelFileError(f"{self.path}: no such file")
-        if os.path.isdir(self.path):
+        # stat first: opening a FIFO or a device for reading could block forever.
+        try:
+            mode = os.stat(self.path).st_mode
+        except FileNotFoundError:
+            raise ModelFileError(f"{self.path}: no such file") from None
+        except OSError as e:
+            raise ModelFileError(f"{self.path}: cannot read: {e.strerror}") from None
+        if stat.S_ISDIR(mode):
             raise ModelFileError(f"{self.path}: is a directory, not a GGUF file")
+        if not stat.S_ISREG(mode):
+            raise ModelFileError(f"{self.path}: not a regular file, so not a GGUF file")
         try:
             with open(self.path, "rb") as f:
                 self.file_size = os.fstat(f.fileno()).st_size
@@ -142,7 +150,7 @@ class GGUFFile:
         n_kv = c.u64("metadata count")
         # Each key-value pair takes at least 12 header bytes, each tensor info at least 28.
         if 12 * n_kv + 28 * n_tensors > self.file_size:
-            raise ModelFileError(f"{self.path}: corrupt header (claims {n_tensors} tensors and "
+            raise ModelFileError(f"{self.path}: truncated or corrupt header (claims {n_tensors} tensors and "
                                  f"{n_kv} metadata entries in a {self.file_size}-byte file)")
         metadata = {}
         for _ in range(n_kv):

@@ -207,6 +207,7 @@ class ControlChannel:
         self._statuses = self._ctl[DONE0 + _STATUS::LINE]
         self._groups = list(groups)
         self._processes = []
+        self._labels = []
         self._spin_ns = int(spin_us * 1e3)
         self._pause_ns = min(self._spin_ns, _PAUSE_NS)
         self._poll_s = poll_ms / 1e3
@@ -233,9 +234,16 @@ class ControlChannel:
     def name(self):
         return self._segment.name
 
-    def watch(self, processes):
-        """The worker processes in rank order: Process objects or pids."""
+    def watch(self, processes, labels=()):
+        """The worker processes in rank order: Process objects or pids; labels (where
+        each runs, e.g. "node 1") go into the error messages."""
         self._processes = list(processes)
+        self._labels = list(labels)
+
+    def _who(self, rank):
+        if rank < len(self._labels):
+            return f"worker {rank} ({self._labels[rank]})"
+        return f"worker {rank}"
 
     def send(self, cmd, *args):
         """Publish a command; returns at once. Waits for the previous one first."""
@@ -285,7 +293,7 @@ class ControlChannel:
                 self._check_alive()
                 if deadline is not None and time.monotonic() > deadline:
                     self.abort()
-                    raise WorkerError(f"worker {w} did not answer within {timeout:g} s")
+                    raise WorkerError(f"{self._who(w)} did not answer within {timeout:g} s")
             w = _wait_all_done(ctl, self.nworkers, seq, 0, 0)
 
     def _check_alive(self):
@@ -293,7 +301,7 @@ class ControlChannel:
             how = _death(proc)
             if how is not None:
                 self.abort()
-                raise WorkerError(f"worker {rank} died ({how})")
+                raise WorkerError(f"{self._who(rank)} died ({how})")
 
     def _raise_failure(self):
         for rank in range(self.nworkers):
@@ -305,8 +313,8 @@ class ControlChannel:
                 n = int(self._ctl[_done_index(rank) + _MSG_LEN])
                 off = rank * MESSAGE_BYTES
                 text = bytes(self._messages[off:off + n]).decode("utf-8", "replace")
-                raise WorkerError(f"worker {rank} failed: {text}")
-            raise WorkerError(f"worker {rank} failed with status {status}")
+                raise WorkerError(f"{self._who(rank)} failed: {text}")
+            raise WorkerError(f"{self._who(rank)} failed with status {status}")
 
     def abort(self):
         """Stop everything now: workers' wait() returns QUIT, allreduce() returns ABORTED

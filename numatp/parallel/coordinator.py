@@ -5,6 +5,7 @@ command, wait for the workers (spin briefly, then futex), read the logits that t
 workers wrote, each its vocabulary slice, into one shared buffer.
 """
 import multiprocessing as mp
+import signal
 import time
 
 import numpy as np
@@ -52,6 +53,10 @@ class ProcessGroupModel:
             names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name}
             self._start(placements, model_path, ctx, names)
         except BaseException:
+            # A worker still loading would see the quit command only once loaded.
+            for p in self.processes:
+                if p.is_alive():
+                    p.terminate()
             self.close()
             raise
 
@@ -63,11 +68,18 @@ class ProcessGroupModel:
             p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
                               args=(rank, placement, shard, model_path, ctx, self.max_tokens,
                                     names, child))
-            p.start()
+            # The worker starts with Ctrl-C blocked (the mask survives exec) and keeps it
+            # so: a Ctrl-C sent to the whole process group then cannot break its start-up
+            # into a traceback; we stop it ourselves. Ours is delivered when we unblock.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                p.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             child.close()
             self.processes.append(p)
             conns.append(parent)
-        self._channel.watch(self.processes)
+        self._channel.watch(self.processes, [pl.label for pl in placements])
         # Wait for every worker's load report; a worker that dies or fails ends the load.
         pending = dict(enumerate(conns))
         reports = {}

@@ -3,6 +3,10 @@ from dataclasses import dataclass
 
 from numatp.errors import UsageError
 
+# Virtual nodes may share CPUs (to test uneven splits on a small machine), up to this
+# many: each is a process with its own copy of Numba, and --nodes 1000 is a typo.
+MAX_SHARED_VIRTUAL = 8
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -70,6 +74,9 @@ def resolve_nodes(nodes="auto", threads=None) -> list:
                 cpus = cpus[:threads]
             if want == 1:
                 return [Placement(real[0].id if len(real) == 1 else -1, tuple(cpus), False)]
+            if want > max(len(cpus), MAX_SHARED_VIRTUAL):
+                raise UsageError(f"invalid --nodes {want}: this machine has {len(cpus)} CPUs; at most "
+                                 f"{max(len(cpus), MAX_SHARED_VIRTUAL)} virtual nodes")
             if want > len(cpus):
                 # More virtual nodes than CPUs: they share CPUs. Only useful for testing.
                 return [Placement(-1, (cpus[i % len(cpus)],), False) for i in range(want)]

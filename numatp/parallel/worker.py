@@ -37,8 +37,12 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
                                                      max_tokens, names)
     except BaseException as e:  # anything at load: report it in one line, then exit
         from numatp.errors import NumatpError
-        msg = str(e) if isinstance(e, NumatpError) else f"{type(e).__name__}: {e}"
-        if not isinstance(e, NumatpError):
+        if isinstance(e, NumatpError):
+            msg = str(e)
+        elif isinstance(e, MemoryError):  # e.g. the node's memory is full
+            msg = f"not enough memory ({e})"
+        else:  # a bug: keep the traceback for the report
+            msg = f"{type(e).__name__}: {e}"
             traceback.print_exc(file=sys.stderr)
         try:
             conn.send({"error": msg})
