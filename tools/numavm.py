@@ -63,6 +63,14 @@ class NumaVMError(Exception):
     """The VM cannot start: a message for the user (exit code CANNOT_RUN)."""
 
 
+class Stopped(Exception):
+    """This script got a signal that ends it; the VM is stopped first."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -73,15 +81,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="numavm-") as exchange:
         script = write_guest_script(exchange, args)
         vng_cmd = [vng, *vm_options(args, kernel, exchange), "--exec", f"bash {script}"]
-        print(f"numavm: booting a {args.nodes}-node VM ({args.cpus_per_node} CPU, "
-              f"{args.mem_per_node} MiB per node) to run: {shlex.join(args.command)}",
-              file=sys.stderr, flush=True)
+        cpus = f"{args.cpus_per_node} CPU{'s' if args.cpus_per_node > 1 else ''}"
+        print(f"numavm: booting a {args.nodes}-node VM ({cpus}, {args.mem_per_node} MiB "
+              f"per node) to run: {shlex.join(args.command)}", file=sys.stderr, flush=True)
         start = time.monotonic()
         try:
             vng_rc, timed_out = run_relaying_output(vng_cmd, vng, args.timeout)
-        except KeyboardInterrupt:
-            print("numavm: interrupted; VM stopped", file=sys.stderr)
-            return 130
+        except Stopped as e:
+            print(f"numavm: stopped by {signal.Signals(e.signum).name}; VM stopped",
+                  file=sys.stderr)
+            return 128 + e.signum
         elapsed = time.monotonic() - start
         command_rc = read_status(os.path.join(exchange, "status"))
     if timed_out:
@@ -229,8 +238,9 @@ def write_guest_script(exchange, args):
     lines += [
         'scratch=$(mktemp -d /tmp/numavm-guest.XXXXXX)',
         *[f'export {k}="$scratch/{k.lower()}"' for k in GUEST_CACHE_ENV],
-        f"cd {shlex.quote(cwd)} || {{ echo 'numavm: {cwd} is not visible in the guest' >&2;"
-        f" exit 1; }}",
+        f"cd {shlex.quote(cwd)} || "
+        f"{{ echo {shlex.quote(f'numavm: {cwd} is not visible in the guest')} >&2; exit 1; }}",
+        'read -r up _ < /proc/uptime && echo "numavm: guest up after ${up%.*} s" >&2',
         shlex.join(args.command),
         f"echo $? > {shlex.quote(status)}",
     ]
@@ -256,8 +266,8 @@ def run_relaying_output(cmd, vng, timeout):
         t.start()
 
     def stop(signum, frame):
-        raise KeyboardInterrupt
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+        raise Stopped(signum)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
     timed_out = False
     try:
@@ -274,9 +284,14 @@ def run_relaying_output(cmd, vng, timeout):
 
 def relay(src, dst):
     dst.flush()
-    fd = dst.fileno()
+    fd, writable = dst.fileno(), True
     while chunk := os.read(src.fileno(), 65536):
-        os.write(fd, chunk)
+        if writable:
+            try:
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk):]
+            except OSError:  # our reader went away (| head): keep draining, or QEMU blocks
+                writable = False
 
 
 def kill_group(proc):
