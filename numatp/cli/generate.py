@@ -67,6 +67,8 @@ def generate(
                             None if seed == -1 else seed).validate()
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None) as llm:
+        for line in getattr(llm.model, "placement_lines", list)():
+            print(f"numatp: {line}", file=sys.stderr)
         ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
         decoder = llm.stream_decoder()

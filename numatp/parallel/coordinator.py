@@ -104,6 +104,21 @@ class ProcessGroupModel:
                                           f"loading (exit code {self.processes[rank].exitcode})")
         self.reports = [reports[r] for r in range(self.n_ranks)]
 
+    def placement_lines(self) -> list:
+        """One line per worker: where it runs and where its memory landed."""
+        from numatp.numa.topology import format_cpulist
+        lines = []
+        for r in self.reports:
+            where = f"node {r['node']}" if r["bound"] else "virtual node"
+            line = (f"worker {r['rank']} (pid {r['pid']}): {where}, cpus {format_cpulist(r['cpus'])}, "
+                    f"{r['threads']} threads, {r['weight_bytes'] / 1e6:,.1f} MB weights, "
+                    f"{r['kv_bytes'] / 1e6:,.1f} MB KV cache")
+            if r["bound"]:
+                line += (f", {100 * r['weights_local']:.1f}% of weight pages and "
+                         f"{100 * r['kv_local']:.1f}% of KV pages on node {r['node']}")
+            lines.append(line)
+        return lines
+
     def forward(self, x, pos0):
         """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the
         logits of the last token (a view of shared memory, overwritten by the next call)."""
