@@ -22,6 +22,11 @@ in a fixed order: results do not depend on the thread count. The batched path is
 parallel over groups of rows; within a group it takes the tokens four at a time and
 decodes each weight block once for the four.
 
+Arrays: w is a writable, C-contiguous uint8 array; x, X, y, Y, out are C-contiguous
+float32. Other layouts or a read-only w still work but make Numba compile the kernels
+again for that signature (minutes, once per cache). Call these from serial code: the
+matvecs start their own parallel region.
+
 For the float formats (F32, F16, BF16) a "block" is one element and the activations are
 used as float32. The quantized formats first turn the activations into int16 with a
 scale per 32 elements (activations.py says why and what it costs in precision); the row
@@ -191,23 +196,19 @@ def _matvec(qtype, w, stride, r0, r1, blk0, nblk, x, xq, xd, xs, y):
 
 
 @njit(cache=True)
-def _matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
-    n = nblk * BLOCK_ELEMS[qtype]
-    groups = n // GROUP if _family(qtype) != _FLOAT else 0
+def matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
+    # int64() keeps a jitted caller's constant arguments (typed as literals) from making
+    # a separate compilation of the kernels below for every call site.
+    q = np.int64(qtype)
+    n = np.int64(nblk) * BLOCK_ELEMS[q]
+    groups = n // GROUP if _family(q) != _FLOAT else 0
     xq = np.empty(groups * GROUP, np.int16)
     xd = np.empty(groups, np.float32)
     xs = np.empty(2 * groups, np.float32)
     if groups:
         quantize_vector(x[:n], xq, xd, xs)
-    _matvec(qtype, w, row_stride, r0, r1, blk0, nblk, x, xq, xd, xs, y)
-
-
-@njit(cache=True)
-def matvec_range(qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
-    # The int64() calls keep constant arguments of a jitted caller from producing a
-    # separate, literal-typed compilation of the kernels for every call site.
-    _matvec_range(np.int64(qtype), w, np.int64(row_stride), np.int64(r0), np.int64(r1),
-                  np.int64(blk0), np.int64(nblk), x, y)
+    _matvec(q, w, np.int64(row_stride), np.int64(r0), np.int64(r1), np.int64(blk0),
+            np.int64(nblk), x, xq, xd, xs, y)
 
 
 # -- batched -------------------------------------------------------------------------------
@@ -248,22 +249,18 @@ def _matmul(qtype, w, stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y):
 
 
 @njit(cache=True)
-def _matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
+def matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
+    q = np.int64(qtype)
     T = X.shape[0]
-    n = nblk * BLOCK_ELEMS[qtype]
-    groups = n // GROUP if _family(qtype) != _FLOAT else 0
+    n = np.int64(nblk) * BLOCK_ELEMS[q]
+    groups = n // GROUP if _family(q) != _FLOAT else 0
     XQ = np.empty((T, groups * GROUP), np.int16)
     XD = np.empty((T, groups), np.float32)
     XS = np.empty((T, 2 * groups), np.float32)
     if groups:
         quantize_rows(X, XQ, XD, XS)
-    _matmul(qtype, w, row_stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y)
-
-
-@njit(cache=True)
-def matmul_range(qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
-    _matmul_range(np.int64(qtype), w, np.int64(row_stride), np.int64(r0), np.int64(r1),
-                  np.int64(blk0), np.int64(nblk), X, Y)
+    _matmul(q, w, np.int64(row_stride), np.int64(r0), np.int64(r1), np.int64(blk0),
+            np.int64(nblk), X, XQ, XD, XS, Y)
 
 
 # -- whole matrices, dequantization ----------------------------------------------------------

@@ -42,21 +42,10 @@ _PAIR_SHIFTS = np.arange(0, 16, 2, dtype=np.uint32)
 
 
 @njit(boundscheck=False)
-def _words(w, at):
-    """32 bytes at `at` as 16 uint16 words: word i holds elements 2i (low byte) and 2i+1."""
-    return load_bytes(w, at, np.uint16, 16)
-
-
-@njit(boundscheck=False)
 def _split(words, shift, mask):
     """(even, odd) int16 lanes of the bit field at `shift` of every byte."""
     return (bitcast((words >> shift) & mask, np.int16),
             bitcast((words >> (shift + 8)) & mask, np.int16))
-
-
-@njit(boundscheck=False)
-def _floats(v):
-    return convert(v, np.float32)
 
 
 # -- Q4_K, Q5_K: d@0 dmin@2 scales@4 (12 bytes), then Q5_K's qh@16, then qs ----------------
@@ -71,22 +60,22 @@ def _scales_k4(w, ob):
     c = load_bytes(w, ob + 12, np.uint8, 4)
     sc = join(a & 63, (c & 15) | ((a >> 6) << 4))
     mn = join(b & 63, (c >> 4) | ((b >> 6) << 4))
-    S = _floats(sc) * read_half(w, ob)
-    M = repeat_lanes(_floats(mn) * -read_half(w, ob + 2), 2)
+    S = convert(sc, np.float32) * read_half(w, ob)
+    M = repeat_lanes(convert(mn, np.float32) * -read_half(w, ob + 2), 2)
     return S, M
 
 
 @njit(boundscheck=False)
 def _chunk_q4_k(w, ob, j):
     # qs@16: chunk j is the low (j even) or high nibbles of the 32 bytes at 32*(j//2)
-    return _split(_words(w, ob + 16 + 32 * (j >> 1)), 4 * (j & 1), 15)
+    return _split(load_bytes(w, ob + 16 + 32 * (j >> 1), np.uint16, 16), 4 * (j & 1), 15)
 
 
 @njit(boundscheck=False)
 def _chunk_q5_k(w, ob, j):
     # qh@16 qs@48: element 32j+l has its fifth bit at bit j of qh[l]
-    ev, od = _split(_words(w, ob + 48 + 32 * (j >> 1)), 4 * (j & 1), 15)
-    he, ho = _split(_words(w, ob + 16), j, 1)
+    ev, od = _split(load_bytes(w, ob + 48 + 32 * (j >> 1), np.uint16, 16), 4 * (j & 1), 15)
+    he, ho = _split(load_bytes(w, ob + 16, np.uint16, 16), j, 1)
     return ev | (he << 4), od | (ho << 4)
 
 
@@ -94,7 +83,7 @@ def _chunk_q5_k(w, ob, j):
 
 @njit(boundscheck=False)
 def _scales_q6_k(w, ob):
-    S = _floats(load_bytes(w, ob + 192, np.int8, 16)) * read_half(w, ob + 208)
+    S = convert(load_bytes(w, ob + 192, np.int8, 16), np.float32) * read_half(w, ob + 208)
     return S, S * np.float32(-32)
 
 
@@ -104,8 +93,8 @@ def _chunk_q6_k(w, ob, j):
     # high 2 bits at qh[32h + l] >> 2s
     h = j >> 2
     s = j & 3
-    le, lo = _split(_words(w, ob + 64 * h + 32 * (s & 1)), 4 * (s >> 1), 15)
-    he, ho = _split(_words(w, ob + 128 + 32 * h), 2 * s, 3)
+    le, lo = _split(load_bytes(w, ob + 64 * h + 32 * (s & 1), np.uint16, 16), 4 * (s >> 1), 15)
+    he, ho = _split(load_bytes(w, ob + 128 + 32 * h, np.uint16, 16), 2 * s, 3)
     return le | (he << 4), lo | (ho << 4)
 
 
@@ -119,7 +108,7 @@ def _scales_q3_k(w, ob):
     highb = load_bytes(w, ob + 104, np.uint8, 4)
     low = join(lowb & 15, lowb >> 4)
     high = join(join(highb, highb >> 2), join(highb >> 4, highb >> 6)) & 3
-    S = (_floats(low | (high << 4)) - np.float32(32)) * read_half(w, ob + 108)
+    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * read_half(w, ob + 108)
     return S, S * np.float32(-4)
 
 
@@ -127,8 +116,8 @@ def _scales_q3_k(w, ob):
 def _chunk_q3_k(w, ob, j):
     # element 32j+l: low 2 bits (qs[32h + l] >> 2s) & 3 with j = 4h + s, and bit j of
     # hmask[l] adds 4
-    le, lo = _split(_words(w, ob + 32 + 32 * (j >> 2)), 2 * (j & 3), 3)
-    he, ho = _split(_words(w, ob), j, 1)
+    le, lo = _split(load_bytes(w, ob + 32 + 32 * (j >> 2), np.uint16, 16), 2 * (j & 3), 3)
+    he, ho = _split(load_bytes(w, ob, np.uint16, 16), j, 1)
     return le | (he << 2), lo | (ho << 2)
 
 
@@ -137,14 +126,14 @@ def _chunk_q3_k(w, ob, j):
 @njit(boundscheck=False)
 def _scales_q2_k(w, ob):
     packed = load_bytes(w, ob, np.uint8, 16)
-    return (_floats(packed & 15) * read_half(w, ob + 80),
-            _floats(packed >> 4) * -read_half(w, ob + 82))
+    return (convert(packed & 15, np.float32) * read_half(w, ob + 80),
+            convert(packed >> 4, np.float32) * -read_half(w, ob + 82))
 
 
 @njit(boundscheck=False)
 def _chunk_q2_k(w, ob, j):
     # chunk j = 4h + s: element 32j+l is (qs[32h + l] >> 2s) & 3
-    return _split(_words(w, ob + 16 + 32 * (j >> 2)), 2 * (j & 3), 3)
+    return _split(load_bytes(w, ob + 16 + 32 * (j >> 2), np.uint16, 16), 2 * (j & 3), 3)
 
 
 # -- IQ4_XS: d@0 scales_h(u16)@2 scales_l@4 qs@8 -------------------------------------------
@@ -157,7 +146,7 @@ def _scales_iq4_xs(w, ob):
     low = convert(interleave(low4 & 15, low4 >> 4), np.uint32)
     high = (splat(np.uint32(read_bytes(w, ob + 2, np.uint16)), 8)
             >> load(_PAIR_SHIFTS, 0, 8)) & 3
-    S = (_floats(low | (high << 4)) - np.float32(32)) * read_half(w, ob)
+    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * read_half(w, ob)
     return S, splat(np.float32(0), 16)
 
 
@@ -247,10 +236,10 @@ def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
                 offs = fma(M, load(xs, 2 * g0, 16), offs)
             for j in range(0, CHUNKS, 2):
                 ev, od = chunk(w, ob, j)
-                acc0 = fma(_floats(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK)),
+                acc0 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK), np.float32),
                            lanes(buf, j), acc0)
                 ev, od = chunk(w, ob, j + 1)
-                acc1 = fma(_floats(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK)),
+                acc1 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK), np.float32),
                            lanes(buf, j + 1), acc1)
         return hsum(acc0 + acc1) + hsum(offs)
 
@@ -298,10 +287,10 @@ def _dot_k_x4_ov(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
             for j in range(CHUNKS):
                 ev, od = chunk(w, ob, j)
                 at = (g0 + j) * CHUNK
-                a0 = fma(_floats(_chunk_int_dot(ev, od, x0, at)), lanes(b0, j), a0)
-                a1 = fma(_floats(_chunk_int_dot(ev, od, x1, at)), lanes(b1, j), a1)
-                a2 = fma(_floats(_chunk_int_dot(ev, od, x2, at)), lanes(b2, j), a2)
-                a3 = fma(_floats(_chunk_int_dot(ev, od, x3, at)), lanes(b3, j), a3)
+                a0 = fma(convert(_chunk_int_dot(ev, od, x0, at), np.float32), lanes(b0, j), a0)
+                a1 = fma(convert(_chunk_int_dot(ev, od, x1, at), np.float32), lanes(b1, j), a1)
+                a2 = fma(convert(_chunk_int_dot(ev, od, x2, at), np.float32), lanes(b2, j), a2)
+                a3 = fma(convert(_chunk_int_dot(ev, od, x3, at), np.float32), lanes(b3, j), a3)
         return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
                 hsum(a3) + hsum(f3))
 
@@ -326,7 +315,7 @@ def _dequant_k_ov(qtype, w, o, nsb, out):
             S, M = scales(w, ob)
             for j in range(CHUNKS):
                 ev, od = chunk(w, ob, j)
-                q = _floats(convert(interleave(ev, od), np.int32))
+                q = convert(convert(interleave(ev, od), np.int32), np.float32)
                 if per16:
                     scale = join(splat(lane(S, 2 * j), 16), splat(lane(S, 2 * j + 1), 16))
                 else:
