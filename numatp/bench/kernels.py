@@ -4,11 +4,13 @@ Decode is one matvec per weight matrix per token, and a matvec reads each weight
 once: the best a kernel can do is to stream its matrix as fast as the cores can read
 memory. So each kernel is timed on a matrix far larger than the last-level cache (256 MB
 of weights by default, random blocks with sane scales), and its rate in weight bytes per
-second is put next to numatp.bench.memory.read_gbps with the same number of threads.
+second is put next to the read bandwidth with the same number of threads.
 
-Figures: the median of the timed matvecs for a kernel; for the read bandwidth the best of
-read_gbps's passes, measured before and after the kernels (the better of the two), so
-that a noisy neighbour lowers the percentages rather than raising them.
+The development machines are shared, and their bandwidth drifts by 2x within seconds. So
+each timed matvec is paired with a timed pass of numatp.bench.memory's read kernel over a
+256 MB buffer right after it, and a kernel's figures are medians over the pairs: its
+GB/s, the read GB/s beside it, and pct_of_read, the median of the per-pair ratios. The
+top-level read_gbps is numatp.bench.memory.read_gbps with all threads, measured first.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -24,6 +26,7 @@ from numatp.quant.kernels import matvec_range, row_stride
 
 GB = 1e9
 DEFAULT_MATRIX_BYTES = 256 << 20
+READ_BUFFER_BYTES = 256 << 20
 DEFAULT_COLS = 4096
 FLOATS = (F.F32, F.F16, F.BF16)
 
@@ -94,9 +97,9 @@ def random_matrix(qtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray
 
 
 def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
-                repeats: int) -> float:
-    """Median GB/s (weight bytes) of `repeats` matvecs with `threads` threads, after one
-    untimed call (compilation, first touch)."""
+                repeats: int, words: np.ndarray) -> dict:
+    """`repeats` pairs of (timed matvec, timed read pass over `words`) with `threads`
+    threads, after one untimed matvec (compilation, first touch)."""
     stride = row_stride(qtype, cols)
     nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
     x = np.random.default_rng(1).standard_normal(cols, dtype=np.float32)
@@ -105,14 +108,19 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
     numba.set_num_threads(threads)
     try:
         matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
-        rates = []
+        rates, reads = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
             matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
             rates.append(rows * stride / (time.perf_counter() - t0) / GB)
+            t0 = time.perf_counter()
+            memory.read_kernel(words, threads)
+            reads.append(words.nbytes / (time.perf_counter() - t0) / GB)
     finally:
         numba.set_num_threads(previous)
-    return float(np.median(rates))
+    ratios = [k / r for k, r in zip(rates, reads)]
+    return {"gbps": float(np.median(rates)), "read_gbps": float(np.median(reads)),
+            "pct_of_read": 100.0 * float(np.median(ratios))}
 
 
 def run(types: str | None = None, threads: str | None = None, rows: int | None = None,
@@ -123,37 +131,34 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
     shapes = {q: matrix_shape(q, rows, cols) for q in qtypes}
-    read = {t: memory.read_gbps(t) for t in counts}
+    read_all = memory.read_gbps(max(counts))
+    words = memory.as_words(np.ones(READ_BUFFER_BYTES // 8, np.uint64))
+    for t in counts:
+        memory.time_read(words, t, 1)  # compiles the read kernel, starts the threads
     results = []
     for q in qtypes:
         r, c = shapes[q]
         w = random_matrix(q, r, c)
         for t in counts:
-            gbps = time_matvec(q, w, r, c, t, repeats)
-            results.append({"type": F.type_name(q), "threads": t, "gbps": gbps,
-                            "rows": r, "cols": c, "matrix_mb": w.nbytes / 1e6})
+            item = {"type": F.type_name(q), "threads": t}
+            item.update(time_matvec(q, w, r, c, t, repeats, words))
+            item.update({"rows": r, "cols": c, "matrix_mb": w.nbytes / 1e6})
+            results.append(item)
             if progress:
-                progress(results[-1])
+                progress(item)
         del w
-    for t in counts:
-        read[t] = max(read[t], memory.read_gbps(t))
-    for item in results:
-        item["pct_of_read"] = 100.0 * item["gbps"] / read[item["threads"]]
-    return {
-        "read_gbps": read[max(counts)],
-        "read_gbps_by_threads": {str(t): v for t, v in read.items()},
-        "threads": counts,
-        "repeats": repeats,
-        "kernels": results,
-    }
+    return {"read_gbps": read_all, "threads": counts, "repeats": repeats,
+            "kernels": results}
 
 
 def format_report(r: dict) -> str:
     counts = r["threads"]
-    lines = [f"Matvec throughput, GB/s of weights read (median of {r['repeats']}), and as % "
-             f"of the read bandwidth with as many threads (Numba read kernel, same run)"]
+    lines = [f"Matvec throughput, GB/s of weights read, and as % of the read bandwidth with "
+             f"as many threads, measured alternately with it ({r['repeats']} pairs, medians)",
+             f"read bandwidth, {max(counts)} threads (numatp.bench.memory.read_gbps): "
+             f"{r['read_gbps']:.1f} GB/s"]
     head = f"{'type':<8}{'rows x cols':>16}{'MB':>7}"
-    head += "".join(f"{f'{t}T GB/s':>10}{'%read':>7}" for t in counts)
+    head += "".join(f"{f'{t}T GB/s':>10}{'read':>7}{'%read':>7}" for t in counts)
     lines.append(head)
     by_type: dict[str, dict[int, dict]] = {}
     for k in r["kernels"]:
@@ -163,8 +168,9 @@ def format_report(r: dict) -> str:
         line = f"{name:<8}{first['rows']:>9} x {first['cols']:<5}{first['matrix_mb']:>6.0f}"
         for t in counts:
             k = per.get(t)
-            line += f"{k['gbps']:>10.1f}{k['pct_of_read']:>6.0f}%" if k else " " * 17
+            if k:
+                line += f"{k['gbps']:>10.1f}{k['read_gbps']:>7.1f}{k['pct_of_read']:>6.0f}%"
+            else:
+                line += " " * 24
         lines.append(line)
-    read = r["read_gbps_by_threads"]
-    lines.append(f"{'read':<8}{'':>23}" + "".join(f"{read[str(t)]:>10.1f}{'':>7}" for t in counts))
     return "\n".join(lines)
