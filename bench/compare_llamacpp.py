@@ -4,7 +4,8 @@
 For every model and round, numatp and llama.cpp (llama-cpp-python) each run in a fresh
 process (bench/engines.py), one after the other, the order alternating from round to
 round (A/B, B/A, ...) so that neither side always runs while the shared host is quiet,
-and neither warms the other's caches in-process. Each process measures
+and neither warms the other's caches in-process. One unmeasured run of each engine comes
+first (--no-warmup skips it), so numatp's Numba cache is warm. Each process measures
 
   decode tok/s    n_gen greedy single-token steps after a short prompt
   pp128, pp512    prompt processing tok/s, 128- and 512-token prompts from an empty cache
@@ -136,7 +137,8 @@ def _fmt(v, rate):
 def markdown(summaries, meta) -> str:
     lines = [f"# numatp vs llama.cpp ({meta['date']})", "",
              f"{meta['cpu']}, {meta['threads']} threads for both engines, {meta['rounds']} rounds "
-             f"alternating A/B, fresh process per run. numatp {meta['numatp_commit']}, "
+             f"alternating A/B, fresh process per run"
+             f"{', after one unmeasured warm-up run each' if meta['warmup'] else ''}. numatp {meta['numatp_commit']}, "
              f"llama-cpp-python {meta['llama_cpp_version'] or 'not installed'}.",
              "Ratio = median over rounds of numatp / llama.cpp from the same round: for tok/s "
              "above 1 means numatp is faster, for seconds above 1 means numatp is slower.", "",
@@ -221,6 +223,9 @@ def main():
     ap.add_argument("--n-gen", type=int, default=64, help="decode steps timed (at least 64 for reports)")
     ap.add_argument("--small", action="store_true", help="small synthetic shape, for trying the harness")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per engine run")
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the unmeasured first run of each engine (then round 1 includes "
+                         "numatp's kernel compilation if its Numba cache is cold)")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -254,6 +259,13 @@ def main():
         path = paths[name]
         short, long = prompts(path)
         runs = []
+        if not args.no_warmup:
+            # One unmeasured run each first: numatp's first process on a fresh checkout
+            # compiles its kernels into Numba's cache (minutes), which a user pays once, and
+            # both engines then find the model file in the page cache.
+            for e in engines:
+                r = run_engine(e, path, args.threads, short, long, args.n_gen, args.timeout)
+                say(f"{name} warm-up {LABEL[e]}: {r['error'] if 'error' in r else 'done'}")
         for rnd in range(args.rounds):
             order = engines if rnd % 2 == 0 else engines[::-1]
             for e in order:
@@ -272,7 +284,7 @@ def main():
         from importlib.metadata import version
         llama_version = version("llama-cpp-python")
     meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "threads": args.threads,
-            "rounds": args.rounds, "n_gen": args.n_gen, "small": args.small,
+            "rounds": args.rounds, "warmup": not args.no_warmup, "n_gen": args.n_gen, "small": args.small,
             "numatp_commit": git_commit(), "llama_cpp_version": llama_version, "notes": notes,
             "models": {n: str(p) for n, p in paths.items()}}
     args.out.mkdir(parents=True, exist_ok=True)

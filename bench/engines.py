@@ -51,19 +51,28 @@ class LlamaCppEngine:
 
     def __init__(self, path, threads, ctx):
         import llama_cpp
+        # flash_attn stays at the binding's default (off), like llama-cpp-python users get.
         self.llm = llama_cpp.Llama(model_path=path, n_threads=threads, n_threads_batch=threads,
                                    n_ctx=ctx, n_batch=max(PP_SIZES), n_ubatch=max(PP_SIZES),
                                    verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def _logits(self):
+        # Since 0.3.x, eval() no longer copies logits into Llama.scores (sampling moved into
+        # llama.cpp); read the last token's row straight from the context, without a copy.
+        import numpy as np
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def prefill(self, ids):
         self.llm.reset()            # the next eval drops the cache from position 0
         self.llm.eval(list(ids))
-        return self.llm.scores[self.llm.n_tokens - 1]
+        return self._logits()
 
     def step(self, tok, pos):
         assert self.llm.n_tokens == pos
         self.llm.eval([tok])
-        return self.llm.scores[pos]
+        return self._logits()
 
     def close(self):
         self.llm.close()
