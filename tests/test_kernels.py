@@ -168,3 +168,22 @@ def test_unsupported_type_raises():
     with pytest.raises(ValueError):
         dequantize_rows(int(GT.TQ1_0), w, 256, np.zeros(1, np.int64),
                         np.zeros((1, 256), np.float32))
+
+
+@numba.njit(cache=True)
+def _jitted_caller(qtype, w, stride, rows, nblk, x, X, y, Y):
+    # Constant arguments, as a transformer step would pass them.
+    matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
+    matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+
+
+def test_callable_from_jitted_code(rng):
+    qtype, rows, nblk = F.Q4_K, 3, 1
+    cols = nblk * F.block_size(qtype)
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((2, cols)).astype(np.float32)
+    y = np.zeros(rows, np.float32)
+    Y = np.zeros((2, rows), np.float32)
+    _jitted_caller(qtype, raw.reshape(-1), raw.shape[1], rows, nblk, X[0].copy(), X, y, Y)
+    assert_close(qtype, y[None], W, X[:1])
+    assert_close(qtype, Y, W, X)
