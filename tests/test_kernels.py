@@ -187,3 +187,18 @@ def test_callable_from_jitted_code(rng):
     _jitted_caller(qtype, raw.reshape(-1), raw.shape[1], rows, nblk, X[0].copy(), X, y, Y)
     assert_close(qtype, y[None], W, X[:1])
     assert_close(qtype, Y, W, X)
+
+
+def test_zero_and_tiny_activation_groups(rng):
+    """A group of zeros, or of values so small that int16 scaling would overflow, is
+    taken as zero rather than producing inf/NaN."""
+    qtype, rows = F.Q8_0, 4
+    cols = 3 * F.block_size(qtype)
+    raw, W = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((1, cols)).astype(np.float32)
+    X[0, :32] = 0.0
+    X[0, 32:64] = 1e-38
+    Y = np.full((1, rows), np.nan, np.float32)
+    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    assert np.all(np.isfinite(Y))
+    assert_close(qtype, Y, W, X)

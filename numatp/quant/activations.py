@@ -25,8 +25,8 @@ from numatp.quant.simd import (convert, deinterleave, hmax, hsum, load, part, ro
                                store, vabs)
 
 GROUP = 32
-HALF = GROUP // 2
 INT16_MAX = 32767
+_TINY = np.float32(1e-30)
 
 
 @njit(cache=True, boundscheck=False)
@@ -39,8 +39,12 @@ def quantize_vector(x, xq, xd, xs):
     for g in range(x.size // GROUP):
         v = load(x, g * GROUP, GROUP)
         top = hmax(vabs(v))
-        xd[g] = top / np.float32(INT16_MAX)
-        inv = np.float32(INT16_MAX) / top if top > 0 else np.float32(0)
+        if top > _TINY:
+            xd[g] = top / np.float32(INT16_MAX)
+            inv = np.float32(INT16_MAX) / top
+        else:  # all zero, or so small that 32767 / top would overflow: count as zero
+            xd[g] = np.float32(0)
+            inv = np.float32(0)
         q32 = convert(round_even(v * inv), np.int32)
         store(xq, g * GROUP, deinterleave(convert(q32, np.int16)))
         xs[2 * g] = xd[g] * np.float32(hsum(part(q32, 0, 16)))
