@@ -22,7 +22,7 @@ import numpy as np
 from numatp.bench import memory
 from numatp.errors import UsageError
 from numatp.quant import formats as F
-from numatp.quant.kernels import matvec_range, row_stride
+from numatp.quant.kernels import matmul_range, matvec_range, row_stride
 
 GB = 1e9
 DEFAULT_MATRIX_BYTES = 256 << 20
@@ -123,13 +123,42 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
             "pct_of_read": 100.0 * float(np.median(ratios))}
 
 
+BATCH_MATRIX_BYTES = 16 << 20
+
+
+def time_matmul(qtype: int, w: np.ndarray, cols: int, threads: int, batch: int,
+                repeats: int) -> float:
+    """Median 'effective' GB/s of the batched path: batch x the bytes of the first
+    16 MB of rows of w per second (what decoding those tokens one at a time would have
+    to stream); compute-bound, so a smaller matrix than the matvec's will do."""
+    stride = row_stride(qtype, cols)
+    rows = max(1, min(w.size // stride, BATCH_MATRIX_BYTES // stride))
+    nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
+    X = np.random.default_rng(2).standard_normal((batch, cols), dtype=np.float32)
+    Y = np.empty((batch, rows), np.float32)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+        rates = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+            rates.append(batch * rows * stride / (time.perf_counter() - t0) / GB)
+    finally:
+        numba.set_num_threads(previous)
+    return float(np.median(rates))
+
+
 def run(types: str | None = None, threads: str | None = None, rows: int | None = None,
-        cols: int | None = None, repeats: int = 5, progress=None) -> dict:
+        cols: int | None = None, repeats: int = 5, batch: int = 0, progress=None) -> dict:
     """The whole `numatp bench kernels`; returns the JSON-ready result."""
     qtypes = parse_types(types)
     counts = parse_threads(threads)
     if repeats < 1:
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
+    if batch < 0 or batch == 1:
+        raise UsageError(f"--batch must be 0 (off) or at least 2, got {batch}")
     shapes = {q: matrix_shape(q, rows, cols) for q in qtypes}
     read_all = memory.read_gbps(max(counts))
     words = memory.as_words(np.ones(READ_BUFFER_BYTES // 8, np.uint64))
@@ -143,11 +172,14 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
             item = {"type": F.type_name(q), "threads": t}
             item.update(time_matvec(q, w, r, c, t, repeats, words))
             item.update({"rows": r, "cols": c, "matrix_mb": w.nbytes / 1e6})
+            if batch:
+                item["batch"] = batch
+                item["batch_gbps"] = time_matmul(q, w, c, t, batch, repeats)
             results.append(item)
             if progress:
                 progress(item)
         del w
-    return {"read_gbps": read_all, "threads": counts, "repeats": repeats,
+    return {"read_gbps": read_all, "threads": counts, "repeats": repeats, "batch": batch,
             "kernels": results}
 
 
@@ -173,4 +205,17 @@ def format_report(r: dict) -> str:
             else:
                 line += " " * 24
         lines.append(line)
+    if r.get("batch"):
+        lines.append("")
+        lines.append(f"Batched path, {r['batch']} tokens at a time: {r['batch']} x weight GB "
+                     f"per second (what one-token matvecs would have to stream)")
+        lines.append(f"{'type':<8}" + "".join(f"{f'{t}T GB/s':>10}{'x matvec':>10}"
+                                               for t in counts))
+        for name, per in by_type.items():
+            line = f"{name:<8}"
+            for t in counts:
+                k = per.get(t)
+                line += (f"{k['batch_gbps']:>10.1f}{k['batch_gbps'] / k['gbps']:>9.1f}x"
+                         if k else " " * 20)
+            lines.append(line)
     return "\n".join(lines)

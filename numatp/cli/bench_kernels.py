@@ -20,7 +20,10 @@ def bench_kernels(
         rows: Optional[int] = typer.Option(None, "--rows",
                                            help="Matrix rows (default: 256 MB of weights)."),
         cols: Optional[int] = typer.Option(None, "--cols", help="Matrix columns (default 4096)."),
-        repeats: int = typer.Option(5, "--repeats", help="Timed matvecs per figure.")):
+        repeats: int = typer.Option(5, "--repeats", help="Timed matvecs per figure."),
+        batch: int = typer.Option(0, "--batch",
+                                  help="Also time the batched path with this many tokens "
+                                       "(prompt processing); 0: off.")):
     """Matvec throughput of every kernel on a matrix far larger than the last-level cache,
     in GB/s of weights and as a share of the read bandwidth measured in the same run."""
     from numatp.bench.kernels import format_report, run
@@ -32,5 +35,5 @@ def bench_kernels(
             sys.stderr.flush()
 
     result = run(types=types, threads=threads, rows=rows, cols=cols, repeats=repeats,
-                 progress=progress)
+                 batch=batch, progress=progress)
     print(json.dumps(result, indent=2) if as_json else format_report(result))
