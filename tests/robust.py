@@ -13,7 +13,7 @@ import pytest
 
 from numatp.parallel.shm import leftover_segments
 
-WAIT_S = 120   # a deadline for things that take seconds, generous for a loaded 2-core machine
+WAIT_S = 600   # deadline for things that take seconds warm; a cold Numba cache compiles for minutes here
 
 
 def run_main(args, monkeypatch, capsys, stdin=""):
@@ -32,20 +32,24 @@ def run_main(args, monkeypatch, capsys, stdin=""):
     return exit_.value.code, out, err
 
 
-def error_line(err):
-    """The one line `numatp` printed for an error; fails if there is more, or a traceback."""
+def error_line(err, after_start=False):
+    """The one line `numatp` printed for an error; fails if there is more, or a traceback.
+    after_start: the run got as far as starting its workers, so their one-line reports
+    ("numatp: worker 0 (pid ...): ...") come first."""
     lines = err.strip().splitlines()
+    if after_start:
+        lines = [line for line in lines if not line.startswith("numatp: worker ")]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("numatp: error: "), err
     return lines[0][len("numatp: error: "):]
 
 
-def start_cli(*args):
+def start_cli(*args, preexec_fn=None):
     """`python -m numatp ARGS` in its own session, so that a signal sent to its process
     group reaches it and its workers as a terminal's Ctrl-C would, and nothing else."""
     return subprocess.Popen([sys.executable, "-m", "numatp", *map(str, args)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=preexec_fn)
 
 
 def workers_of(proc, n, timeout=WAIT_S):

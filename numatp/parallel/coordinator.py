@@ -89,8 +89,8 @@ class ProcessGroupModel:
                 if conn in ready:
                     try:
                         msg = conn.recv()
-                    except EOFError:
-                        msg = {"error": f"exited with code {self.processes[rank].exitcode} while loading"}
+                    except EOFError:  # it ended without a report
+                        self._died_loading(rank, placements[rank])
                     del pending[rank]
                     if "error" in msg:
                         where = placements[rank].label
@@ -100,9 +100,15 @@ class ProcessGroupModel:
                 if not self.processes[rank].is_alive():
                     time.sleep(0.1)  # its last message may still be in the pipe
                     if not pending[rank].poll():
-                        raise WorkerError(f"worker {rank} ({placements[rank].label}) died while "
-                                          f"loading (exit code {self.processes[rank].exitcode})")
+                        self._died_loading(rank, placements[rank])
         self.reports = [reports[r] for r in range(self.n_ranks)]
+
+    def _died_loading(self, rank, placement):
+        p = self.processes[rank]
+        p.join(1.0)
+        code = p.exitcode
+        how = "still running" if code is None else f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+        raise WorkerError(f"worker {rank} ({placement.label}) died while loading ({how})")
 
     def placement_lines(self) -> list:
         """One line per worker: where it runs and where its memory landed."""
