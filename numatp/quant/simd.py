@@ -218,26 +218,6 @@ def stack_empty(typingctx, count, dtype):
 
 
 @intrinsic
-def prefetch(typingctx, arr, index):
-    """Hint that arr[index] will be read soon (no effect on results)."""
-    if not isinstance(arr, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        arr_v, idx_v = args
-        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, None)
-        i8p = ir.PointerType(ir.IntType(8))
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # read, keep in all cache levels, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), _const_int(0), _const_int(3),
-                          _const_int(1)])
-        return context.get_dummy_value()
-
-    return types.none(arr, index), codegen
-
-
-@intrinsic
 def store(typingctx, arr, index, vec):
     if not (isinstance(arr, types.Array) and isinstance(vec, Vec) and vec.dtype == arr.dtype):
         return None
