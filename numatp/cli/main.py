@@ -56,7 +56,7 @@ def main():
         _interrupted("terminated", 143)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _interrupted("interrupted", 130)
-    raise SystemExit(code or 0)
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _click_exceptions():
