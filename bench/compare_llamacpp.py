@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def run_engine(engine, path, threads, short, long, n_gen, timeout) -> dict:
     cmd = [sys.executable, str(HERE / "engines.py"), engine, str(path), "--threads", str(threads),
            "--short", ",".join(map(str, short)), "--long", ",".join(map(str, long)),
            "--n-gen", str(n_gen)]
+    load = os.getloadavg()[0]
     spawned = time.time()
     try:
         proc = subprocess.run(cmd + ["--spawned-at", repr(spawned)], capture_output=True,
@@ -89,7 +91,9 @@ def run_engine(engine, path, threads, short, long, n_gen, timeout) -> dict:
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"engine": engine, "error": last}
-    return json.loads(lines[-1])
+    # The host's 1-minute load average around the run: above the CPU count, the engines'
+    # threads were waiting for a core, and synchronisation-heavy code suffers most.
+    return {**json.loads(lines[-1]), "load_before": load, "load_after": os.getloadavg()[0]}
 
 
 def agreement(a: list, b: list) -> int:
@@ -160,6 +164,10 @@ def markdown(summaries, meta) -> str:
         notes += s["errors"]
         if notes:
             lines.append(f"- {s['model']}: " + "; ".join(notes))
+    if meta.get("load"):
+        lines.append(f"- host load (1-minute average) around the measured runs: median "
+                     f"{meta['load']['median']:.1f}, max {meta['load']['max']:.1f}, on "
+                     f"{meta['load']['cpus']} CPUs")
     for note in meta["notes"]:
         lines.append(f"- {note}")
     return "\n".join(lines) + "\n"
@@ -197,13 +205,20 @@ def chart(summaries, engines, path: Path) -> str:
 
 
 def cpu_name() -> str:
+    """Model name and widest vector ISA: the same CPU family reaches very different
+    speeds with and without AVX-512, and virtual machines do not always expose it."""
+    name, flags = platform.processor() or "unknown CPU", set()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return name
+    isa = "AVX-512" if "avx512f" in flags else "AVX2, no AVX-512" if "avx2" in flags else "no AVX2"
+    return f"{name} ({isa})"
 
 
 def git_commit() -> str:
@@ -228,6 +243,8 @@ def main():
                          "numatp's kernel compilation if its Numba cache is cold)")
     ap.add_argument("--out", type=Path, default=HERE / "out")
     args = ap.parse_args()
+    # A SIGTERM unwinds like Ctrl-C, so subprocess.run kills the engine process it waits on.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if args.qwen and "qwen" not in names:
         names.append("qwen")
@@ -254,6 +271,16 @@ def main():
     except NumatpError as e:
         sys.exit(f"error: {e}")
 
+    llama_version = None
+    if have_llama:
+        from importlib.metadata import version
+        llama_version = version("llama-cpp-python")
+    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "threads": args.threads,
+            "rounds": args.rounds, "warmup": not args.no_warmup, "n_gen": args.n_gen, "small": args.small,
+            "numatp_commit": git_commit(), "llama_cpp_version": llama_version, "notes": notes,
+            "models": {n: str(p) for n, p in paths.items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+
     all_runs, summaries = [], []
     for name in names:
         path = paths[name]
@@ -278,23 +305,22 @@ def main():
                 say(f"{name} round {rnd + 1}/{args.rounds} {LABEL[e]}: {brief}")
         all_runs += runs
         summaries.append(summarize(name, runs, engines))
-
-    llama_version = None
-    if have_llama:
-        from importlib.metadata import version
-        llama_version = version("llama-cpp-python")
-    meta = {"date": datetime.date.today().isoformat(), "cpu": cpu_name(), "threads": args.threads,
-            "rounds": args.rounds, "warmup": not args.no_warmup, "n_gen": args.n_gen, "small": args.small,
-            "numatp_commit": git_commit(), "llama_cpp_version": llama_version, "notes": notes,
-            "models": {n: str(p) for n, p in paths.items()}}
-    args.out.mkdir(parents=True, exist_ok=True)
-    table = markdown(summaries, meta)
-    (args.out / "compare.md").write_text(table)
-    (args.out / "compare.json").write_text(json.dumps(
-        {"meta": meta, "summary": summaries, "runs": all_runs}, indent=1))
+        # Written after every model, so a long run that is cut short keeps what it measured.
+        table = write_outputs(args.out, summaries, all_runs, meta)
     print(table)
     say(chart(summaries, engines, args.out / "compare.png"))
     say(f"written: {args.out / 'compare.md'}, {args.out / 'compare.json'}")
+
+
+def write_outputs(out: Path, summaries, runs, meta) -> str:
+    loads = [r[k] for r in runs for k in ("load_before", "load_after") if k in r]
+    if loads:
+        meta["load"] = {"median": statistics.median(loads), "max": max(loads), "cpus": os.cpu_count()}
+    table = markdown(summaries, meta)
+    (out / "compare.md").write_text(table)
+    (out / "compare.json").write_text(json.dumps({"meta": meta, "summary": summaries, "runs": runs},
+                                                 indent=1))
+    return table
 
 
 if __name__ == "__main__":
