@@ -14,5 +14,14 @@ test-fast:
 # tests/numa inside a throw-away 2-node QEMU VM (tools/numavm.py), whose python3 is
 # $(PYTHON). Needs tools/install-numavm-deps.sh once (as root). Exit 124: timeout, 125:
 # no VM. Third-party pytest plugins stay unloaded: their imports cost a minute emulated.
+# The kernels are compiled on the host for a CPU target the emulated guest CPU also has
+# (tools/numavm_warm.py says why), and the guest loads them from that cache.
+NUMAVM_NUMBA_CACHE := /tmp/numatp-numavm-numba
+PORTABLE_CPU := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+cx8,+cmov,+fxsr,+mmx,+sahf,+xsave,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe
+
+NUMA_TESTS ?= tests/numa
+
 test-numa:
-	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PYTHON) tools/numavm.py -- python3 -m pytest -q tests/numa
+	$(PORTABLE_CPU) NUMBA_CACHE_DIR=$(NUMAVM_NUMBA_CACHE) $(PYTHON) tools/numavm_warm.py
+	$(PORTABLE_CPU) NUMAVM_NUMBA_CACHE_DIR=$(NUMAVM_NUMBA_CACHE) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+		$(PYTHON) tools/numavm.py -- python3 -m pytest -q $(NUMA_TESTS)

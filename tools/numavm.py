@@ -222,6 +222,8 @@ def write_guest_script(exchange, args):
            if k.startswith(PASSED_ENV) and k not in GUEST_CACHE_ENV}
     # The VM's shape, for tests that check what the kernel reports against it
     # (tests/numa/conftest.py); NUMAVM_GUEST also tells them they run inside.
+    if os.environ.get("NUMAVM_NUMBA_CACHE_DIR"):
+        env["NUMAVM_NUMBA_CACHE_DIR"] = os.environ["NUMAVM_NUMBA_CACHE_DIR"]
     env.update(NUMAVM_GUEST="1", NUMAVM_NODES=str(args.nodes),
                NUMAVM_CPUS_PER_NODE=str(args.cpus_per_node),
                NUMAVM_MEM_PER_NODE=f"{args.mem_per_node}M")
@@ -238,6 +240,8 @@ def write_guest_script(exchange, args):
     lines += [
         'scratch=$(mktemp -d /tmp/numavm-guest.XXXXXX)',
         *[f'export {k}="$scratch/{k.lower()}"' for k in GUEST_CACHE_ENV],
+        # A Numba cache the host filled for this guest (tools/numavm_warm.py), if given.
+        'if [ -n "${NUMAVM_NUMBA_CACHE_DIR:-}" ]; then export NUMBA_CACHE_DIR="$NUMAVM_NUMBA_CACHE_DIR"; fi',
         f"cd {shlex.quote(cwd)} || "
         f"{{ echo {shlex.quote(f'numavm: {cwd} is not visible in the guest')} >&2; exit 1; }}",
         'read -r up _ < /proc/uptime && echo "numavm: guest up after ${up%.*} s" >&2',

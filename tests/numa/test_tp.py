@@ -31,17 +31,21 @@ def greedy(llm, n=12):
     return list(llm.generate_ids(ids, n, SamplingParams(temperature=0), stop_at_eog=False))
 
 
+# Greedy continuation of "Once upon a time" by one shard (`numatp.load(STORIES, nodes=1)` on
+# the host: ", there was a little girl named Lily. She"). A second, one-node load inside
+# the VM would give the same; it is left out because every process start costs minutes
+# under software emulation.
+ONE_NODE_TOKENS = [432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338]
+
+
 def test_tp_placement_pinning_and_tokens(vm):
     with numatp.load(STORIES, nodes="auto", ctx_size=128) as llm:
         assert llm.nodes == vm.nodes
         tokens = greedy(llm)
-        reports = llm.model.reports
-        for r in reports:
+        for r in llm.model.reports:
             assert r["bound"] and r["node"] == r["rank"]
             assert r["weights_local"] >= MIN_LOCAL, r
             assert r["kv_local"] >= MIN_LOCAL, r
             assert set(r["cpus"]) == vm.cpus(r["node"])
             assert allowed_cpus(r["pid"]) == vm.cpus(r["node"]), r
-    with numatp.load(STORIES, nodes=[0], ctx_size=128) as one:
-        assert greedy(one) == tokens
-    assert tokens[:3] == [432, 383, 286]  # ", there was" as on the host
+    assert tokens == ONE_NODE_TOKENS
