@@ -1,13 +1,14 @@
 """Row kernels for the formats with 32-element blocks: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
 
 Every one of them stores a block as one or two fp16 numbers and 32 small integers q,
-meaning d*q + c (c = 0, a stored offset m, or a fixed -8d / -16d). A block's decoder turns
-the integers into two vectors of 16 int16 lanes, the even-numbered elements and the
-odd-numbered ones, which is what splitting the packed bytes as 16-bit words gives for
-free (the activations are stored in the same order, see activations.py). Then one block is
-    d * x_scale * sum(q * x_int16)  +  c * sum(x)
-with the integer sum done by two multiply-add instructions, and the offset applied once
-per block rather than to every lane.
+meaning d*q (Q8_0, IQ4_NL), d*(q - 8) (Q4_0), d*(q - 16) (Q5_0) or d*q + m (Q4_1, Q5_1).
+A block's decoder turns the integers, fixed offset included, into two vectors of 16 int16
+lanes, the even-numbered elements and the odd-numbered ones, which is what splitting the
+packed bytes as 16-bit words gives for free (the activations are stored in the same
+order, see activations.py). Then one block is
+    d * x_scale * sum(q * x_int16)  [+ m * sum(x)]
+with the integer sum done by two multiply-add instructions. d and m come as 8 float32
+lanes (broadcast while converting from fp16), so that no scalar work sits in the loop.
 
 Functions here take the quant type as a compile-time constant (a literal int): each call
 site gets code for exactly one format, with the decoder inlined into the block loop.
@@ -19,14 +20,14 @@ from numba import njit, types
 from numba.extending import overload
 
 from numatp.quant.formats import IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
-from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, load,
-                               load_bytes, lookup16, madd_pairs, read_half, repeat_lanes,
-                               splat, store)
+from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
+                               load_bytes, lookup16, madd_pairs, part, repeat_lanes, splat,
+                               splat_half, store)
 
 BLOCK = 32
 BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, IQ4_NL: 18}
 TYPES = tuple(BLOCK_BYTES)
-_WITH_OFFSET = (Q4_0, Q4_1, Q5_0, Q5_1)  # d*q + c, c != 0
+_STORED_OFFSET = (Q4_1, Q5_1)  # d*q + m
 
 # IQ4_NL's 16 levels (a non-linear 4-bit code book, from the format definition).
 IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10,
@@ -68,39 +69,41 @@ def _fifth_bits(w, at):
     return even, odd
 
 
+# Decoders: (even q, odd q, d, m) of the block at byte ob; d and m as 8 float32 lanes
+# (m is zero, and unused, for the formats without a stored offset).
+
 @njit(boundscheck=False)
 def _decode_q8_0(w, ob):
     v = load_bytes(w, ob + 2, np.int16, 16)
-    return (v << 8) >> 8, v >> 8, read_half(w, ob), np.float32(0)
+    return (v << 8) >> 8, v >> 8, splat_half(w, ob, 8), splat(np.float32(0), 8)
 
 
 @njit(boundscheck=False)
 def _decode_q4_0(w, ob):
-    # d * (q - 8): the offset is applied to the block sum, not to every lane.
     ev, od = _nibbles(w, ob + 2)
-    d = read_half(w, ob)
-    return ev, od, d, np.float32(-8) * d
+    return ev - 8, od - 8, splat_half(w, ob, 8), splat(np.float32(0), 8)
 
 
 @njit(boundscheck=False)
 def _decode_q4_1(w, ob):
     ev, od = _nibbles(w, ob + 4)
-    return ev, od, read_half(w, ob), read_half(w, ob + 2)
+    return ev, od, splat_half(w, ob, 8), splat_half(w, ob + 2, 8)
 
 
 @njit(boundscheck=False)
 def _decode_q5_0(w, ob):
     ev, od = _nibbles(w, ob + 6)
     he, ho = _fifth_bits(w, ob + 2)
-    d = read_half(w, ob)
-    return ev | (he & 16), od | (ho & 16), d, np.float32(-16) * d
+    # q - 16 with q = nibble + 16 * bit: subtract 16 where the bit is clear
+    return (ev + (~he & -16), od + (~ho & -16), splat_half(w, ob, 8),
+            splat(np.float32(0), 8))
 
 
 @njit(boundscheck=False)
 def _decode_q5_1(w, ob):
     ev, od = _nibbles(w, ob + 8)
     he, ho = _fifth_bits(w, ob + 4)
-    return ev | (he & 16), od | (ho & 16), read_half(w, ob), read_half(w, ob + 2)
+    return ev | (he & 16), od | (ho & 16), splat_half(w, ob, 8), splat_half(w, ob + 2, 8)
 
 
 @njit(boundscheck=False)
@@ -108,7 +111,7 @@ def _decode_iq4_nl(w, ob):
     v = load_bytes(w, ob + 2, np.uint32, 4)
     idx = bitcast(join(v, v >> 4) & 0x0F0F0F0F, np.uint8)   # byte e = element e's index
     q = bitcast(lookup16(load(IQ4_LEVELS, 0, 16), idx), np.int16)
-    return (q << 8) >> 8, q >> 8, read_half(w, ob), np.float32(0)
+    return (q << 8) >> 8, q >> 8, splat_half(w, ob, 8), splat(np.float32(0), 8)
 
 
 _DECODERS = {Q8_0: _decode_q8_0, Q4_0: _decode_q4_0, Q4_1: _decode_q4_1,
@@ -134,37 +137,36 @@ def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
     if q is None:
         return None
     bb = BLOCK_BYTES[q]
-    offset = q in _WITH_OFFSET
+    offset = q in _STORED_OFFSET
     decode = _DECODERS[q]
     bdot = _block_int_dot
 
     def impl(qtype, w, o, nblk, xq, xd, xs):
         # Two independent chains (even and odd blocks): one chain would wait on the
-        # latency of every fused multiply-add.
+        # latency of every fused multiply-add. The offsets m * sum(x) go to two-lane
+        # accumulators, one lane per half block (xs holds sums of 16 activations).
         acc0 = splat(np.float32(0), 8)
-        acc1 = splat(np.float32(0), 8)
-        off0 = np.float32(0)
-        off1 = np.float32(0)
+        acc1 = acc0
+        off0 = splat(np.float32(0), 2)
+        off1 = off0
         b = 0
         while b + 1 < nblk:
             ev, od, d, m = decode(w, o + b * bb)
-            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32),
-                       splat(d * xd[b], 8), acc0)
+            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
             if offset:
-                off0 += m * (xs[2 * b] + xs[2 * b + 1])
+                off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
             ev, od, d, m = decode(w, o + (b + 1) * bb)
             acc1 = fma(convert(bdot(ev, od, xq, (b + 1) * BLOCK), np.float32),
-                       splat(d * xd[b + 1], 8), acc1)
+                       d * xd[b + 1], acc1)
             if offset:
-                off1 += m * (xs[2 * b + 2] + xs[2 * b + 3])
+                off1 = fma(load(xs, 2 * b + 2, 2), part(m, 0, 2), off1)
             b += 2
         if b < nblk:
             ev, od, d, m = decode(w, o + b * bb)
-            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32),
-                       splat(d * xd[b], 8), acc0)
+            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
             if offset:
-                off0 += m * (xs[2 * b] + xs[2 * b + 1])
-        return hsum(acc0 + acc1) + (off0 + off1)
+                off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
+        return hsum(acc0 + acc1) + hsum(off0 + off1)
 
     return impl
 
@@ -182,12 +184,9 @@ def _dot32x4_ov(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
     if q is None:
         return None
     bb = BLOCK_BYTES[q]
+    offset = q in _STORED_OFFSET
     decode = _DECODERS[q]
     bdot = _block_int_dot
-    # A fixed offset (-8d, -16d) costs one subtraction per lane vector here, shared by
-    # the four tokens, instead of one multiply-add per token; stored offsets (m) stay.
-    lane_shift = {Q4_0: 8, Q5_0: 16}.get(q, 0)
-    offset = q in (Q4_1, Q5_1)
 
     def impl(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
         x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
@@ -197,26 +196,25 @@ def _dot32x4_ov(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
         a1 = a0
         a2 = a0
         a3 = a0
-        f0 = np.float32(0)
+        f0 = splat(np.float32(0), 2)
         f1 = f0
         f2 = f0
         f3 = f0
         for b in range(nblk):
             ev, od, d, m = decode(w, o + b * bb)
-            if lane_shift:
-                ev = ev - lane_shift
-                od = od - lane_shift
             at = b * BLOCK
-            a0 = fma(convert(bdot(ev, od, x0, at), np.float32), splat(d * d0[b], 8), a0)
-            a1 = fma(convert(bdot(ev, od, x1, at), np.float32), splat(d * d1[b], 8), a1)
-            a2 = fma(convert(bdot(ev, od, x2, at), np.float32), splat(d * d2[b], 8), a2)
-            a3 = fma(convert(bdot(ev, od, x3, at), np.float32), splat(d * d3[b], 8), a3)
+            a0 = fma(convert(bdot(ev, od, x0, at), np.float32), d * d0[b], a0)
+            a1 = fma(convert(bdot(ev, od, x1, at), np.float32), d * d1[b], a1)
+            a2 = fma(convert(bdot(ev, od, x2, at), np.float32), d * d2[b], a2)
+            a3 = fma(convert(bdot(ev, od, x3, at), np.float32), d * d3[b], a3)
             if offset:
-                f0 += m * (s0[2 * b] + s0[2 * b + 1])
-                f1 += m * (s1[2 * b] + s1[2 * b + 1])
-                f2 += m * (s2[2 * b] + s2[2 * b + 1])
-                f3 += m * (s3[2 * b] + s3[2 * b + 1])
-        return hsum(a0) + f0, hsum(a1) + f1, hsum(a2) + f2, hsum(a3) + f3
+                m2 = part(m, 0, 2)
+                f0 = fma(load(s0, 2 * b, 2), m2, f0)
+                f1 = fma(load(s1, 2 * b, 2), m2, f1)
+                f2 = fma(load(s2, 2 * b, 2), m2, f2)
+                f3 = fma(load(s3, 2 * b, 2), m2, f3)
+        return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
+                hsum(a3) + hsum(f3))
 
     return impl
 
@@ -239,6 +237,6 @@ def _dequant32_ov(qtype, w, o, nblk, out):
         for b in range(nblk):
             ev, od, d, m = decode(w, o + b * bb)
             v = convert(convert(interleave(ev, od), np.int32), np.float32)
-            store(out, b * BLOCK, fma(v, splat(d, 32), splat(m, 32)))
+            store(out, b * BLOCK, fma(v, splat(lane(d, 0), 32), splat(lane(m, 0), 32)))
 
     return impl

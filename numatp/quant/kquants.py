@@ -26,8 +26,8 @@ from numba.extending import overload
 from numatp.quant.block32 import IQ4_LEVELS, literal_qtype
 from numatp.quant.formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
-                               load_bytes, lookup16, madd_pairs, read_bytes, read_half,
-                               repeat_lanes, splat, stack_empty, store)
+                               load_bytes, lookup16, madd_pairs, read_bytes,
+                               repeat_lanes, splat, splat_half, stack_empty, store)
 
 SUPER = 256
 CHUNK = 32
@@ -60,8 +60,8 @@ def _scales_k4(w, ob):
     c = load_bytes(w, ob + 12, np.uint8, 4)
     sc = join(a & 63, (c & 15) | ((a >> 6) << 4))
     mn = join(b & 63, (c >> 4) | ((b >> 6) << 4))
-    S = convert(sc, np.float32) * read_half(w, ob)
-    M = repeat_lanes(convert(mn, np.float32) * -read_half(w, ob + 2), 2)
+    S = convert(sc, np.float32) * splat_half(w, ob, 8)
+    M = repeat_lanes(convert(mn, np.float32) * -splat_half(w, ob + 2, 8), 2)
     return S, M
 
 
@@ -83,7 +83,7 @@ def _chunk_q5_k(w, ob, j):
 
 @njit(boundscheck=False)
 def _scales_q6_k(w, ob):
-    S = convert(load_bytes(w, ob + 192, np.int8, 16), np.float32) * read_half(w, ob + 208)
+    S = convert(load_bytes(w, ob + 192, np.int8, 16), np.float32) * splat_half(w, ob + 208, 16)
     return S, S * np.float32(-32)
 
 
@@ -108,7 +108,7 @@ def _scales_q3_k(w, ob):
     highb = load_bytes(w, ob + 104, np.uint8, 4)
     low = join(lowb & 15, lowb >> 4)
     high = join(join(highb, highb >> 2), join(highb >> 4, highb >> 6)) & 3
-    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * read_half(w, ob + 108)
+    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * splat_half(w, ob + 108, 16)
     return S, S * np.float32(-4)
 
 
@@ -126,8 +126,8 @@ def _chunk_q3_k(w, ob, j):
 @njit(boundscheck=False)
 def _scales_q2_k(w, ob):
     packed = load_bytes(w, ob, np.uint8, 16)
-    return (convert(packed & 15, np.float32) * read_half(w, ob + 80),
-            convert(packed >> 4, np.float32) * -read_half(w, ob + 82))
+    return (convert(packed & 15, np.float32) * splat_half(w, ob + 80, 16),
+            convert(packed >> 4, np.float32) * -splat_half(w, ob + 82, 16))
 
 
 @njit(boundscheck=False)
@@ -146,7 +146,7 @@ def _scales_iq4_xs(w, ob):
     low = convert(interleave(low4 & 15, low4 >> 4), np.uint32)
     high = (splat(np.uint32(read_bytes(w, ob + 2, np.uint16)), 8)
             >> load(_PAIR_SHIFTS, 0, 8)) & 3
-    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * read_half(w, ob)
+    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * splat_half(w, ob, 8)
     return S, splat(np.float32(0), 16)
 
 

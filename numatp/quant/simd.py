@@ -27,7 +27,7 @@ Operations (all usable only inside @njit code):
   madd_pairs(a, b)         int16 -> int32: a[2i]*b[2i] + a[2i+1]*b[2i+1] (pmaddwd)
   fma(a, b, c)             a * b + c (fused where the target has FMA)
   hsum(v)                  sum of the lanes, in a fixed pairwise order
-  +, -, *, &, |, ~, >>, <<  lane-wise; a scalar operand is broadcast to all lanes
+  +, -, *, &, |, ~, >>, <<  lane-wise (and unary -); a scalar operand is broadcast
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -215,6 +215,30 @@ def stack_empty(typingctx, count, dtype):
         return ary._getvalue()
 
     return arrty(count, dtype), codegen
+
+
+@intrinsic
+def splat_half(typingctx, arr, byte_index, count):
+    """N lanes of the IEEE fp16 number at byte_index of a byte array, as float32.
+
+    Broadcasting the 2-byte load to all lanes before converting (vpbroadcastw, then
+    vcvtph2ps on x86) writes whole registers. Converting one lane and broadcasting the
+    float made LLVM insert the 16 bits into whatever register was at hand (vpinsrw),
+    which chained each block's scale to unrelated, often loop-carried, values."""
+    n = _literal_int(count)
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and n):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr_v, idx_v, _ = args
+        ptr = _data_pointer(context, builder, arr, arr_v, idx_v, None)
+        i16 = ir.IntType(16)
+        bits = builder.load(builder.bitcast(ptr, ir.PointerType(i16)), align=1)
+        vec = _splat(builder, bits, n)
+        halves = builder.bitcast(vec, ir.VectorType(ir.HalfType(), n))
+        return builder.fpext(halves, ir.VectorType(ir.FloatType(), n))
+
+    return Vec(types.float32, n)(arr, byte_index, count), codegen
 
 
 @intrinsic
@@ -571,6 +595,21 @@ for _op, _names in ((operator.add, ("fadd", "add")), (operator.sub, ("fsub", "su
                     (operator.or_, (None, "or_")), (operator.rshift, (None, "ashr", "lshr")),
                     (operator.lshift, (None, "shl"))):
     _binary_operator(_op, *_names)
+
+
+@infer_global(operator.neg)
+class _NegTyping(AbstractTemplate):
+    def generic(self, args, kws):
+        if len(args) == 1 and isinstance(args[0], Vec):
+            return signature(args[0], args[0])
+        return None
+
+
+@lower_builtin(operator.neg, Vec)
+def _neg_lower(context, builder, sig, args):
+    if isinstance(sig.args[0].dtype, types.Float):
+        return builder.fneg(args[0])
+    return builder.neg(args[0])
 
 
 @infer_global(operator.invert)
