@@ -21,8 +21,9 @@ from numba.extending import overload
 
 from numatp.quant.formats import IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
-                               load_bytes, lookup16, madd_pairs, part, repeat_lanes, splat,
-                               splat_half, store)
+                               load_bytes, lookup16, madd_pairs, part, prefetch,
+                               repeat_lanes, splat, splat_half, store)
+from numatp.quant.simd import CACHE_LINE, PREFETCH_AHEAD
 
 BLOCK = 32
 BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, IQ4_NL: 18}
@@ -140,6 +141,7 @@ def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
     offset = q in _STORED_OFFSET
     decode = _DECODERS[q]
     bdot = _block_int_dot
+    second_line = 2 * bb > CACHE_LINE  # a pair of blocks spans more than one line
 
     def impl(qtype, w, o, nblk, xq, xd, xs):
         # Two independent chains (even and odd blocks): one chain would wait on the
@@ -151,6 +153,9 @@ def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
         off1 = off0
         b = 0
         while b + 1 < nblk:
+            prefetch(w, o + b * bb + PREFETCH_AHEAD)
+            if second_line:
+                prefetch(w, o + b * bb + PREFETCH_AHEAD + CACHE_LINE)
             ev, od, d, m = decode(w, o + b * bb)
             acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
             if offset:

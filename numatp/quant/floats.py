@@ -13,8 +13,9 @@ from numba import njit
 
 from numatp.quant.formats import BF16, F16, F32
 from numatp.quant.block32 import literal_qtype
-from numatp.quant.simd import (bf16_to_float, fma, half_to_float, hsum, load, load_bytes,
-                               read_bytes, read_half, splat, store)
+from numatp.quant.simd import (CACHE_LINE, PREFETCH_AHEAD, bf16_to_float, fma,
+                               half_to_float, hsum, load, load_bytes, prefetch, read_bytes,
+                               read_half, splat, store)
 from numba.extending import overload
 
 ELEMENT_BYTES = {F32: 4, F16: 2, BF16: 2}
@@ -71,6 +72,10 @@ def _dot_float_ov(qtype, w, o, n, x):
         a3 = a0
         k = 0
         while k + _STEP <= n:
+            # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
+            prefetch(w, o + k * eb + PREFETCH_AHEAD)
+            if eb == 4:
+                prefetch(w, o + k * eb + PREFETCH_AHEAD + CACHE_LINE)
             a0 = fma(vec(w, o + k * eb), load(x, k, _LANES), a0)
             a1 = fma(vec(w, o + (k + 8) * eb), load(x, k + 8, _LANES), a1)
             a2 = fma(vec(w, o + (k + 16) * eb), load(x, k + 16, _LANES), a2)

@@ -27,7 +27,9 @@ from numatp.quant.block32 import IQ4_LEVELS, literal_qtype
 from numatp.quant.formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
                                load_bytes, lookup16, madd_pairs, read_bytes,
-                               repeat_lanes, splat, splat_half, stack_empty, store)
+                               prefetch, repeat_lanes, splat, splat_half, stack_empty,
+                               store)
+from numatp.quant.simd import PREFETCH_AHEAD
 
 SUPER = 256
 CHUNK = 32
@@ -235,6 +237,8 @@ def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
             if offset:
                 offs = fma(M, load(xs, 2 * g0, 16), offs)
             for j in range(0, CHUNKS, 2):
+                # a pair of chunks is a quarter of a super-block: under a cache line
+                prefetch(w, ob + (j >> 1) * (bb >> 2) + PREFETCH_AHEAD)
                 ev, od = chunk(w, ob, j)
                 acc0 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK), np.float32),
                            lanes(buf, j), acc0)
