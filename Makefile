@@ -16,7 +16,9 @@ test-fast:
 # no VM. Third-party pytest plugins stay unloaded: their imports cost a minute emulated.
 # The kernels are compiled on the host for a CPU target the emulated guest CPU also has
 # (tools/numavm_warm.py says why), and the guest loads them from that cache.
-NUMAVM_NUMBA_CACHE := /tmp/numatp-numavm-numba
+# One cache per state of the package sources: Numba re-checks only a cached function's
+# own file, so a cached step would otherwise keep a stale copy of an edited kernel.
+NUMAVM_NUMBA_CACHE := /tmp/numatp-numavm-numba/$(shell cat $$(find numatp -name '*.py' | LC_ALL=C sort) | sha1sum | cut -c1-16)
 PORTABLE_CPU := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+cx8,+cmov,+fxsr,+mmx,+sahf,+xsave,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe
 
 NUMA_TESTS ?= tests/numa

@@ -13,6 +13,8 @@ kernel sees several nodes. This script boots one with virtme-ng (`vng`):
   `pip install -e .` resolves there exactly as on the host.
 - The command runs in the current directory; its stdout and stderr are relayed, and its
   exit code becomes this script's exit code.
+- Caches that would live under HOME (read-only in the guest) start empty in a guest
+  /tmp directory; the Numba cache starts as a copy of NUMAVM_NUMBA_CACHE_DIR if set.
 
 Exit codes of the script itself: 124 when the timeout expired, 125 when the VM cannot
 be started (missing dependency) or stopped before the command finished.
@@ -73,13 +75,13 @@ class Stopped(Exception):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        vng, kernel = find_dependencies(args.kernel)
-    except NumaVMError as e:
-        print(f"numavm: {e}", file=sys.stderr)
-        return CANNOT_RUN
     with tempfile.TemporaryDirectory(prefix="numavm-") as exchange:
-        script = write_guest_script(exchange, args)
+        try:
+            vng, kernel = find_dependencies(args.kernel)
+            script = write_guest_script(exchange, args)
+        except NumaVMError as e:
+            print(f"numavm: {e}", file=sys.stderr)
+            return CANNOT_RUN
         vng_cmd = [vng, *vm_options(args, kernel, exchange), "--exec", f"bash {script}"]
         cpus = f"{args.cpus_per_node} CPU{'s' if args.cpus_per_node > 1 else ''}"
         print(f"numavm: booting a {args.nodes}-node VM ({cpus}, {args.mem_per_node} MiB "
@@ -222,8 +224,6 @@ def write_guest_script(exchange, args):
            if k.startswith(PASSED_ENV) and k not in GUEST_CACHE_ENV}
     # The VM's shape, for tests that check what the kernel reports against it
     # (tests/numa/conftest.py); NUMAVM_GUEST also tells them they run inside.
-    if os.environ.get("NUMAVM_NUMBA_CACHE_DIR"):
-        env["NUMAVM_NUMBA_CACHE_DIR"] = os.environ["NUMAVM_NUMBA_CACHE_DIR"]
     env.update(NUMAVM_GUEST="1", NUMAVM_NODES=str(args.nodes),
                NUMAVM_CPUS_PER_NODE=str(args.cpus_per_node),
                NUMAVM_MEM_PER_NODE=f"{args.mem_per_node}M")
@@ -240,8 +240,7 @@ def write_guest_script(exchange, args):
     lines += [
         'scratch=$(mktemp -d /tmp/numavm-guest.XXXXXX)',
         *[f'export {k}="$scratch/{k.lower()}"' for k in GUEST_CACHE_ENV],
-        # A Numba cache the host filled for this guest (tools/numavm_warm.py), if given.
-        'if [ -n "${NUMAVM_NUMBA_CACHE_DIR:-}" ]; then export NUMBA_CACHE_DIR="$NUMAVM_NUMBA_CACHE_DIR"; fi',
+        *seed_numba_cache(),
         f"cd {shlex.quote(cwd)} || "
         f"{{ echo {shlex.quote(f'numavm: {cwd} is not visible in the guest')} >&2; exit 1; }}",
         'read -r up _ < /proc/uptime && echo "numavm: guest up after ${up%.*} s" >&2',
@@ -252,6 +251,19 @@ def write_guest_script(exchange, args):
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
+
+
+def seed_numba_cache():
+    """Guest script lines that start the guest's Numba cache as a copy of
+    NUMAVM_NUMBA_CACHE_DIR, a host directory filled for the guest's CPU (see
+    tools/numavm_warm.py): compiling inside the emulated guest takes an hour, loading
+    takes seconds. A copy, so that any host path works and the guest writes nothing back."""
+    seed = os.environ.get("NUMAVM_NUMBA_CACHE_DIR")
+    if not seed:
+        return []
+    if not os.path.isdir(seed):
+        raise NumaVMError(f"NUMAVM_NUMBA_CACHE_DIR={seed} is not a directory")
+    return [f'mkdir -p "$NUMBA_CACHE_DIR" && cp -R {shlex.quote(seed)}/. "$NUMBA_CACHE_DIR" || exit 1']
 
 
 def run_relaying_output(cmd, vng, timeout):
