@@ -200,15 +200,57 @@ def _lanes_per_16(buf, j):
     return join(splat(buf[2 * j], 4), splat(buf[2 * j + 1], 4))
 
 
+def _make_pair(chunk, lanes, bb):
+    """Chunks j and j+1 of the super-block at ob into the two accumulators. A function of
+    its own rather than the body of dot_k's chunk loop: LLVM then unrolls the loop around
+    it, with constant shift counts in the decoders (20-25% faster, measured)."""
+
+    @njit(boundscheck=False)
+    def pair(w, ob, j, xq, g0, buf, acc0, acc1):
+        # a pair of chunks is a quarter of a super-block: under a cache line
+        prefetch(w, ob + (j >> 1) * (bb >> 2) + PREFETCH_AHEAD)
+        ev, od = chunk(w, ob, j)
+        acc0 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK), np.float32),
+                   lanes(buf, j), acc0)
+        ev, od = chunk(w, ob, j + 1)
+        acc1 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK), np.float32),
+                   lanes(buf, j + 1), acc1)
+        return acc0, acc1
+
+    return pair
+
+
+def _make_quad(chunk, lanes):
+    """Chunk j against four tokens, for the same reason as _make_pair."""
+
+    @njit(boundscheck=False)
+    def quad(w, ob, j, at, x0, x1, x2, x3, b0, b1, b2, b3, a0, a1, a2, a3):
+        ev, od = chunk(w, ob, j)
+        a0 = fma(convert(_chunk_int_dot(ev, od, x0, at), np.float32), lanes(b0, j), a0)
+        a1 = fma(convert(_chunk_int_dot(ev, od, x1, at), np.float32), lanes(b1, j), a1)
+        a2 = fma(convert(_chunk_int_dot(ev, od, x2, at), np.float32), lanes(b2, j), a2)
+        a3 = fma(convert(_chunk_int_dot(ev, od, x3, at), np.float32), lanes(b3, j), a3)
+        return a0, a1, a2, a3
+
+    return quad
+
+
+_PAIRS = {}
+_QUADS = {}
+
+
 def _specialize(qtype):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
     per16 = q in _SCALE_PER_16
+    lanes = _lanes_per_16 if per16 else _lanes_per_32
+    if q not in _PAIRS:
+        _PAIRS[q] = _make_pair(_CHUNKS[q], lanes, BLOCK_BYTES[q])
+        _QUADS[q] = _make_quad(_CHUNKS[q], lanes)
     return (BLOCK_BYTES[q], _SCALES[q], _CHUNKS[q],
-            _scaled_per_16 if per16 else _scaled_per_32,
-            _lanes_per_16 if per16 else _lanes_per_32,
-            q not in _NO_OFFSET)
+            _scaled_per_16 if per16 else _scaled_per_32, lanes, q not in _NO_OFFSET,
+            _PAIRS[q], _QUADS[q])
 
 
 def dot_k(qtype, w, o, nsb, xq, xd, xs):
@@ -221,7 +263,7 @@ def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, scales, chunk, scaled, lanes, offset = spec
+    bb, scales, chunk, scaled, lanes, offset, pair, _ = spec
 
     def impl(qtype, w, o, nsb, xq, xd, xs):
         # Even and odd chunks feed separate accumulators: two dependency chains.
@@ -237,14 +279,7 @@ def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
             if offset:
                 offs = fma(M, load(xs, 2 * g0, 16), offs)
             for j in range(0, CHUNKS, 2):
-                # a pair of chunks is a quarter of a super-block: under a cache line
-                prefetch(w, ob + (j >> 1) * (bb >> 2) + PREFETCH_AHEAD)
-                ev, od = chunk(w, ob, j)
-                acc0 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK), np.float32),
-                           lanes(buf, j), acc0)
-                ev, od = chunk(w, ob, j + 1)
-                acc1 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK), np.float32),
-                           lanes(buf, j + 1), acc1)
+                acc0, acc1 = pair(w, ob, j, xq, g0, buf, acc0, acc1)
         return hsum(acc0 + acc1) + hsum(offs)
 
     return impl
@@ -259,7 +294,7 @@ def _dot_k_x4_ov(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, scales, chunk, scaled, lanes, offset = spec
+    bb, scales, chunk, scaled, lanes, offset, _, quad = spec
 
     def impl(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
         x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
@@ -289,12 +324,8 @@ def _dot_k_x4_ov(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
                 f2 = fma(M, load(XS[t2], 2 * g0, 16), f2)
                 f3 = fma(M, load(XS[t3], 2 * g0, 16), f3)
             for j in range(CHUNKS):
-                ev, od = chunk(w, ob, j)
-                at = (g0 + j) * CHUNK
-                a0 = fma(convert(_chunk_int_dot(ev, od, x0, at), np.float32), lanes(b0, j), a0)
-                a1 = fma(convert(_chunk_int_dot(ev, od, x1, at), np.float32), lanes(b1, j), a1)
-                a2 = fma(convert(_chunk_int_dot(ev, od, x2, at), np.float32), lanes(b2, j), a2)
-                a3 = fma(convert(_chunk_int_dot(ev, od, x3, at), np.float32), lanes(b3, j), a3)
+                a0, a1, a2, a3 = quad(w, ob, j, (g0 + j) * CHUNK, x0, x1, x2, x3,
+                                      b0, b1, b2, b3, a0, a1, a2, a3)
         return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
                 hsum(a3) + hsum(f3))
 
