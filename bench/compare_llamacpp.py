@@ -15,7 +15,7 @@ The report gives each side's median and the median of the per-round ratios
 numatp / llama.cpp (rates: > 1 means numatp is faster; times: > 1 means numatp is
 slower), plus how many leading greedy tokens the two engines agree on.
 
-Models (bench/models.py makes or fetches them once into $NUMATP_CACHE/bench):
+Models (bench/bench_models.py makes or fetches them once into $NUMATP_CACHE/bench):
 synth-q8_0, synth-q4_0, synth-q4_k_m (a synthetic ~1.1B llama; Q4_K_M made by llama.cpp's
 quantizer), smollm2 (SmolLM2-135M Q4_1), qwen (Qwen2.5-Coder-0.5B Q4_K_M, with --qwen),
 synth-f32 and synth-f16 on request. --small writes a small synthetic shape for trials.
@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import models  # noqa: E402  (bench/models.py; imports numatp first)
+import bench_models as models  # noqa: E402  (bench/bench_models.py; imports numatp first)
 
 from numatp.errors import NumatpError  # noqa: E402
 

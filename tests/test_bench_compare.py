@@ -1,4 +1,4 @@
-"""The llama.cpp comparison's bookkeeping (bench/compare_llamacpp.py, bench/models.py):
+"""The llama.cpp comparison's bookkeeping (bench/compare_llamacpp.py, bench/bench_models.py):
 pairing of rounds, ratios, the report, and the streamed synthetic model's tensor list.
 No engine runs here; the benchmark itself is a script."""
 import sys
@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import compare_llamacpp as cmp  # noqa: E402
-import models  # noqa: E402
+import bench_models as models  # noqa: E402
 import synth  # noqa: E402
 
 
@@ -51,7 +51,7 @@ def test_errors_are_reported_and_leave_no_ratio():
 
 
 def test_streamed_tensors_match_the_test_models():
-    # bench/models.py streams the synthetic model itself; its tensors must be the ones
+    # bench/bench_models.py streams the synthetic model itself; its tensors must be the ones
     # tests/synth.py defines (names, order, shapes), or llama.cpp would see another model.
     spec = synth.ModelSpec(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=512)
     expected = [(name, w.shape) for name, w in synth.intended_weights(spec).items()]
