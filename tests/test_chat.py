@@ -1,6 +1,5 @@
 """Chat templates rendered as transformers renders them, and the prompts they give."""
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
@@ -8,7 +7,8 @@ from numatp.chat import CHATML_TEMPLATE, chat_prompt, render_chat
 from numatp.errors import NumatpError
 from numatp.tokenizer import load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from models import SHARED
+
 
 
 @lru_cache(maxsize=None)

@@ -1,7 +1,5 @@
 """Checks of the test-side model factory (synth.py) and the float64 reference forward
 (reference.py) that numatp's forward is measured against."""
-import os
-from pathlib import Path
 
 import gguf
 import numpy as np
@@ -12,8 +10,9 @@ from gguf.quants import dequantize
 import reference
 import synth
 
-MODELS = Path(os.environ.get("NUMATP_TEST_MODELS", Path(__file__).resolve().parents[2] / "shared" / "models"))
-STORIES = MODELS / "stories260K.gguf"
+from models import SHARED, STORIES
+
+MODELS = SHARED / "models"
 
 # Relative RMS error allowed for a round trip through each type, on Gaussian data. A
 # b-bit uniform quantizer over a block's range (about +-2.2 sigma for blocks of 32) has

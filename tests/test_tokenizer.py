@@ -12,9 +12,9 @@ from numatp.tokenizer import StreamDecoder, Tokenizer, load_tokenizer, pretokeni
 from numatp.tokenizer.backend import byte_level_alphabet
 from numatp.model.gguf_file import read_metadata
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from models import SHARED, STORIES
+
 VOCABS = SHARED / "vocab"
-STORIES = SHARED / "models" / "stories260K.gguf"
 VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"]
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
