@@ -2,7 +2,6 @@
 import json
 import math
 from collections import defaultdict
-from typing import Optional
 
 import typer
 

@@ -53,7 +53,7 @@ import numpy as np
 from numba import njit
 
 from numatp.errors import NumatpError
-from numatp.parallel.atomics import load_acquire, store_release
+from numatp.parallel.atomics import store_release
 from numatp.parallel.shm import SharedSegment
 from numatp.parallel.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
 
