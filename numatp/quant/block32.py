@@ -127,13 +127,15 @@ def _block_int_dot(ev, od, xq, at):
     return madd_pairs(ev, load(xq, at, 16)) + madd_pairs(od, load(xq, at + 16, 16))
 
 
-def dot32(qtype, w, o, nblk, xq, xd, xs):
-    """Row starting at byte o, nblk blocks, dotted with quantized activations (xq, xd, xs
-    as activations.quantize_vector makes them)."""
+def dot32(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
+    """y[r] = the row at byte o + r * stride (nblk blocks) dotted with the quantized
+    activations (xq, xd, xs as activations.quantize_vector makes them), for r < n.
+    The row loop lives here, not in the caller, so that a call per row (its argument
+    passing and reference counting cost as much as a short row) happens once per range."""
 
 
 @overload(dot32, prefer_literal=True)
-def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
+def _dot32_ov(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
@@ -143,35 +145,37 @@ def _dot32_ov(qtype, w, o, nblk, xq, xd, xs):
     bdot = _block_int_dot
     second_line = 2 * bb > CACHE_LINE  # a pair of blocks spans more than one line
 
-    def impl(qtype, w, o, nblk, xq, xd, xs):
-        # Two independent chains (even and odd blocks): one chain would wait on the
-        # latency of every fused multiply-add. The offsets m * sum(x) go to two-lane
-        # accumulators, one lane per half block (xs holds sums of 16 activations).
-        acc0 = splat(np.float32(0), 8)
-        acc1 = acc0
-        off0 = splat(np.float32(0), 2)
-        off1 = off0
-        b = 0
-        while b + 1 < nblk:
-            prefetch(w, o + b * bb + PREFETCH_AHEAD)
-            if second_line:
-                prefetch(w, o + b * bb + PREFETCH_AHEAD + CACHE_LINE)
-            ev, od, d, m = decode(w, o + b * bb)
-            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
-            if offset:
-                off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
-            ev, od, d, m = decode(w, o + (b + 1) * bb)
-            acc1 = fma(convert(bdot(ev, od, xq, (b + 1) * BLOCK), np.float32),
-                       d * xd[b + 1], acc1)
-            if offset:
-                off1 = fma(load(xs, 2 * b + 2, 2), part(m, 0, 2), off1)
-            b += 2
-        if b < nblk:
-            ev, od, d, m = decode(w, o + b * bb)
-            acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
-            if offset:
-                off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
-        return hsum(acc0 + acc1) + hsum(off0 + off1)
+    def impl(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
+        for r in range(n):
+            row = o + r * stride
+            # Two independent chains (even and odd blocks): one chain would wait on the
+            # latency of every fused multiply-add. The offsets m * sum(x) go to two-lane
+            # accumulators, one lane per half block (xs holds sums of 16 activations).
+            acc0 = splat(np.float32(0), 8)
+            acc1 = acc0
+            off0 = splat(np.float32(0), 2)
+            off1 = off0
+            b = 0
+            while b + 1 < nblk:
+                prefetch(w, row + b * bb + PREFETCH_AHEAD)
+                if second_line:
+                    prefetch(w, row + b * bb + PREFETCH_AHEAD + CACHE_LINE)
+                ev, od, d, m = decode(w, row + b * bb)
+                acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
+                if offset:
+                    off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
+                ev, od, d, m = decode(w, row + (b + 1) * bb)
+                acc1 = fma(convert(bdot(ev, od, xq, (b + 1) * BLOCK), np.float32),
+                           d * xd[b + 1], acc1)
+                if offset:
+                    off1 = fma(load(xs, 2 * b + 2, 2), part(m, 0, 2), off1)
+                b += 2
+            if b < nblk:
+                ev, od, d, m = decode(w, row + b * bb)
+                acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
+                if offset:
+                    off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
+            y[r] = hsum(acc0 + acc1) + hsum(off0 + off1)
 
     return impl
 

@@ -53,42 +53,45 @@ _VECTOR = {F32: _f32x8, F16: _f16x8, BF16: _bf16x8}
 _SCALAR = {F32: _f32x1, F16: read_half, BF16: _bf16x1}
 
 
-def dot_float(qtype, w, o, n, x):
-    """sum(w_row[k] * x[k] for k < n), the row's first element at byte o."""
+def dot_float(qtype, w, o, stride, nrows, n, x, y):
+    """y[r] = sum(w_row[k] * x[k] for k < n), the row's first element at byte
+    o + r * stride, for r < nrows (the row loop is here for block32.dot32's reason)."""
 
 
 @overload(dot_float, prefer_literal=True)
-def _dot_float_ov(qtype, w, o, n, x):
+def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
     eb = ELEMENT_BYTES[q]
     vec, one = _VECTOR[q], _SCALAR[q]
 
-    def impl(qtype, w, o, n, x):
-        a0 = splat(np.float32(0), _LANES)
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        k = 0
-        while k + _STEP <= n:
-            # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
-            prefetch(w, o + k * eb + PREFETCH_AHEAD)
-            if eb == 4:
-                prefetch(w, o + k * eb + PREFETCH_AHEAD + CACHE_LINE)
-            a0 = fma(vec(w, o + k * eb), load(x, k, _LANES), a0)
-            a1 = fma(vec(w, o + (k + 8) * eb), load(x, k + 8, _LANES), a1)
-            a2 = fma(vec(w, o + (k + 16) * eb), load(x, k + 16, _LANES), a2)
-            a3 = fma(vec(w, o + (k + 24) * eb), load(x, k + 24, _LANES), a3)
-            k += _STEP
-        while k + _LANES <= n:
-            a0 = fma(vec(w, o + k * eb), load(x, k, _LANES), a0)
-            k += _LANES
-        total = hsum((a0 + a1) + (a2 + a3))
-        while k < n:
-            total += one(w, o + k * eb) * x[k]
-            k += 1
-        return total
+    def impl(qtype, w, o, stride, nrows, n, x, y):
+        for r in range(nrows):
+            row = o + r * stride
+            a0 = splat(np.float32(0), _LANES)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            k = 0
+            while k + _STEP <= n:
+                # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
+                prefetch(w, row + k * eb + PREFETCH_AHEAD)
+                if eb == 4:
+                    prefetch(w, row + k * eb + PREFETCH_AHEAD + CACHE_LINE)
+                a0 = fma(vec(w, row + k * eb), load(x, k, _LANES), a0)
+                a1 = fma(vec(w, row + (k + 8) * eb), load(x, k + 8, _LANES), a1)
+                a2 = fma(vec(w, row + (k + 16) * eb), load(x, k + 16, _LANES), a2)
+                a3 = fma(vec(w, row + (k + 24) * eb), load(x, k + 24, _LANES), a3)
+                k += _STEP
+            while k + _LANES <= n:
+                a0 = fma(vec(w, row + k * eb), load(x, k, _LANES), a0)
+                k += _LANES
+            total = hsum((a0 + a1) + (a2 + a3))
+            while k < n:
+                total += one(w, row + k * eb) * x[k]
+                k += 1
+            y[r] = total
 
     return impl
 

@@ -78,48 +78,50 @@ def _family(qtype):
     return FAMILY[qtype]
 
 
-# -- one row, by type ------------------------------------------------------------------------
+# -- rows, by type ---------------------------------------------------------------------------
 # The parallel drivers call these instead of branching on the type themselves: Numba types
 # the body of a parallel loop twice, and everything called from it would be compiled twice.
 
 @njit(cache=True, boundscheck=False)
-def _dot_row(qtype, w, o, nblk, x, xq, xd, xs):
-    """Row at byte o (nblk blocks) dotted with x (float types) or xq/xd/xs (the others)."""
+def _dot_rows(qtype, w, o, stride, n, nblk, x, xq, xd, xs, y):
+    """y[r] = the row at byte o + r * stride (nblk blocks) dotted with x (float types)
+    or xq/xd/xs (the others), for r < n."""
     if qtype == Q4_K:
-        return dot_k(Q4_K, w, o, nblk, xq, xd, xs)
+        dot_k(Q4_K, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q6_K:
-        return dot_k(Q6_K, w, o, nblk, xq, xd, xs)
+        dot_k(Q6_K, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q8_0:
-        return dot32(Q8_0, w, o, nblk, xq, xd, xs)
+        dot32(Q8_0, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q4_0:
-        return dot32(Q4_0, w, o, nblk, xq, xd, xs)
+        dot32(Q4_0, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q5_K:
-        return dot_k(Q5_K, w, o, nblk, xq, xd, xs)
+        dot_k(Q5_K, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q5_0:
-        return dot32(Q5_0, w, o, nblk, xq, xd, xs)
+        dot32(Q5_0, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q4_1:
-        return dot32(Q4_1, w, o, nblk, xq, xd, xs)
+        dot32(Q4_1, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q5_1:
-        return dot32(Q5_1, w, o, nblk, xq, xd, xs)
+        dot32(Q5_1, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == F16:
-        return dot_float(F16, w, o, nblk, x)
+        dot_float(F16, w, o, stride, n, nblk, x, y)
     elif qtype == BF16:
-        return dot_float(BF16, w, o, nblk, x)
+        dot_float(BF16, w, o, stride, n, nblk, x, y)
     elif qtype == F32:
-        return dot_float(F32, w, o, nblk, x)
+        dot_float(F32, w, o, stride, n, nblk, x, y)
     elif qtype == Q3_K:
-        return dot_k(Q3_K, w, o, nblk, xq, xd, xs)
+        dot_k(Q3_K, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == Q2_K:
-        return dot_k(Q2_K, w, o, nblk, xq, xd, xs)
+        dot_k(Q2_K, w, o, stride, n, nblk, xq, xd, xs, y)
     elif qtype == IQ4_NL:
-        return dot32(IQ4_NL, w, o, nblk, xq, xd, xs)
+        dot32(IQ4_NL, w, o, stride, n, nblk, xq, xd, xs, y)
     else:
-        return dot_k(IQ4_XS, w, o, nblk, xq, xd, xs)
+        dot_k(IQ4_XS, w, o, stride, n, nblk, xq, xd, xs, y)
 
 
 @njit(cache=True, boundscheck=False)
 def _dot_row_x4(qtype, w, o, nblk, X, XQ, XD, XS, t0, t1, t2, t3):
-    """The same for tokens t0..t3 (rows of X or of XQ/XD/XS)."""
+    """One row at byte o (nblk blocks) dotted with tokens t0..t3 (rows of X or of
+    XQ/XD/XS)."""
     if qtype == Q4_K:
         return dot_k_x4(Q4_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
     elif qtype == Q6_K:
@@ -188,11 +190,22 @@ def _dequant_row(qtype, w, o, nblk, out):
 
 # -- matrix-vector -------------------------------------------------------------------------
 
+@njit(cache=True)
+def _rows_per_chunk(nrows):
+    """Rows per call of a row-range kernel in a matvec: as many as 16 (a call costs about
+    what a short row does), while leaving at least 256 chunks, 4 each for up to 64 threads."""
+    return max(1, min(16, nrows // 256))
+
+
 @njit(cache=True, parallel=True, boundscheck=False)
 def _matvec(qtype, w, stride, r0, r1, blk0, nblk, x, xq, xd, xs, y):
     bb = BLOCK_BYTES[qtype]
-    for i in prange(r0, r1):
-        y[i - r0] = _dot_row(qtype, w, i * stride + blk0 * bb, nblk, x, xq, xd, xs)
+    per = _rows_per_chunk(r1 - r0)
+    for c in prange((r1 - r0 + per - 1) // per):
+        first = r0 + c * per
+        last = min(r1, first + per)
+        _dot_rows(qtype, w, first * stride + blk0 * bb, stride, last - first, nblk, x, xq, xd,
+                  xs, y[first - r0:last - r0])
 
 
 @njit(cache=True)

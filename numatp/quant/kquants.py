@@ -253,34 +253,37 @@ def _specialize(qtype):
             _PAIRS[q], _QUADS[q])
 
 
-def dot_k(qtype, w, o, nsb, xq, xd, xs):
-    """Row starting at byte o, nsb super-blocks, dotted with quantized activations (xq,
-    xd, xs as activations.quantize_vector makes them)."""
+def dot_k(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
+    """y[r] = the row at byte o + r * stride (nsb super-blocks) dotted with the quantized
+    activations (xq, xd, xs as activations.quantize_vector makes them), for r < n. The
+    row loop is here for the reason block32.dot32 gives."""
 
 
 @overload(dot_k, prefer_literal=True)
-def _dot_k_ov(qtype, w, o, nsb, xq, xd, xs):
+def _dot_k_ov(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
     spec = _specialize(qtype)
     if spec is None:
         return None
     bb, scales, chunk, scaled, lanes, offset, pair, _ = spec
 
-    def impl(qtype, w, o, nsb, xq, xd, xs):
-        # Even and odd chunks feed separate accumulators: two dependency chains.
-        acc0 = splat(np.float32(0), 8)
-        acc1 = acc0
-        offs = splat(np.float32(0), 16)
+    def impl(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
         buf = stack_empty(16, np.float32)
-        for sb in range(nsb):
-            ob = o + sb * bb
-            g0 = sb * CHUNKS
-            S, M = scales(w, ob)
-            store(buf, 0, scaled(S, xd, g0))
-            if offset:
-                offs = fma(M, load(xs, 2 * g0, 16), offs)
-            for j in range(0, CHUNKS, 2):
-                acc0, acc1 = pair(w, ob, j, xq, g0, buf, acc0, acc1)
-        return hsum(acc0 + acc1) + hsum(offs)
+        for r in range(n):
+            row = o + r * stride
+            # Even and odd chunks feed separate accumulators: two dependency chains.
+            acc0 = splat(np.float32(0), 8)
+            acc1 = acc0
+            offs = splat(np.float32(0), 16)
+            for sb in range(nsb):
+                ob = row + sb * bb
+                g0 = sb * CHUNKS
+                S, M = scales(w, ob)
+                store(buf, 0, scaled(S, xd, g0))
+                if offset:
+                    offs = fma(M, load(xs, 2 * g0, 16), offs)
+                for j in range(0, CHUNKS, 2):
+                    acc0, acc1 = pair(w, ob, j, xq, g0, buf, acc0, acc1)
+            y[r] = hsum(acc0 + acc1) + hsum(offs)
 
     return impl
 
