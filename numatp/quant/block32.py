@@ -182,13 +182,14 @@ def _dot32_ov(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
 
 # -- one row against four activation vectors (prompt batches) -------------------------------
 
-def dot32x4(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
-    """Row at byte o dotted with tokens t0..t3 (rows of XQ/XD/XS); each block is decoded
-    once for the four of them."""
+def dot32x4(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
+    """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
+    and t in t0..t3 (repeats allowed: they get the same value); each block is decoded
+    once for the four tokens (rows of XQ/XD/XS)."""
 
 
 @overload(dot32x4, prefer_literal=True)
-def _dot32x4_ov(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
+def _dot32x4_ov(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
@@ -197,33 +198,37 @@ def _dot32x4_ov(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
     decode = _DECODERS[q]
     bdot = _block_int_dot
 
-    def impl(qtype, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3):
+    def impl(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
         x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
         d0, d1, d2, d3 = XD[t0], XD[t1], XD[t2], XD[t3]
         s0, s1, s2, s3 = XS[t0], XS[t1], XS[t2], XS[t3]
-        a0 = splat(np.float32(0), 8)
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        f0 = splat(np.float32(0), 2)
-        f1 = f0
-        f2 = f0
-        f3 = f0
-        for b in range(nblk):
-            ev, od, d, m = decode(w, o + b * bb)
-            at = b * BLOCK
-            a0 = fma(convert(bdot(ev, od, x0, at), np.float32), d * d0[b], a0)
-            a1 = fma(convert(bdot(ev, od, x1, at), np.float32), d * d1[b], a1)
-            a2 = fma(convert(bdot(ev, od, x2, at), np.float32), d * d2[b], a2)
-            a3 = fma(convert(bdot(ev, od, x3, at), np.float32), d * d3[b], a3)
-            if offset:
-                m2 = part(m, 0, 2)
-                f0 = fma(load(s0, 2 * b, 2), m2, f0)
-                f1 = fma(load(s1, 2 * b, 2), m2, f1)
-                f2 = fma(load(s2, 2 * b, 2), m2, f2)
-                f3 = fma(load(s3, 2 * b, 2), m2, f3)
-        return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
-                hsum(a3) + hsum(f3))
+        for r in range(nrows):
+            row = o + r * stride
+            a0 = splat(np.float32(0), 8)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            f0 = splat(np.float32(0), 2)
+            f1 = f0
+            f2 = f0
+            f3 = f0
+            for b in range(nblk):
+                ev, od, d, m = decode(w, row + b * bb)
+                at = b * BLOCK
+                a0 = fma(convert(bdot(ev, od, x0, at), np.float32), d * d0[b], a0)
+                a1 = fma(convert(bdot(ev, od, x1, at), np.float32), d * d1[b], a1)
+                a2 = fma(convert(bdot(ev, od, x2, at), np.float32), d * d2[b], a2)
+                a3 = fma(convert(bdot(ev, od, x3, at), np.float32), d * d3[b], a3)
+                if offset:
+                    m2 = part(m, 0, 2)
+                    f0 = fma(load(s0, 2 * b, 2), m2, f0)
+                    f1 = fma(load(s1, 2 * b, 2), m2, f1)
+                    f2 = fma(load(s2, 2 * b, 2), m2, f2)
+                    f3 = fma(load(s3, 2 * b, 2), m2, f3)
+            Y[t0, c0 + r] = hsum(a0) + hsum(f0)
+            Y[t1, c0 + r] = hsum(a1) + hsum(f1)
+            Y[t2, c0 + r] = hsum(a2) + hsum(f2)
+            Y[t3, c0 + r] = hsum(a3) + hsum(f3)
 
     return impl
 

@@ -96,41 +96,48 @@ def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
     return impl
 
 
-def dot_float_x4(qtype, w, o, n, X, t0, t1, t2, t3):
-    """The row at byte o dotted with rows t0..t3 of X, reading the weights once."""
+def dot_float_x4(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
+    """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
+    and t in t0..t3 (repeats allowed: they get the same value); the weights are read
+    once for the four rows of X."""
 
 
 @overload(dot_float_x4, prefer_literal=True)
-def _dot_float_x4_ov(qtype, w, o, n, X, t0, t1, t2, t3):
+def _dot_float_x4_ov(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
     eb = ELEMENT_BYTES[q]
     vec, one = _VECTOR[q], _SCALAR[q]
 
-    def impl(qtype, w, o, n, X, t0, t1, t2, t3):
+    def impl(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
         x0, x1, x2, x3 = X[t0], X[t1], X[t2], X[t3]
-        a0 = splat(np.float32(0), _LANES)
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        k = 0
-        while k + _LANES <= n:
-            v = vec(w, o + k * eb)
-            a0 = fma(v, load(x0, k, _LANES), a0)
-            a1 = fma(v, load(x1, k, _LANES), a1)
-            a2 = fma(v, load(x2, k, _LANES), a2)
-            a3 = fma(v, load(x3, k, _LANES), a3)
-            k += _LANES
-        y0, y1, y2, y3 = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
-        while k < n:
-            v1 = one(w, o + k * eb)
-            y0 += v1 * x0[k]
-            y1 += v1 * x1[k]
-            y2 += v1 * x2[k]
-            y3 += v1 * x3[k]
-            k += 1
-        return y0, y1, y2, y3
+        for r in range(nrows):
+            row = o + r * stride
+            a0 = splat(np.float32(0), _LANES)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            k = 0
+            while k + _LANES <= n:
+                v = vec(w, row + k * eb)
+                a0 = fma(v, load(x0, k, _LANES), a0)
+                a1 = fma(v, load(x1, k, _LANES), a1)
+                a2 = fma(v, load(x2, k, _LANES), a2)
+                a3 = fma(v, load(x3, k, _LANES), a3)
+                k += _LANES
+            y0, y1, y2, y3 = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+            while k < n:
+                v1 = one(w, row + k * eb)
+                y0 += v1 * x0[k]
+                y1 += v1 * x1[k]
+                y2 += v1 * x2[k]
+                y3 += v1 * x3[k]
+                k += 1
+            Y[t0, c0 + r] = y0
+            Y[t1, c0 + r] = y1
+            Y[t2, c0 + r] = y2
+            Y[t3, c0 + r] = y3
 
     return impl
 

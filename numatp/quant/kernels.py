@@ -119,39 +119,39 @@ def _dot_rows(qtype, w, o, stride, n, nblk, x, xq, xd, xs, y):
 
 
 @njit(cache=True, boundscheck=False)
-def _dot_row_x4(qtype, w, o, nblk, X, XQ, XD, XS, t0, t1, t2, t3):
-    """One row at byte o (nblk blocks) dotted with tokens t0..t3 (rows of X or of
-    XQ/XD/XS)."""
+def _dot_rows_x4(qtype, w, o, stride, n, nblk, X, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
+    """Y[t, c0 + r] = the row at byte o + r * stride (nblk blocks) dotted with token t
+    (a row of X or of XQ/XD/XS), for r < n and t in t0..t3."""
     if qtype == Q4_K:
-        return dot_k_x4(Q4_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(Q4_K, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q6_K:
-        return dot_k_x4(Q6_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(Q6_K, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q8_0:
-        return dot32x4(Q8_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(Q8_0, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q4_0:
-        return dot32x4(Q4_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(Q4_0, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q5_K:
-        return dot_k_x4(Q5_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(Q5_K, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q5_0:
-        return dot32x4(Q5_0, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(Q5_0, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q4_1:
-        return dot32x4(Q4_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(Q4_1, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q5_1:
-        return dot32x4(Q5_1, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(Q5_1, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == F16:
-        return dot_float_x4(F16, w, o, nblk, X, t0, t1, t2, t3)
+        dot_float_x4(F16, w, o, stride, n, nblk, X, t0, t1, t2, t3, Y, c0)
     elif qtype == BF16:
-        return dot_float_x4(BF16, w, o, nblk, X, t0, t1, t2, t3)
+        dot_float_x4(BF16, w, o, stride, n, nblk, X, t0, t1, t2, t3, Y, c0)
     elif qtype == F32:
-        return dot_float_x4(F32, w, o, nblk, X, t0, t1, t2, t3)
+        dot_float_x4(F32, w, o, stride, n, nblk, X, t0, t1, t2, t3, Y, c0)
     elif qtype == Q3_K:
-        return dot_k_x4(Q3_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(Q3_K, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == Q2_K:
-        return dot_k_x4(Q2_K, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(Q2_K, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     elif qtype == IQ4_NL:
-        return dot32x4(IQ4_NL, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot32x4(IQ4_NL, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
     else:
-        return dot_k_x4(IQ4_XS, w, o, nblk, XQ, XD, XS, t0, t1, t2, t3)
+        dot_k_x4(IQ4_XS, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)
 
 
 @njit(cache=True, boundscheck=False)
@@ -234,17 +234,6 @@ def _row_groups(nrows, row_bytes):
     return per, (nrows + per - 1) // per
 
 
-@njit(cache=True)
-def _store4(Y, t0, T, i, y0, y1, y2, y3):
-    Y[t0, i] = y0
-    if t0 + 1 < T:
-        Y[t0 + 1, i] = y1
-    if t0 + 2 < T:
-        Y[t0 + 2, i] = y2
-    if t0 + 3 < T:
-        Y[t0 + 3, i] = y3
-
-
 @njit(cache=True, parallel=True, boundscheck=False)
 def _matmul(qtype, w, stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y):
     T = X.shape[0]
@@ -254,11 +243,10 @@ def _matmul(qtype, w, stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y):
         first = r0 + g * per
         last = min(r1, first + per)
         for t0 in range(0, T, _TOKENS):
+            # past the last token, repeat it: the same value is stored twice
             t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
-            for i in range(first, last):
-                y0, y1, y2, y3 = _dot_row_x4(qtype, w, i * stride + blk0 * bb, nblk, X, XQ,
-                                             XD, XS, t0, t1, t2, t3)
-                _store4(Y, t0, T, i - r0, y0, y1, y2, y3)
+            _dot_rows_x4(qtype, w, first * stride + blk0 * bb, stride, last - first, nblk, X,
+                         XQ, XD, XS, t0, t1, t2, t3, Y, first - r0)
 
 
 @njit(cache=True)

@@ -288,49 +288,55 @@ def _dot_k_ov(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
     return impl
 
 
-def dot_k_x4(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
-    """The row at byte o dotted with tokens t0..t3, decoding each chunk once."""
+def dot_k_x4(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
+    """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
+    and t in t0..t3 (repeats allowed: they get the same value); each chunk is decoded
+    once for the four tokens."""
 
 
 @overload(dot_k_x4, prefer_literal=True)
-def _dot_k_x4_ov(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
+def _dot_k_x4_ov(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
     spec = _specialize(qtype)
     if spec is None:
         return None
     bb, scales, chunk, scaled, lanes, offset, _, quad = spec
 
-    def impl(qtype, w, o, nsb, XQ, XD, XS, t0, t1, t2, t3):
+    def impl(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
         x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
-        a0 = splat(np.float32(0), 8)
-        a1 = a0
-        a2 = a0
-        a3 = a0
-        f0 = splat(np.float32(0), 16)
-        f1 = f0
-        f2 = f0
-        f3 = f0
         b0 = stack_empty(16, np.float32)
         b1 = stack_empty(16, np.float32)
         b2 = stack_empty(16, np.float32)
         b3 = stack_empty(16, np.float32)
-        for sb in range(nsb):
-            ob = o + sb * bb
-            g0 = sb * CHUNKS
-            S, M = scales(w, ob)
-            store(b0, 0, scaled(S, XD[t0], g0))
-            store(b1, 0, scaled(S, XD[t1], g0))
-            store(b2, 0, scaled(S, XD[t2], g0))
-            store(b3, 0, scaled(S, XD[t3], g0))
-            if offset:
-                f0 = fma(M, load(XS[t0], 2 * g0, 16), f0)
-                f1 = fma(M, load(XS[t1], 2 * g0, 16), f1)
-                f2 = fma(M, load(XS[t2], 2 * g0, 16), f2)
-                f3 = fma(M, load(XS[t3], 2 * g0, 16), f3)
-            for j in range(CHUNKS):
-                a0, a1, a2, a3 = quad(w, ob, j, (g0 + j) * CHUNK, x0, x1, x2, x3,
-                                      b0, b1, b2, b3, a0, a1, a2, a3)
-        return (hsum(a0) + hsum(f0), hsum(a1) + hsum(f1), hsum(a2) + hsum(f2),
-                hsum(a3) + hsum(f3))
+        for r in range(nrows):
+            row = o + r * stride
+            a0 = splat(np.float32(0), 8)
+            a1 = a0
+            a2 = a0
+            a3 = a0
+            f0 = splat(np.float32(0), 16)
+            f1 = f0
+            f2 = f0
+            f3 = f0
+            for sb in range(nsb):
+                ob = row + sb * bb
+                g0 = sb * CHUNKS
+                S, M = scales(w, ob)
+                store(b0, 0, scaled(S, XD[t0], g0))
+                store(b1, 0, scaled(S, XD[t1], g0))
+                store(b2, 0, scaled(S, XD[t2], g0))
+                store(b3, 0, scaled(S, XD[t3], g0))
+                if offset:
+                    f0 = fma(M, load(XS[t0], 2 * g0, 16), f0)
+                    f1 = fma(M, load(XS[t1], 2 * g0, 16), f1)
+                    f2 = fma(M, load(XS[t2], 2 * g0, 16), f2)
+                    f3 = fma(M, load(XS[t3], 2 * g0, 16), f3)
+                for j in range(CHUNKS):
+                    a0, a1, a2, a3 = quad(w, ob, j, (g0 + j) * CHUNK, x0, x1, x2, x3,
+                                          b0, b1, b2, b3, a0, a1, a2, a3)
+            Y[t0, c0 + r] = hsum(a0) + hsum(f0)
+            Y[t1, c0 + r] = hsum(a1) + hsum(f1)
+            Y[t2, c0 + r] = hsum(a2) + hsum(f2)
+            Y[t3, c0 + r] = hsum(a3) + hsum(f3)
 
     return impl
 
