@@ -69,3 +69,20 @@ def test_smollm2_tp_greedy_matches(nodes):
     with numatp.load(path, nodes=nodes) as llm:
         many = list(llm.generate_ids(ids, 12, SamplingParams(temperature=0), stop_at_eog=False))
     assert many == one
+
+
+def test_copying_a_shard_releases_the_file_pages_but_not_their_bytes():
+    """build_shard drops each source tensor's pages from the process after copying it
+    (peak memory: the file must not stay resident beside its copy); the file still reads
+    the same afterwards, from the page cache."""
+    from numatp.model.config import from_gguf
+    from numatp.model.gguf_file import GGUFFile
+    from numatp.parallel.plan import make_plan
+    from numatp.parallel.shard import build_shard, ffn_unit
+    g = GGUFFile(STORIES)
+    before = {name: t.data.copy() for name, t in g.tensors.items()}
+    cfg = from_gguf(g)
+    for shard in make_plan(cfg, 2, ffn_unit(g, cfg)):
+        build_shard(g, cfg, shard, ctx=16)
+    for name, t in g.tensors.items():
+        assert np.array_equal(t.data, before[name]), name

@@ -197,6 +197,24 @@ class GGUFFile:
     def get(self, key, default=None):
         return self.metadata.get(key, default)
 
+    def release_view(self, view):
+        """Drop the pages under `view` (a tensor's data, or part of it) from this
+        process's resident set; they stay in the page cache. Copying a shard tensor by
+        tensor and releasing each source keeps the file from being resident next to its
+        copy (which would double the peak). Pages shared with a neighbour go too: they
+        come back from the page cache if the neighbour is read."""
+        if self._mmap is None or view.nbytes == 0:
+            return
+        start = view.ctypes.data - self._bytes.ctypes.data
+        if not 0 <= start <= len(self._bytes) - view.nbytes:
+            return
+        first = start // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(len(self._bytes), -(-(start + view.nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        try:
+            self._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
+        except (AttributeError, OSError, ValueError):
+            pass
+
     def release_pages(self):
         """Drop the file's pages from this process's resident set (after shards are copied)."""
         if self._mmap is not None:

@@ -40,9 +40,13 @@ class _Piece:
         self.row_bytes = formats.row_bytes(t.qtype, t.cols)
         self.nbytes = (r1 - r0) * formats.row_bytes(t.qtype, self.cols)
 
+    def source(self):
+        """The file bytes of my rows (all their columns)."""
+        return self.t.data[self.r0 * self.row_bytes:self.r1 * self.row_bytes]
+
     def copy_to(self, dst):
         bb = formats.block_bytes(self.t.qtype)
-        rows = self.t.data[self.r0 * self.row_bytes:self.r1 * self.row_bytes]
+        rows = self.source()
         if self.b0 == 0 and self.b1 * bb == self.row_bytes:
             dst[:] = rows
         else:
@@ -121,6 +125,7 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> S
     arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
     for e, p in pieces.items():
         p.copy_to(arena[index[e, F.OFFSET]:index[e, F.OFFSET] + p.nbytes])
+        gguf.release_view(p.source())
     return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx))
 
 
