@@ -33,3 +33,10 @@ def cache_root() -> Path:
 
 if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = str(cache_root() / "numba" / _source_fingerprint())
+
+
+def kernels_cached() -> bool:
+    """Whether the transformer step of this source state is in Numba's cache, i.e.
+    whether starting a model will load compiled kernels rather than compile them."""
+    root = Path(os.environ["NUMBA_CACHE_DIR"])
+    return root.is_dir() and next(root.rglob("forward.step-*.nbi"), None) is not None

@@ -73,3 +73,27 @@ def test_smollm2_chat_paris():
                 "--temp", "0", "--chat")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout, r.stdout
+
+
+def test_kernels_cached_looks_for_the_compiled_step(tmp_path, monkeypatch):
+    """What decides whether generate announces a first-run compile."""
+    from numatp._env import kernels_cached
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
+    assert not kernels_cached()
+    where = tmp_path / "numba" / "work_numatp"
+    where.mkdir(parents=True)
+    (where / "kernels.linear-10.py311.nbi").write_bytes(b"")
+    assert not kernels_cached()
+    (where / "forward.step-172.py311.nbi").write_bytes(b"")
+    assert kernels_cached()
+
+
+def test_the_suite_runs_with_compiled_kernels():
+    # Every generate run of this suite after the first finds the step in the cache.
+    from numatp._env import kernels_cached
+    with numatp.load(STORIES, nodes=1) as llm:
+        llm.logits([1])
+    r = run_cli("generate", "-m", str(STORIES), "-p", "Once", "-n", "2", "--temp", "0")
+    assert r.returncode == 0
+    assert kernels_cached()
+    assert "compiling its kernels" not in r.stderr

@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from numatp._env import kernels_cached
 from numatp.cli.main import app
 from numatp.errors import UsageError
 
@@ -66,6 +67,9 @@ def generate(
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                             None if seed == -1 else seed).validate()
 
+    if not kernels_cached():
+        print("numatp: first run of this numatp version: compiling its kernels for this CPU "
+              "(about a minute; later runs load them from the cache)", file=sys.stderr)
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None) as llm:
         for line in getattr(llm.model, "placement_lines", list)():
             print(f"numatp: {line}", file=sys.stderr)
