@@ -91,7 +91,9 @@ def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
                 v[t, c] = x0 * sin[p, i] + x1 * cos[p, i]
 
 
-@njit(cache=True, parallel=True)
+# reassoc lets LLVM vectorize the q.k dot products (a float sum in a fixed order cannot
+# be); each head is still summed by one thread, so results do not depend on the threads.
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
     writes head h of token t at out[t, pad + h*hd ...]."""
