@@ -50,7 +50,7 @@ class GenerationStats:
 class LLM:
     """A loaded model. Use as a context manager, or call close()."""
 
-    def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None):
+    def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None):
         from numatp.registry import resolve_model
         from numatp.tokenizer import Tokenizer
         self.path = str(resolve_model(path))
@@ -68,14 +68,20 @@ class LLM:
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
         self.model = None
         try:
-            self.model = self._start(nodes, threads)
+            self.model = self._start(nodes, threads, announce)
         except MemoryError as e:
             raise NumatpError(f"not enough memory to load {self.path} with a context of "
                               f"{ctx_size} tokens ({e})") from None
 
-    def _start(self, nodes, threads):
+    def _start(self, nodes, threads, announce):
+        from numatp._env import kernels_cached
         from numatp.parallel.group import resolve_nodes
         placement = resolve_nodes(nodes, threads)
+        # Only now is the model known to be valid and about to run: a notice before a
+        # file error would make that error two lines.
+        if announce is not None and not kernels_cached():
+            announce("first run of this numatp version: compiling its kernels for this CPU "
+                     "(about a minute; later runs load them from the cache)")
         if len(placement) == 1 and not placement[0].bind:
             from numatp.parallel.local import LocalModel
             self.nodes = 1
@@ -233,5 +239,7 @@ def check_kv_fits(cfg, ctx):
                           f"than this machine's {total / 2**30:.1f} GiB of memory (lower -c/--ctx-size)")
 
 
-def load(path=None, nodes="auto", threads=None, ctx_size=None) -> LLM:
-    return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size)
+def load(path=None, nodes="auto", threads=None, ctx_size=None, announce=None) -> LLM:
+    """announce(message): called with a one-line notice when loading will compile the
+    kernels (the first run of a numatp version), before it starts."""
+    return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size, announce=announce)

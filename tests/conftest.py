@@ -111,3 +111,14 @@ def pytest_sessionfinish(session, exitstatus):
         except FileNotFoundError:
             pass
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile the transformer step into Numba's cache before any test runs, as a user's
+    first run does: on a clean machine the first CLI test would otherwise pay for it, and
+    print generate's one-time "compiling" notice in front of the output it checks."""
+    import numatp
+    from models import STORIES
+    with numatp.load(STORIES, nodes=1) as llm:
+        llm.logits([1])

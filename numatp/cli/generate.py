@@ -5,7 +5,6 @@ from typing import Optional
 
 import typer
 
-from numatp._env import kernels_cached
 from numatp.cli.main import app
 from numatp.errors import UsageError
 
@@ -67,10 +66,8 @@ def generate(
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                             None if seed == -1 else seed).validate()
 
-    if not kernels_cached():
-        print("numatp: first run of this numatp version: compiling its kernels for this CPU "
-              "(about a minute; later runs load them from the cache)", file=sys.stderr)
-    with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None) as llm:
+    with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
+                     announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
         for line in getattr(llm.model, "placement_lines", list)():
             print(f"numatp: {line}", file=sys.stderr)
         ids = llm.prompt_ids(text, chat=chat, system=system)
@@ -100,9 +97,12 @@ def generate(
                 "decode_tps": s.decode_tps, "effective_gbps": gbps, "nodes": llm.nodes,
                 "stop_reason": s.stop_reason, "model": llm.path,
             }))
-        print(f"numatp: prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | decode {s.n_gen} tokens, "
-              f"{s.decode_tps:.1f} tok/s, {gbps:.1f} GB/s effective | nodes {llm.nodes}",
-              file=sys.stderr)
+        # The first generated token comes out of the prompt pass: with one token there
+        # was no decode step to time.
+        decode = (f"decode {s.n_gen} tokens, {s.decode_tps:.1f} tok/s, {gbps:.1f} GB/s effective"
+                  if s.n_gen > 1 else f"generated {s.n_gen} token (no decode step)")
+        print(f"numatp: prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | {decode} | "
+              f"nodes {llm.nodes}", file=sys.stderr)
 
 
 @app.command()
