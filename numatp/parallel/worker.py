@@ -73,9 +73,8 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     gguf = GGUFFile(model_path)
     cfg = from_gguf(gguf)
     alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
+    # build_shard releases each tensor's file pages as it copies them out.
     state = ShardState(gguf, cfg, shard, ctx, alloc)
-    # The shard is copied out: the file's pages need not stay in this process.
-    gguf.release_pages()
     gguf.close()
 
     channel = WorkerChannel.attach(names["control"], rank)

@@ -22,7 +22,7 @@ from numba.extending import overload
 from numatp.quant.formats import IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
 from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
                                load_bytes, lookup16, madd_pairs, part, prefetch,
-                               repeat_lanes, splat, splat_half, store)
+                               repeat_lanes, splat, splat_half, store, zeros4)
 from numatp.quant.simd import CACHE_LINE, PREFETCH_AHEAD
 
 BLOCK = 32
@@ -204,14 +204,8 @@ def _dot32x4_ov(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y,
         s0, s1, s2, s3 = XS[t0], XS[t1], XS[t2], XS[t3]
         for r in range(nrows):
             row = o + r * stride
-            a0 = splat(np.float32(0), 8)
-            a1 = a0
-            a2 = a0
-            a3 = a0
-            f0 = splat(np.float32(0), 2)
-            f1 = f0
-            f2 = f0
-            f3 = f0
+            a0, a1, a2, a3 = zeros4(8)
+            f0, f1, f2, f3 = zeros4(2)
             for b in range(nblk):
                 ev, od, d, m = decode(w, row + b * bb)
                 at = b * BLOCK

@@ -15,7 +15,7 @@ from numatp.quant.formats import BF16, F16, F32
 from numatp.quant.block32 import literal_qtype
 from numatp.quant.simd import (CACHE_LINE, PREFETCH_AHEAD, bf16_to_float, fma,
                                half_to_float, hsum, load, load_bytes, prefetch, read_bytes,
-                               read_half, splat, store)
+                               read_half, store, zeros4)
 from numba.extending import overload
 
 ELEMENT_BYTES = {F32: 4, F16: 2, BF16: 2}
@@ -69,10 +69,7 @@ def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
     def impl(qtype, w, o, stride, nrows, n, x, y):
         for r in range(nrows):
             row = o + r * stride
-            a0 = splat(np.float32(0), _LANES)
-            a1 = a0
-            a2 = a0
-            a3 = a0
+            a0, a1, a2, a3 = zeros4(_LANES)
             k = 0
             while k + _STEP <= n:
                 # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
@@ -114,10 +111,7 @@ def _dot_float_x4_ov(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
         x0, x1, x2, x3 = X[t0], X[t1], X[t2], X[t3]
         for r in range(nrows):
             row = o + r * stride
-            a0 = splat(np.float32(0), _LANES)
-            a1 = a0
-            a2 = a0
-            a3 = a0
+            a0, a1, a2, a3 = zeros4(_LANES)
             k = 0
             while k + _LANES <= n:
                 v = vec(w, row + k * eb)

@@ -28,7 +28,7 @@ from numatp.quant.formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
 from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
                                load_bytes, lookup16, madd_pairs, read_bytes,
                                prefetch, repeat_lanes, splat, splat_half, stack_empty,
-                               store)
+                               store, zeros4)
 from numatp.quant.simd import PREFETCH_AHEAD
 
 SUPER = 256
@@ -309,14 +309,8 @@ def _dot_k_x4_ov(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y,
         b3 = stack_empty(16, np.float32)
         for r in range(nrows):
             row = o + r * stride
-            a0 = splat(np.float32(0), 8)
-            a1 = a0
-            a2 = a0
-            a3 = a0
-            f0 = splat(np.float32(0), 16)
-            f1 = f0
-            f2 = f0
-            f3 = f0
+            a0, a1, a2, a3 = zeros4(8)
+            f0, f1, f2, f3 = zeros4(16)
             for sb in range(nsb):
                 ob = row + sb * bb
                 g0 = sb * CHUNKS

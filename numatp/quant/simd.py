@@ -298,6 +298,22 @@ def splat(typingctx, x, count):
 
 
 @intrinsic
+def zeros4(typingctx, count):
+    """Four float32 vectors of `count` (a literal) zero lanes: the independent
+    accumulators the row kernels start from."""
+    n = _literal_int(count)
+    if not n:
+        return None
+    tup = types.UniTuple(Vec(types.float32, n), 4)
+
+    def codegen(context, builder, sig, args):
+        z = _splat(builder, ir.Constant(ir.FloatType(), 0.0), n)
+        return context.make_tuple(builder, tup, [z, z, z, z])
+
+    return tup(count), codegen
+
+
+@intrinsic
 def convert(typingctx, vec, dtype):
     if not (isinstance(vec, Vec) and isinstance(dtype, (types.NumberClass, types.DType))):
         return None
