@@ -35,8 +35,22 @@ if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = str(cache_root() / "numba" / _source_fingerprint())
 
 
-def kernels_cached() -> bool:
-    """Whether the transformer step of this source state is in Numba's cache, i.e.
-    whether starting a model will load compiled kernels rather than compile them."""
-    root = Path(os.environ["NUMBA_CACHE_DIR"])
-    return root.is_dir() and next(root.rglob("forward.step-*.nbi"), None) is not None
+def _compiled_marker(key: str) -> Path:
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / "compiled" / key
+
+
+def kernels_cached(key: str) -> bool:
+    """Whether the transformer step for kernel set `key` (KernelSet.key) has run with this
+    source state and Numba cache, i.e. whether starting such a model loads compiled
+    kernels rather than compiling them."""
+    return _compiled_marker(key).exists()
+
+
+def mark_kernels_cached(key: str) -> None:
+    """Note that the step for kernel set `key` has been compiled into the cache."""
+    marker = _compiled_marker(key)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # a read-only cache only costs the first-run notice its accuracy

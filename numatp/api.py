@@ -14,6 +14,7 @@ from numatp import _env  # noqa: F401
 from numatp.errors import NumatpError, UsageError
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
+from numatp.quant.formats import type_name
 from numatp.sampling import Sampler, SamplingParams
 
 PREFILL_CHUNK = 64       # prompt tokens per forward call
@@ -64,6 +65,7 @@ class LLM:
         self.ctx = ctx_size
         check_kv_fits(self.config, ctx_size)
         self._embd = self.gguf.tensors["token_embd.weight"]
+        self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
         self.model = None
@@ -76,12 +78,16 @@ class LLM:
     def _start(self, nodes, threads, announce):
         from numatp._env import kernels_cached
         from numatp.parallel.group import resolve_nodes
+        from numatp.parallel.shard import model_kernel_set
         placement = resolve_nodes(nodes, threads)
         # Only now is the model known to be valid and about to run: a notice before a
         # file error would make that error two lines.
-        if announce is not None and not kernels_cached():
-            announce("first run of this numatp version: compiling its kernels for this CPU "
-                     "(about a minute; later runs load them from the cache)")
+        kernels = model_kernel_set(self.gguf, self.config)
+        if announce is not None and not kernels_cached(kernels.key):
+            names = "/".join(type_name(q) for q in kernels.qtypes)
+            announce(f"first run of this numatp version on {names} weights: compiling their "
+                     "kernels for this CPU (a minute or less; later runs load them from the "
+                     "cache)")
         if len(placement) == 1 and not placement[0].bind:
             from numatp.parallel.local import LocalModel
             self.nodes = 1
@@ -99,12 +105,14 @@ class LLM:
         return self.tokenizer.decode(list(ids))
 
     def embed(self, ids) -> np.ndarray:
-        from numatp.quant.kernels import dequantize_rows
+        from numatp.quant.kernels import KernelSet, dequantize_rows
+        if self._embd_kernels is None:
+            self._embd_kernels = KernelSet([self._embd.qtype])
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
             raise UsageError(f"token id out of range [0, {self.config.vocab})")
         out = np.empty((ids.shape[0], self.config.hidden), dtype=np.float32)
-        dequantize_rows(self._embd.qtype, self._embd.data, self.config.hidden, ids, out)
+        dequantize_rows(self._embd_kernels, self._embd.qtype, self._embd.data, self.config.hidden, ids, out)
         return out
 
     def _prefill(self, ids) -> np.ndarray:

@@ -24,6 +24,9 @@ N_ROLES = 14
 # Global roles (index rows n_layers * N_ROLES + role).
 OUT_NORM, OUTPUT = 0, 1
 N_GLOBAL = 2
+# The roles that go through `linear` (the others are vectors read as float32).
+MATRIX_ROLES = (WQ, WK, WV, WO, WGATE, WUP, WDOWN)
+MATRIX_GLOBALS = (OUTPUT,)
 
 # Columns of the index.
 OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
@@ -42,9 +45,9 @@ def _vector(arena, index, e):
 
 
 @njit(cache=True)
-def _linear(arena, index, e, X, Y):
+def _linear(kernels, arena, index, e, X, Y):
     off = index[e, OFFSET]
-    linear(index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS], index[e, COLS], X, Y)
+    linear(kernels, index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS], index[e, COLS], X, Y)
 
 
 @njit(cache=True)
@@ -137,9 +140,9 @@ def _add_bias(v, b):
 
 
 @njit(cache=True)
-def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0, logits,
-         ar_ctl, ar_data, rank, n_ranks):
-    """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
+def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
+         logits, ar_ctl, ar_data, rank, n_ranks):
+    """`kernels`: the KernelSet of the shard's matrix types (MATRIX_ROLES). Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
     layers, updating x in place and the KV cache; write this shard's slice of the logits
     of the last token into `logits`. Returns 0, or the all-reduce's non-zero status."""
     T, hidden = x.shape
@@ -159,9 +162,9 @@ def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
         e = layer * N_ROLES
         # Attention: my heads.
         _rmsnorm(x, _vector(arena, index, e + ATTN_NORM), eps, xb)
-        _linear(arena, index, e + WQ, xb, q)
-        _linear(arena, index, e + WK, xb, k)
-        _linear(arena, index, e + WV, xb, v)
+        _linear(kernels, arena, index, e + WQ, xb, q)
+        _linear(kernels, arena, index, e + WK, xb, k)
+        _linear(kernels, arena, index, e + WV, xb, v)
         if dims[D_QKV_BIAS]:
             _add_bias(q, _vector(arena, index, e + BQ))
             _add_bias(k, _vector(arena, index, e + BK))
@@ -179,21 +182,21 @@ def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
         _attention(q, k_cache, v_cache, layer, pos0, nq, hd, dims[D_GROUP], dims[D_Q0],
                    dims[D_KV0], att, index[e + WO, PAD])
         # attn_output over my heads' columns: a partial sum of the full projection.
-        _linear(arena, index, e + WO, att, proj)
+        _linear(kernels, arena, index, e + WO, att, proj)
         status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
         if status != 0:
             return status
         x += proj
         # FFN: my rows of gate/up, my columns of down.
         _rmsnorm(x, _vector(arena, index, e + FFN_NORM), eps, xb)
-        _linear(arena, index, e + WGATE, xb, gate)
-        _linear(arena, index, e + WUP, xb, up)
+        _linear(kernels, arena, index, e + WGATE, xb, gate)
+        _linear(kernels, arena, index, e + WUP, xb, up)
         pad = index[e + WDOWN, PAD]
         for t in range(T):
             for j in range(ffn):
                 g = gate[t, j]
                 hbuf[t, pad + j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
-        _linear(arena, index, e + WDOWN, hbuf, proj)
+        _linear(kernels, arena, index, e + WDOWN, hbuf, proj)
         status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
         if status != 0:
             return status
@@ -202,7 +205,7 @@ def step(arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
     g = L * N_ROLES
     last = np.empty((1, hidden), dtype=np.float32)
     _rmsnorm(x[T - 1:T], _vector(arena, index, g + OUT_NORM), eps, last)
-    _linear(arena, index, g + OUTPUT, last, logits.reshape(1, logits.shape[0]))
+    _linear(kernels, arena, index, g + OUTPUT, last, logits.reshape(1, logits.shape[0]))
     return 0
 
 

@@ -17,7 +17,7 @@ import synth
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.parallel.local import LocalModel
-from numatp.quant.kernels import dequantize_rows
+from numatp.quant.kernels import KernelSet, dequantize_rows
 
 PROMPT = [5, 77, 300, 12, 9, 401, 33, 250, 7, 64, 18]
 REL_TOL = 1e-3
@@ -32,7 +32,7 @@ class Runner:
 
     def embed(self, ids):
         out = np.empty((len(ids), self.cfg.hidden), np.float32)
-        dequantize_rows(self.emb.qtype, self.emb.data, self.cfg.hidden, np.asarray(ids, np.int64), out)
+        dequantize_rows(KernelSet([self.emb.qtype]), self.emb.qtype, self.emb.data, self.cfg.hidden, np.asarray(ids, np.int64), out)
         return out
 
     def logits_each(self, ids):

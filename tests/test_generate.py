@@ -12,8 +12,8 @@ from models import STORIES, smollm2
 STORY = ", there was a little girl named Lily. She loved to play outside in the park"
 
 
-def run_cli(*args, stdin=None):
-    env = dict(os.environ)
+def run_cli(*args, stdin=None, env=None):
+    env = dict(os.environ) if env is None else env
     return subprocess.run([sys.executable, "-m", "numatp", *args], capture_output=True, text=True,
                           input=stdin, env=env, timeout=600)
 
@@ -75,25 +75,42 @@ def test_smollm2_chat_paris():
     assert "Paris" in r.stdout, r.stdout
 
 
-def test_kernels_cached_looks_for_the_compiled_step(tmp_path, monkeypatch):
-    """What decides whether generate announces a first-run compile."""
-    from numatp._env import kernels_cached
+def test_kernels_cached_is_per_kernel_set(tmp_path, monkeypatch):
+    """What decides whether generate announces a first-run compile: a model whose quant
+    types (its kernel set) have run a step with this numatp version's cache."""
+    from numatp._env import kernels_cached, mark_kernels_cached
+    from numatp.quant.kernel_set import KernelSet
+    from numatp.quant.formats import Q4_K, Q6_K, Q8_0
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))
-    assert not kernels_cached()
-    where = tmp_path / "numba" / "work_numatp"
-    where.mkdir(parents=True)
-    (where / "kernels.linear-10.py311.nbi").write_bytes(b"")
-    assert not kernels_cached()
-    (where / "forward.step-172.py311.nbi").write_bytes(b"")
-    assert kernels_cached()
+    mixed, other = KernelSet([Q6_K, Q4_K]), KernelSet([Q8_0])
+    assert not kernels_cached(mixed.key)
+    mark_kernels_cached(mixed.key)
+    assert kernels_cached(KernelSet([Q4_K, Q6_K, Q4_K]).key)
+    assert not kernels_cached(other.key)
+
+
+def test_first_run_of_a_kernel_set_is_announced(tmp_path):
+    """A fresh cache: generate says it compiles, names the types, and a second run
+    does not say it again."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first = run_cli("generate", "-m", str(STORIES), "-p", "Once", "-n", "1", "--temp", "0",
+                    env=env)
+    assert first.returncode == 0, first.stderr
+    assert "first run of this numatp version on F32 weights: compiling" in first.stderr
+    second = run_cli("generate", "-m", str(STORIES), "-p", "Once", "-n", "1", "--temp", "0",
+                     env=env)
+    assert second.returncode == 0, second.stderr
+    assert "compiling" not in second.stderr
 
 
 def test_the_suite_runs_with_compiled_kernels():
     # Every generate run of this suite after the first finds the step in the cache.
     from numatp._env import kernels_cached
+    from numatp.parallel.shard import model_kernel_set
     with numatp.load(STORIES, nodes=1) as llm:
         llm.logits([1])
+        key = model_kernel_set(llm.gguf, llm.config).key
     r = run_cli("generate", "-m", str(STORIES), "-p", "Once", "-n", "2", "--temp", "0")
     assert r.returncode == 0
-    assert kernels_cached()
-    assert "compiling its kernels" not in r.stderr
+    assert kernels_cached(key)
+    assert "compiling" not in r.stderr

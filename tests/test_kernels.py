@@ -15,8 +15,8 @@ import pytest
 from gguf import GGMLQuantizationType as GT
 
 from numatp.quant import formats as F
-from numatp.quant.kernels import (dequantize_rows, linear, matmul_range, matvec_range,
-                                  row_stride)
+from numatp.quant.kernels import (KernelSet, dequantize_rows, linear, matmul_range,
+                                  matvec_range, row_stride)
 
 # Types gguf can quantize itself; the others get random block bytes.
 GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
@@ -24,6 +24,8 @@ GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
 HALF_FIELDS = {F.Q2_K: (80, 82), F.Q3_K: (108,), F.Q4_K: (0, 2), F.Q5_K: (0, 2),
                F.Q6_K: (208,), F.IQ4_NL: (0,), F.IQ4_XS: (0,)}
 FLOATS = (F.F32, F.F16, F.BF16)
+# One compilation for all types; the models' tests run sets of one to three types.
+ALL = KernelSet(F.SUPPORTED)
 
 
 def _cols(qtype, nblk):
@@ -85,7 +87,7 @@ def test_matvec(qtype, rows, nblk, rng):
     raw, W = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((1, cols)).astype(np.float32)
     Y = np.full((1, rows), np.nan, np.float32)
-    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
     assert_close(qtype, Y, W, X)
 
 
@@ -97,7 +99,7 @@ def test_batched(qtype, T, rng):
     raw, W = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((T, cols)).astype(np.float32)
     Y = np.full((T, rows), np.nan, np.float32)
-    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
     assert_close(qtype, Y, W, X)
 
 
@@ -118,12 +120,12 @@ def test_ranges(qtype, rng):
 
     x = rng.standard_normal(c1 - c0).astype(np.float32)
     y = np.full(r1 - r0, np.nan, np.float32)
-    matvec_range(qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, x, y)
+    matvec_range(ALL, qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, x, y)
     assert_close(qtype, y[None], sub, x[None])
 
     X = rng.standard_normal((5, c1 - c0)).astype(np.float32)
     Y = np.full((5, r1 - r0), np.nan, np.float32)
-    matmul_range(qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, X, Y)
+    matmul_range(ALL, qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, X, Y)
     assert_close(qtype, Y, sub, X)
 
 
@@ -134,7 +136,7 @@ def test_dequantize_rows(qtype, rng):
     raw, W = make_matrix(qtype, rows, cols, rng)
     ids = np.array([5, 0, 3, 3], np.int64)
     out = np.full((ids.size, cols), np.nan, np.float32)
-    dequantize_rows(qtype, raw.reshape(-1), cols, ids, out)
+    dequantize_rows(ALL, qtype, raw.reshape(-1), cols, ids, out)
     # The reference rounds d*q + m in float32 like the kernels; a fused multiply-add may
     # round once instead of twice: allow one float32 rounding of the largest value.
     tol = np.abs(W).max() * 2.0 ** -23
@@ -153,8 +155,8 @@ def test_thread_count_does_not_change_results(qtype, rng):
             numba.set_num_threads(threads)
             y1 = np.zeros((1, rows), np.float32)
             y3 = np.zeros((3, rows), np.float32)
-            linear(qtype, raw.reshape(-1), rows, cols, X[:1], y1)
-            linear(qtype, raw.reshape(-1), rows, cols, X, y3)
+            linear(ALL, qtype, raw.reshape(-1), rows, cols, X[:1], y1)
+            linear(ALL, qtype, raw.reshape(-1), rows, cols, X, y3)
             results.append((y1, y3))
     finally:
         numba.set_num_threads(previous)
@@ -164,17 +166,26 @@ def test_thread_count_does_not_change_results(qtype, rng):
 
 
 def test_unsupported_type_raises():
+    with pytest.raises(ValueError, match="no kernel for quant type TQ1_0"):
+        KernelSet([F.Q8_0, int(GT.TQ1_0)])
     w = np.zeros(64, np.uint8)
     with pytest.raises(ValueError):
-        dequantize_rows(int(GT.TQ1_0), w, 256, np.zeros(1, np.int64),
+        dequantize_rows(ALL, int(GT.TQ1_0), w, 256, np.zeros(1, np.int64),
                         np.zeros((1, 256), np.float32))
 
 
+def test_type_outside_the_kernel_set_raises(rng):
+    raw, _ = make_matrix(F.Q4_0, 3, 32, rng)
+    X, Y = np.ones((1, 32), np.float32), np.zeros((1, 3), np.float32)
+    with pytest.raises(ValueError, match="in the kernel set"):
+        linear(KernelSet([F.Q8_0]), F.Q4_0, raw.reshape(-1), 3, 32, X, Y)
+
+
 @numba.njit(cache=True)
-def _jitted_caller(qtype, w, stride, rows, nblk, x, X, y, Y):
+def _jitted_caller(kernels, qtype, w, stride, rows, nblk, x, X, y, Y):
     # Constant arguments, as a transformer step would pass them.
-    matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
-    matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+    matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
+    matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
 
 
 def test_callable_from_jitted_code(rng):
@@ -184,7 +195,8 @@ def test_callable_from_jitted_code(rng):
     X = rng.standard_normal((2, cols)).astype(np.float32)
     y = np.zeros(rows, np.float32)
     Y = np.zeros((2, rows), np.float32)
-    _jitted_caller(qtype, raw.reshape(-1), raw.shape[1], rows, nblk, X[0].copy(), X, y, Y)
+    _jitted_caller(KernelSet([qtype]), qtype, raw.reshape(-1), raw.shape[1], rows, nblk,
+                   X[0].copy(), X, y, Y)
     assert_close(qtype, y[None], W, X[:1])
     assert_close(qtype, Y, W, X)
 
@@ -199,6 +211,6 @@ def test_zero_and_tiny_activation_groups(rng):
     X[0, :32] = 0.0
     X[0, 32:64] = 1e-38
     Y = np.full((1, rows), np.nan, np.float32)
-    linear(qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
     assert np.all(np.isfinite(Y))
     assert_close(qtype, Y, W, X)

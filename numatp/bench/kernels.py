@@ -22,7 +22,7 @@ import numpy as np
 from numatp.bench import memory
 from numatp.errors import UsageError
 from numatp.quant import formats as F
-from numatp.quant.kernels import matmul_range, matvec_range, row_stride
+from numatp.quant.kernels import KernelSet, matmul_range, matvec_range, row_stride
 
 GB = 1e9
 DEFAULT_MATRIX_BYTES = 256 << 20
@@ -100,6 +100,7 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
                 repeats: int, words: np.ndarray) -> dict:
     """`repeats` pairs of (timed matvec, timed read pass over `words`) with `threads`
     threads, after one untimed matvec (compilation, first touch)."""
+    kernels = KernelSet([qtype])
     stride = row_stride(qtype, cols)
     nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
     x = np.random.default_rng(1).standard_normal(cols, dtype=np.float32)
@@ -107,11 +108,11 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
+        matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
         rates, reads = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            matvec_range(qtype, w, stride, 0, rows, 0, nblk, x, y)
+            matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
             rates.append(rows * stride / (time.perf_counter() - t0) / GB)
             t0 = time.perf_counter()
             memory.read_kernel(words, threads)
@@ -131,6 +132,7 @@ def time_matmul(qtype: int, w: np.ndarray, cols: int, threads: int, batch: int,
     """Median 'effective' GB/s of the batched path: batch x the bytes of the first
     16 MB of rows of w per second (what decoding those tokens one at a time would have
     to stream); compute-bound, so a smaller matrix than the matvec's will do."""
+    kernels = KernelSet([qtype])
     stride = row_stride(qtype, cols)
     rows = max(1, min(w.size // stride, BATCH_MATRIX_BYTES // stride))
     nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
@@ -139,11 +141,11 @@ def time_matmul(qtype: int, w: np.ndarray, cols: int, threads: int, batch: int,
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+        matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
         rates = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            matmul_range(qtype, w, stride, 0, rows, 0, nblk, X, Y)
+            matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
             rates.append(batch * rows * stride / (time.perf_counter() - t0) / GB)
     finally:
         numba.set_num_threads(previous)

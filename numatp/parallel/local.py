@@ -2,6 +2,7 @@
 import numpy as np
 
 from numatp import forward as F
+from numatp._env import mark_kernels_cached
 from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import build_shard, ffn_unit
 
@@ -24,11 +25,17 @@ class ShardState:
                                                      cfg.rope_scale, cfg.rope_freq_factors)
         self.eps = np.float32(cfg.norm_eps)
         self.vocab = shard.vocab
+        self._compiled = False
 
     def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
         w = self.weights
-        return F.step(w.arena, w.index, w.dims, self.eps, self.rope_cos, self.rope_sin,
-                      self.k_cache, self.v_cache, x, pos0, logits, ar_ctl, ar_data, rank, n_ranks)
+        status = F.step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cos,
+                        self.rope_sin, self.k_cache, self.v_cache, x, pos0, logits, ar_ctl,
+                        ar_data, rank, n_ranks)
+        if not self._compiled:
+            mark_kernels_cached(w.kernels.key)
+            self._compiled = True
+        return status
 
 
 class LocalModel:

@@ -15,6 +15,7 @@ from numatp import forward as F
 from numatp.model.config import ModelConfig
 from numatp.parallel.plan import Shard
 from numatp.quant import formats
+from numatp.quant.kernel_set import KernelSet
 
 ALIGN = 64  # every tensor starts on a cache line
 
@@ -24,6 +25,7 @@ class ShardWeights:
     arena: np.ndarray     # uint8, all of this shard's weights
     index: np.ndarray     # int64 (n_entries, F.INDEX_COLS)
     dims: np.ndarray      # int64 (F.N_DIMS,)
+    kernels: KernelSet    # the quant types of the matrices: what forward.step compiles for
 
 
 class _Piece:
@@ -126,7 +128,22 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> S
     for e, p in pieces.items():
         p.copy_to(arena[index[e, F.OFFSET]:index[e, F.OFFSET] + p.nbytes])
         gguf.release_view(p.source())
-    return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx))
+    return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx),
+                        kernel_set(cfg, pieces))
+
+
+def kernel_set(cfg: ModelConfig, pieces: dict) -> KernelSet:
+    """The quant types of the matrices among a shard's pieces."""
+    g = cfg.n_layers * F.N_ROLES
+    entries = [i * F.N_ROLES + r for i in range(cfg.n_layers) for r in F.MATRIX_ROLES]
+    entries += [g + r for r in F.MATRIX_GLOBALS]
+    return KernelSet(pieces[e].t.qtype for e in entries)
+
+
+def model_kernel_set(gguf, cfg: ModelConfig) -> KernelSet:
+    """The kernel set every shard of the model compiles for (all hold the same tensors)."""
+    from numatp.parallel.plan import make_plan
+    return kernel_set(cfg, plan_pieces(gguf, cfg, make_plan(cfg, 1, ffn_unit(gguf, cfg))[0]))
 
 
 def shard_bytes(gguf, cfg: ModelConfig, shard: Shard) -> int:
