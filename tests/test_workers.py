@@ -8,6 +8,8 @@ context without an end-of-text token (checked once: 2044 tokens, stop reason
 """
 import resource
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -95,3 +97,19 @@ def test_library_raises_worker_error():
         with pytest.raises(WorkerError):  # the group stays stopped
             llm.logits(ids)
     assert_nothing_left(psutil.Process(), workers)
+
+
+def test_script_without_main_guard(tmp_path):
+    """A user's script that loads a multi-node model at top level (no `if __name__ ==
+    "__main__":`): its workers must not run the script again."""
+    script = tmp_path / "plain_script.py"
+    script.write_text(
+        "import numatp\n"
+        f"llm = numatp.load({str(STORIES)!r}, nodes=2, ctx_size=128)\n"
+        "print(len(list(llm.generate_ids(llm.prompt_ids('Once upon a time'), 3))))\n"
+        "llm.close()\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "3"
+    assert "Traceback" not in r.stderr

@@ -4,9 +4,12 @@ Per step the Python work is O(1): copy the embeddings into shared memory, publis
 command, wait for the workers (spin briefly, then futex), read the logits that the
 workers wrote, each its vocabulary slice, into one shared buffer.
 """
+import contextlib
 import multiprocessing as mp
 import signal
+import sys
 import time
+import types
 
 import numpy as np
 
@@ -18,6 +21,21 @@ from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import ffn_unit
 from numatp.parallel.shm import SharedSegment
 from numatp.parallel.worker import STEP, worker_main
+
+
+@contextlib.contextmanager
+def _user_main_hidden():
+    """Start workers without the user's __main__ module. A spawned process re-imports it
+    (multiprocessing's way of finding functions defined there), so a script calling
+    numatp.load at top level, without an `if __name__ == "__main__":` guard, would have
+    every worker load the model again; multiprocessing stops that with a RuntimeError and
+    the worker dies. The worker runs numatp's own code and needs nothing from __main__."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def io_nbytes(max_tokens, hidden, vocab):
@@ -73,7 +91,8 @@ class ProcessGroupModel:
             # into a traceback; we stop it ourselves. Ours is delivered when we unblock.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                p.start()
+                with _user_main_hidden():
+                    p.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             child.close()
