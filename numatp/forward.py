@@ -96,6 +96,10 @@ def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
 
 # reassoc lets LLVM vectorize the q.k dot products (a float sum in a fixed order cannot
 # be); each head is still summed by one thread, so results do not depend on the threads.
+# The loops run over 1-D rows (K[p], V[p], a local accumulator) rather than indexing the
+# 4-D caches element by element: LLVM then vectorizes both the dot products and the
+# weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
+# 4x faster (50 -> 13 ms per layer on 2 threads).
 @njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
 def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
@@ -106,30 +110,34 @@ def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pa
         t, h = th // nq, th % nq
         kvh = (q0 + h) // group - kv0
         n = pos0 + t + 1
+        K = k_cache[layer, kvh]
+        V = v_cache[layer, kvh]
+        qh = q[t, h * hd:(h + 1) * hd]
         scores = np.empty(n, dtype=np.float32)
-        qo = h * hd
         m = np.float32(-np.inf)
         for p in range(n):
+            kp = K[p]
             s = np.float32(0.0)
             for j in range(hd):
-                s += q[t, qo + j] * k_cache[layer, kvh, p, j]
+                s += qh[j] * kp[j]
             s *= scale
             scores[p] = s
-            if s > m:
-                m = s
-        total = 0.0
+            m = max(m, s)
+        total = np.float32(0.0)
         for p in range(n):
             e = np.float32(math.exp(scores[p] - m))
             scores[p] = e
             total += e
-        inv = np.float32(1.0 / total)
-        o = pad + h * hd
-        for j in range(hd):
-            out[t, o + j] = 0.0
+        inv = np.float32(1.0) / total
+        acc = np.zeros(hd, dtype=np.float32)
         for p in range(n):
             w = scores[p] * inv
+            vp = V[p]
             for j in range(hd):
-                out[t, o + j] += w * v_cache[layer, kvh, p, j]
+                acc[j] += w * vp[j]
+        o = pad + h * hd
+        for j in range(hd):
+            out[t, o + j] = acc[j]
 
 
 @njit(cache=True)
