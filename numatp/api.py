@@ -136,6 +136,12 @@ class LLM:
             raise NumatpError(f"position {pos0 + len(ids) - 1} is past the context of {self.ctx} tokens")
         return self.model.forward(self.embed(ids), pos0)
 
+    def warm_up(self):
+        """Load the compiled kernels now (compiling them on a first run) by running one
+        step on token 0 at position 0, so that the first prompt's timing is the prompt's.
+        A prompt overwrites what this leaves in the KV cache (it starts at position 0)."""
+        self._forward([0], 0)
+
     def logits(self, ids) -> np.ndarray:
         """Logits (float32, vocab) after the last of `ids`, from an empty cache."""
         return np.array(self._prefill(list(ids)), dtype=np.float32)

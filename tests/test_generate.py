@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import numatp
@@ -58,6 +59,18 @@ def test_api_streaming_seed_and_logits():
         logits = llm.logits(ids)
         assert logits.shape == (512,) and logits.dtype.name == "float32"
         assert llm.detokenize([int(logits.argmax())]) == ","
+
+
+def test_warm_up_leaves_no_trace():
+    """warm_up() runs a step on a placeholder token at position 0; a prompt afterwards
+    must give exactly the logits it gives without one."""
+    ids = [1, 403, 407, 261, 378]
+    with numatp.load(STORIES) as cold:
+        expected = cold.logits(ids)
+    with numatp.load(STORIES) as llm:
+        llm.warm_up()
+        assert np.array_equal(llm.logits(ids), expected)
+        assert np.array_equal(llm.logits(ids[:2]), llm.logits(ids[:2]))
 
 
 @pytest.mark.slow

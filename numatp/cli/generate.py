@@ -70,6 +70,9 @@ def generate(
                      announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
         for line in getattr(llm.model, "placement_lines", list)():
             print(f"numatp: {line}", file=sys.stderr)
+        # Loading the kernels from Numba's cache takes ~0.5 s: not part of the prompt's
+        # tok/s reported below.
+        llm.warm_up()
         ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
         decoder = llm.stream_decoder()
