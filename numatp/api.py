@@ -82,8 +82,8 @@ class LLM:
         placement = resolve_nodes(nodes, threads)
         # Only now is the model known to be valid and about to run: a notice before a
         # file error would make that error two lines.
-        kernels = model_kernel_set(self.gguf, self.config)
-        if announce is not None and not kernels_cached(kernels.key):
+        kernels = model_kernel_set(self.gguf, self.config) if announce is not None else None
+        if kernels is not None and not kernels_cached(kernels.key):
             names = "/".join(type_name(q) for q in kernels.qtypes)
             announce(f"first run of this numatp version on {names} weights: compiling their "
                      "kernels for this CPU (a minute or less; later runs load them from the "
@@ -112,7 +112,8 @@ class LLM:
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
             raise UsageError(f"token id out of range [0, {self.config.vocab})")
         out = np.empty((ids.shape[0], self.config.hidden), dtype=np.float32)
-        dequantize_rows(self._embd_kernels, self._embd.qtype, self._embd.data, self.config.hidden, ids, out)
+        dequantize_rows(self._embd_kernels, self._embd.qtype, self._embd.data,
+                        self.config.hidden, ids, out)
         return out
 
     def _prefill(self, ids) -> np.ndarray:
@@ -137,10 +138,13 @@ class LLM:
         return self.model.forward(self.embed(ids), pos0)
 
     def warm_up(self):
-        """Load the compiled kernels now (compiling them on a first run) by running one
-        step on token 0 at position 0, so that the first prompt's timing is the prompt's.
-        A prompt overwrites what this leaves in the KV cache (it starts at position 0)."""
-        self._forward([0], 0)
+        """Load the compiled kernels now (compiling them on a first run), so that the
+        first prompt's timing is the prompt's: the embedding lookup, and the step where
+        it runs in this process."""
+        if self.model is None:
+            raise NumatpError("this model is closed")
+        self.embed([0])
+        self.model.warm_up()
 
     def logits(self, ids) -> np.ndarray:
         """Logits (float32, vocab) after the last of `ids`, from an empty cache."""

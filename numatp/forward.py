@@ -47,7 +47,8 @@ def _vector(arena, index, e):
 @njit(cache=True)
 def _linear(kernels, arena, index, e, X, Y):
     off = index[e, OFFSET]
-    linear(kernels, index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS], index[e, COLS], X, Y)
+    linear(kernels, index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS],
+           index[e, COLS], X, Y)
 
 
 @njit(cache=True)
@@ -150,9 +151,10 @@ def _add_bias(v, b):
 @njit(cache=True)
 def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
          logits, ar_ctl, ar_data, rank, n_ranks):
-    """`kernels`: the KernelSet of the shard's matrix types (MATRIX_ROLES). Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
+    """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
     layers, updating x in place and the KV cache; write this shard's slice of the logits
-    of the last token into `logits`. Returns 0, or the all-reduce's non-zero status."""
+    of the last token into `logits`. Returns 0, or the all-reduce's non-zero status.
+    `kernels` is the KernelSet of the shard's matrix types (MATRIX_ROLES)."""
     T, hidden = x.shape
     L, hd, nq, nkv = dims[D_LAYERS], dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
     ffn = dims[D_FFN]

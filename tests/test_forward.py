@@ -32,7 +32,8 @@ class Runner:
 
     def embed(self, ids):
         out = np.empty((len(ids), self.cfg.hidden), np.float32)
-        dequantize_rows(KernelSet([self.emb.qtype]), self.emb.qtype, self.emb.data, self.cfg.hidden, np.asarray(ids, np.int64), out)
+        dequantize_rows(KernelSet([self.emb.qtype]), self.emb.qtype, self.emb.data,
+                        self.cfg.hidden, np.asarray(ids, np.int64), out)
         return out
 
     def logits_each(self, ids):

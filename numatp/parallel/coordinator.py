@@ -144,6 +144,9 @@ class ProcessGroupModel:
             lines.append(line)
         return lines
 
+    def warm_up(self):
+        pass  # each worker warmed its step up before it reported ready
+
     def forward(self, x, pos0):
         """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the
         logits of the last token (a view of shared memory, overwritten by the next call)."""

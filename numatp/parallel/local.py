@@ -27,6 +27,13 @@ class ShardState:
         self.vocab = shard.vocab
         self._compiled = False
 
+    def warm_up(self):
+        """Compile the step (or load it from Numba's cache) by running it on a zero
+        embedding at position 0, without the all-reduce (n_ranks=1: no rank waits on a
+        slower one's compile). A prompt overwrites what this leaves in the KV cache."""
+        x = np.zeros((1, int(self.weights.dims[F.D_HIDDEN])), dtype=np.float32)
+        self.step(x, 0, np.empty(self.vocab[1] - self.vocab[0], dtype=np.float32))
+
     def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
         w = self.weights
         status = F.step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cos,
@@ -56,6 +63,9 @@ class LocalModel:
         the last one (a view, overwritten by the next call)."""
         self.state.step(np.ascontiguousarray(x, dtype=np.float32), pos0, self.logits)
         return self.logits
+
+    def warm_up(self):
+        self.state.warm_up()
 
     def close(self):
         pass

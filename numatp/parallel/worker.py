@@ -80,10 +80,7 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     channel = WorkerChannel.attach(names["control"], rank)
     ar = AllReduceGroup.attach(names["allreduce"], shard.n_ranks, max_tokens * cfg.hidden, rank=rank)
     io_seg = SharedSegment.attach(names["io"])
-    # Compile (or load from Numba's cache) before reporting ready, without the all-reduce
-    # (n_ranks=1) so that no rank waits on a slower one's compile.
-    x = np.zeros((1, cfg.hidden), dtype=np.float32)
-    state.step(x, 0, np.empty(shard.vocab[1] - shard.vocab[0], dtype=np.float32))
+    state.warm_up()  # before reporting ready
     report = {"rank": rank, "pid": os.getpid(), "cpus": list(placement.cpus),
               "node": placement.node, "bound": placement.bind,
               "weight_bytes": int(state.weights.arena.nbytes),

@@ -132,13 +132,8 @@ def _generate_dispatch(stub):
         exec("\n".join(lines), namespace)
         return namespace["impl"]
 
-    overload(stub, prefer_literal=True)(_with_signature(typer, stub))
-
-
-def _with_signature(typer, stub):
-    """typer, with stub's parameter list (Numba matches the two by name)."""
-    typer.__signature__ = inspect.signature(stub)
-    return typer
+    typer.__signature__ = inspect.signature(stub)  # Numba matches typer and stub by name
+    overload(stub, prefer_literal=True)(typer)
 
 
 for _stub in _CALLS:
