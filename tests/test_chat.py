@@ -7,15 +7,13 @@ from numatp.chat import CHATML_TEMPLATE, chat_prompt, render_chat
 from numatp.errors import NumatpError
 from numatp.tokenizer import load_tokenizer
 
-from models import SHARED
+from models import STORIES, vocab_gguf
 
 
 
 @lru_cache(maxsize=None)
 def tokenizer(name):
-    if name == "stories260K":
-        return load_tokenizer(SHARED / "models" / "stories260K.gguf")
-    return load_tokenizer(SHARED / "vocab" / f"ggml-vocab-{name}.gguf")
+    return load_tokenizer(STORIES if name == "stories260K" else vocab_gguf(name))
 
 
 def test_qwen2_template_renders_chatml():

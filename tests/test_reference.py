@@ -10,9 +10,7 @@ from gguf.quants import dequantize
 import reference
 import synth
 
-from models import SHARED, STORIES
-
-MODELS = SHARED / "models"
+from models import STORIES
 
 # Relative RMS error allowed for a round trip through each type, on Gaussian data. A
 # b-bit uniform quantizer over a block's range (about +-2.2 sigma for blocks of 32) has

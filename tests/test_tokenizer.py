@@ -2,7 +2,6 @@
 SentencePiece's merge order, special tokens, BOS/EOS rules, bytes and streaming."""
 import heapq
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -12,9 +11,8 @@ from numatp.tokenizer import StreamDecoder, Tokenizer, load_tokenizer, pretokeni
 from numatp.tokenizer.backend import byte_level_alphabet
 from numatp.model.gguf_file import read_metadata
 
-from models import SHARED, STORIES
+from models import STORIES, vocab_conformance, vocab_gguf
 
-VOCABS = SHARED / "vocab"
 VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"]
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -22,15 +20,15 @@ SEPARATOR = "\n__ggml_vocab_test__\n"
 @lru_cache(maxsize=None)
 def tokenizer(name) -> Tokenizer:
     """Loaded once per test run: the large vocabularies take about a second each."""
-    return load_tokenizer(STORIES if name == "stories260K" else VOCABS / f"ggml-vocab-{name}.gguf")
+    return load_tokenizer(STORIES if name == "stories260K" else vocab_gguf(name))
 
 
 def conformance_cases(name):
     """(text, expected ids) pairs, read as llama.cpp's test-tokenizer-0 reads them: the
     .inp file is cut at every "\\n__ggml_vocab_test__\\n" (the file ends with one, which
     adds no empty case), and line i of .out holds the ids of case i."""
-    base = VOCABS / f"ggml-vocab-{name}.gguf"
-    raw = Path(f"{base}.inp").read_bytes().decode("utf-8")
+    inp, out = vocab_conformance(name)
+    raw = inp.read_bytes().decode("utf-8")
     texts, pos = [], 0
     while pos < len(raw):
         nxt = raw.find(SEPARATOR, pos)
@@ -40,8 +38,8 @@ def conformance_cases(name):
         texts.append(raw[pos:nxt])
         pos = nxt + len(SEPARATOR)
     expected = [[int(x) for x in line.split()]
-                for line in Path(f"{base}.out").read_text(encoding="utf-8").splitlines()]
-    assert len(texts) == len(expected), f"{base}: .inp and .out disagree on the case count"
+                for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(texts) == len(expected), f"{inp}: .inp and .out disagree on the case count"
     return list(zip(texts, expected))
 
 
@@ -128,7 +126,7 @@ def test_sentencepiece_matches_reference(name, text):
 
 @lru_cache(maxsize=None)
 def _spm_meta(name):
-    path = STORIES if name == "stories260K" else VOCABS / f"ggml-vocab-{name}.gguf"
+    path = STORIES if name == "stories260K" else vocab_gguf(name)
     meta = read_metadata(path)
     tokens = meta["tokenizer.ggml.tokens"]
     return {t: i for i, t in enumerate(tokens)}, meta["tokenizer.ggml.scores"]

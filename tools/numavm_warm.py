@@ -17,7 +17,7 @@ import numatp
 from numatp.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]
-STORIES = Path(os.environ.get("NUMATP_SHARED", REPO.parent / "shared")) / "models" / "stories260K.gguf"
+STORIES = REPO / "tests" / "data" / "stories260K.gguf"
 
 
 def main():

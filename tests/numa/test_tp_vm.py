@@ -2,14 +2,13 @@
 worker's weight and KV-cache pages on its own node, its threads only on its node's CPUs,
 and the generated tokens identical to a one-node run."""
 import glob
-import os
 from pathlib import Path
 
 import numatp
 from numatp.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parents[2]
-STORIES = Path(os.environ.get("NUMATP_SHARED", REPO.parent / "shared")) / "models" / "stories260K.gguf"
+STORIES = REPO / "tests" / "data" / "stories260K.gguf"
 
 MIN_LOCAL = 0.99  # see test_placement.py: MPOL_BIND does not fall back; 1% for sampling
 
