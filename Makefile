@@ -1,14 +1,20 @@
 PYTHON ?= python3
 
-.PHONY: install test test-fast test-numa
+.PHONY: help install test test-fast test-numa
+.DEFAULT_GOAL := help
 
-install:
+# `make` alone lists the targets: each documented one carries a "## what it does" comment.
+help:
+	@echo "usage: make TARGET   (PYTHON=$(PYTHON))"
+	@sed -n 's/^\([a-z-]*\):.*## \(.*\)/  \1\t\2/p' $(MAKEFILE_LIST) | expand -t 14
+
+install:  ## pip install -e '.[test]': numatp and what the tests need
 	$(PYTHON) -m pip install -e '.[test]'
 
-test:
+test:  ## unit, end-to-end and real-model tests (the README's test command)
 	$(PYTHON) -m pytest -q tests --ignore=tests/numa
 
-test-fast:
+test-fast:  ## the tests without the real-model ones (marked slow)
 	$(PYTHON) -m pytest -q tests --ignore=tests/numa -m "not slow"
 
 # tests/numa inside a throw-away 2-node QEMU VM (tools/numavm.py), whose python3 is
@@ -23,7 +29,7 @@ PORTABLE_CPU := NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=+64bit,+sse,+sse2,+sse
 
 NUMA_TESTS ?= tests/numa
 
-test-numa:
+test-numa:  ## tests/numa inside a 2-node QEMU VM (tools/install-numavm-deps.sh first)
 	$(PORTABLE_CPU) NUMBA_CACHE_DIR=$(NUMAVM_NUMBA_CACHE) $(PYTHON) tools/numavm_warm.py
 	$(PORTABLE_CPU) NUMAVM_NUMBA_CACHE_DIR=$(NUMAVM_NUMBA_CACHE) PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
 		$(PYTHON) tools/numavm.py -- python3 -m pytest -q $(NUMA_TESTS)
