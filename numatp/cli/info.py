@@ -1,6 +1,8 @@
-"""`numatp info MODEL`: what is in a GGUF file and how it would be sharded."""
+"""`numatp info MODEL`: what is in a GGUF file and how it would be sharded; for a file
+numatp cannot run, what is in it and why."""
 import json
 import math
+import re
 from collections import defaultdict
 
 import typer
@@ -10,54 +12,94 @@ from numatp.cli.main import app
 
 def describe(path, n_nodes=1) -> dict:
     from numatp.api import weight_bytes_per_token
+    from numatp.errors import ModelFileError
     from numatp.model.config import from_gguf
     from numatp.model.gguf_file import GGUFFile
     from numatp.parallel.plan import make_plan
     from numatp.parallel.shard import ffn_unit, shard_bytes
-    from numatp.quant.formats import type_name
 
     g = GGUFFile(path)
-    cfg = from_gguf(g)
-    types = defaultdict(lambda: [0, 0])
-    for t in g.tensors.values():
-        types[type_name(t.qtype)][0] += 1
-        types[type_name(t.qtype)][1] += t.nbytes
+    contents = file_contents(g)
+    try:
+        cfg = from_gguf(g)
+    except ModelFileError as e:
+        # The header parsed, so there is a file to describe: say what is in it, and why
+        # numatp cannot run it (unsupported architecture or type, experts, ...).
+        reason = str(e).removeprefix(f"{g.path}: ")
+        return {**contents, "cannot_run": reason}
     plan = make_plan(cfg, n_nodes, ffn_unit(g, cfg))
     return {
-        "path": str(path), "file_bytes": g.file_size, "architecture": cfg.arch.name,
-        "name": g.metadata.get("general.name"),
+        **contents, "cannot_run": None, "architecture": cfg.arch.name,
         "layers": cfg.n_layers, "hidden": cfg.hidden, "heads": cfg.n_heads,
         "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "ffn": cfg.ffn, "vocab": cfg.vocab,
         "context_length": cfg.ctx_train, "rope_base": cfg.rope_base, "tied_output": cfg.tied_output,
-        "tensor_types": {k: {"count": c, "bytes": b} for k, (c, b) in sorted(types.items())},
         "bytes_per_token": weight_bytes_per_token(g, cfg),
-        "params": sum(math.prod(t.shape) for t in g.tensors.values()),
         "shards": [{"rank": s.rank, "q_heads": list(s.q_heads), "kv_heads": list(s.kv_heads),
                     "ffn": list(s.ffn), "vocab": list(s.vocab), "bytes": shard_bytes(g, cfg, s)}
                    for s in plan],
     }
 
 
+def file_contents(g) -> dict:
+    """What the header says, whether or not numatp can run the file: architecture, name,
+    tensors by type, and tensors by kind (the same tensor of every layer as one entry)."""
+    from numatp.quant.formats import type_name
+    types = defaultdict(lambda: [0, 0])
+    kinds = {}
+    for t in g.tensors.values():
+        types[type_name(t.qtype)][0] += 1
+        types[type_name(t.qtype)][1] += t.nbytes
+        kind = re.sub(r"^blk\.\d+\.", "blk.N.", t.name)
+        entry = kinds.setdefault(kind, {"name": kind, "count": 0, "types": [],
+                                        "shape": list(t.shape), "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += t.nbytes
+        if type_name(t.qtype) not in entry["types"]:
+            entry["types"].append(type_name(t.qtype))
+    arch = g.metadata.get("general.architecture")
+    name = g.metadata.get("general.name")
+    return {
+        "path": str(g.path), "file_bytes": g.file_size,
+        "architecture": arch if isinstance(arch, str) else None,
+        "name": name if isinstance(name, str) else None,
+        "params": sum(math.prod(t.shape) for t in g.tensors.values()),
+        "tensor_count": len(g.tensors),
+        "tensor_types": {k: {"count": c, "bytes": b} for k, (c, b) in sorted(types.items())},
+        "tensors": list(kinds.values()),
+    }
+
+
 @app.command()
-def info(model: str = typer.Argument(..., help="GGUF file."),
+def info(model: str = typer.Argument(..., help="GGUF file or known model name (numatp pull --list)."),
          nodes: int = typer.Option(1, "--nodes", help="Show the shard plan for this many nodes."),
          as_json: bool = typer.Option(False, "--json")):
-    """Metadata, tensor types, bytes read per token, and the shard plan."""
+    """Metadata, tensors, bytes read per token, and the shard plan; for a file numatp
+    cannot run, its tensors and the reason."""
     from numatp.errors import UsageError
+    from numatp.registry import resolve_model
     if nodes < 1:
         raise UsageError(f"invalid --nodes {nodes}: need at least 1")
-    d = describe(model, nodes)
+    d = describe(resolve_model(model), nodes)
     if as_json:
         print(json.dumps(d, indent=2))
         return
     mb = lambda b: f"{b / 1e6:,.1f} MB"  # noqa: E731
     print(f"{d['path']}: {d['architecture']} ({d['name']}), {d['params'] / 1e6:,.1f}M parameters, {mb(d['file_bytes'])}")
-    print(f"  layers {d['layers']}, hidden {d['hidden']}, heads {d['heads']} / kv {d['kv_heads']} "
-          f"(head dim {d['head_dim']}), ffn {d['ffn']}, vocab {d['vocab']}, context {d['context_length']}, "
-          f"rope base {d['rope_base']:g}{', tied output' if d['tied_output'] else ''}")
+    if d["cannot_run"] is None:
+        print(f"  layers {d['layers']}, hidden {d['hidden']}, heads {d['heads']} / kv {d['kv_heads']} "
+              f"(head dim {d['head_dim']}), ffn {d['ffn']}, vocab {d['vocab']}, context {d['context_length']}, "
+              f"rope base {d['rope_base']:g}{', tied output' if d['tied_output'] else ''}")
     print("  tensor types:")
     for name, v in d["tensor_types"].items():
         print(f"    {name:8s} {v['count']:5d} tensors {mb(v['bytes']):>14s}")
+    print(f"  {d['tensor_count']} tensors:")
+    width = max((len(t["name"]) for t in d["tensors"]), default=0)
+    for t in d["tensors"]:
+        shape = "x".join(map(str, t["shape"]))
+        print(f"    {t['name']:{width}s} {t['count']:5d} x {shape:<16s} {'/'.join(t['types'])}")
+    if d["cannot_run"] is not None:
+        print(f"  numatp cannot run this file: {d['cannot_run']}")
+        return
     print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}:")
     for s in d["shards"]:

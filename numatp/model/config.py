@@ -53,6 +53,13 @@ def from_gguf(gguf) -> ModelConfig:
     arch_name = gguf.metadata.get("general.architecture")
     if not isinstance(arch_name, str):
         raise ModelFileError(f"{gguf.path}: missing metadata general.architecture")
+    # Before the architecture check: MoE files come under their own architecture names
+    # (qwen3moe) or under a dense one (Mixtral is "llama"), and either way the reason
+    # they cannot run is the experts.
+    experts = gguf.metadata.get(arch_name + ".expert_count")
+    if isinstance(experts, int) and not isinstance(experts, bool) and experts > 0:
+        raise ModelFileError(f"{gguf.path}: Mixture-of-Experts (expert_count {experts}) "
+                             "is not supported yet")
     try:
         arch = get_arch(arch_name)
     except ModelFileError as e:

@@ -1,0 +1,119 @@
+"""Files numatp cannot run -- Mixture-of-Experts, other architectures, unsupported quant
+types -- fail with one line saying why, and `numatp info` still describes them."""
+import json
+import re
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+
+import numatp
+from numatp.errors import ModelFileError
+from numatp.model.gguf_file import GGUFFile
+from numatp.quant.formats import supported_names
+from numatp.registry import MODELS
+from models import STORIES
+from robust import error_line, run_main
+from synth import write_model
+
+
+def write_tiny(path, arch, experts=0, hidden=16, ffn=32, vocab=64):
+    """A one-layer file of any architecture; with experts, a Mixture-of-Experts one in
+    llama.cpp's layout: a router (ffn_gate_inp) and stacked expert matrices (ffn_*_exps)."""
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{arch}")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(2)
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    w.add_tensor("token_embd.weight", f32(vocab, hidden))
+    w.add_tensor("output_norm.weight", f32(hidden))
+    for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        w.add_tensor(f"blk.0.{name}.weight", f32(hidden, hidden))
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(2)
+        w.add_tensor("blk.0.ffn_gate_inp.weight", f32(experts, hidden))
+        w.add_tensor("blk.0.ffn_gate_exps.weight", f32(experts, ffn, hidden))
+        w.add_tensor("blk.0.ffn_up_exps.weight", f32(experts, ffn, hidden))
+        w.add_tensor("blk.0.ffn_down_exps.weight", f32(experts, hidden, ffn))
+    else:
+        w.add_tensor("blk.0.ffn_gate.weight", f32(ffn, hidden))
+        w.add_tensor("blk.0.ffn_up.weight", f32(ffn, hidden))
+        w.add_tensor("blk.0.ffn_down.weight", f32(hidden, ffn))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["qwen3moe", "llama"])   # llama: Mixtral's architecture name
+def test_mixture_of_experts_is_reported_as_such(arch, tmp_path, monkeypatch, capsys):
+    path = write_tiny(tmp_path / f"{arch}.gguf", arch, experts=4)
+    reason = "Mixture-of-Experts (expert_count 4) is not supported yet"
+    with pytest.raises(ModelFileError) as e:
+        numatp.load(path, nodes=1)
+    assert str(e.value) == f"{path}: {reason}"
+    code, out, err = run_main(["generate", "hi", "-m", path], monkeypatch, capsys)
+    assert (code, error_line(err)) == (1, f"{path}: {reason}")
+
+
+def unsupported_files(d):
+    """(path, architecture, reason) of files numatp cannot run but can describe."""
+    odd_type = write_model(d / "q8_1.gguf", qtype="F32", n_layers=1, vocab=300)
+    reader = gguf.GGUFReader(str(odd_type), "r+")
+    tensor = next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+    tensor.field.parts[-2][0] = gguf.GGMLQuantizationType.Q8_1   # F32 data read as Q8_1 fits
+    reader.data.flush()
+    del reader
+    return [
+        (write_tiny(d / "moe.gguf", "qwen3moe", experts=4), "qwen3moe",
+         "Mixture-of-Experts (expert_count 4) is not supported yet"),
+        (write_tiny(d / "falcon.gguf", "falcon"), "falcon",
+         "unsupported architecture 'falcon' (supported: llama, qwen2, qwen3)"),
+        (odd_type, "llama", "tensor blk.0.attn_q.weight has quant type Q8_1, which numatp cannot "
+                            f"run (supported: {supported_names()})"),
+    ]
+
+
+def test_info_describes_files_it_cannot_run(tmp_path, monkeypatch, capsys):
+    for path, arch, reason in unsupported_files(tmp_path):
+        tensors = GGUFFile(path).tensors
+        code, out, err = run_main(["info", path], monkeypatch, capsys)
+        assert (code, err) == (0, ""), (path, err)
+        lines = out.splitlines()
+        assert lines[0].startswith(f"{path}: {arch} ")
+        assert f"  {len(tensors)} tensors:" in lines
+        assert lines[-1] == f"  numatp cannot run this file: {reason}"
+        assert all(any(line.split()[:1] == [re.sub(r"^blk\.\d+\.", "blk.N.", name)]
+                       for line in lines) for name in tensors)
+
+        code, out, err = run_main(["info", path, "--json"], monkeypatch, capsys)
+        d = json.loads(out)
+        assert (code, d["architecture"], d["cannot_run"]) == (0, arch, reason)
+        assert d["tensor_count"] == len(tensors) == sum(t["count"] for t in d["tensors"])
+
+
+def test_info_of_a_moe_file_lists_its_experts(tmp_path, monkeypatch, capsys):
+    path = write_tiny(tmp_path / "moe.gguf", "qwen3moe", experts=4)
+    code, out, err = run_main(["info", path, "--json"], monkeypatch, capsys)
+    kinds = {t["name"]: t for t in json.loads(out)["tensors"]}
+    assert kinds["blk.N.ffn_gate_exps.weight"] == {
+        "name": "blk.N.ffn_gate_exps.weight", "count": 1, "types": ["F32"], "shape": [4, 32, 16],
+        "bytes": 4 * 32 * 16 * 4}
+
+
+def test_info_accepts_a_known_model_name(tmp_path, monkeypatch, capsys):
+    """A name resolves as generate's -m does: to the registry's cached file."""
+    monkeypatch.setenv("NUMATP_CACHE", str(tmp_path))
+    cached = tmp_path / MODELS["smollm2-135m"].filename
+    shutil.copy(STORIES, cached)
+    code, out, err = run_main(["info", "smollm2-135m", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert (d["path"], d["architecture"], d["cannot_run"]) == (str(cached), "llama", None)
