@@ -77,9 +77,11 @@ class LLM:
 
     def _start(self, nodes, threads, announce):
         from numatp._env import kernels_cached
-        from numatp.parallel.group import resolve_nodes
+        from numatp.parallel.group import resolve_nodes, shared_cpus_warning
         from numatp.parallel.shard import model_kernel_set
         placement = resolve_nodes(nodes, threads)
+        if announce is not None and (warning := shared_cpus_warning(placement)):
+            announce(warning)
         # Only now is the model known to be valid and about to run: a notice before a
         # file error would make that error two lines.
         kernels = model_kernel_set(self.gguf, self.config) if announce is not None else None

@@ -51,6 +51,8 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos",
+                                    help="Keep generating past end-of-generation tokens."),
 ):
     """Generate text from a prompt."""
     import numatp
@@ -73,11 +75,15 @@ def generate(
         # Loading the kernels from Numba's cache takes ~0.5 s: not part of the prompt's
         # tok/s reported below.
         llm.warm_up()
+        if chat and llm.tokenizer.chat_template is None:
+            print("numatp: warning: the model has no chat template; --chat uses ChatML, "
+                  "which it may not have been trained on", file=sys.stderr)
         ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
         decoder = llm.stream_decoder()
         try:
-            for tok in llm.generate_ids(ids, None if n_predict == -1 else n_predict, params):
+            for tok in llm.generate_ids(ids, None if n_predict == -1 else n_predict, params,
+                                        stop_at_eog=not ignore_eos):
                 piece = decoder.feed(tok)
                 out.append(piece)
                 if piece and not as_json:

@@ -6,10 +6,27 @@ import typer
 
 from numatp import _env  # noqa: F401
 
+# -h as well as --help, as in llama.cpp; subcommands inherit it from the app's context.
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings=HELP_OPTIONS,
                   help="NUMA-aware tensor-parallel CPU inference for GGUF models.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: memory, kernels, allreduce, decode.")
+bench_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS,
+                        help="Benchmarks: memory, kernels, allreduce, decode.")
 app.add_typer(bench_app, name="bench")
+
+
+def _print_version(wanted: bool):
+    if wanted:
+        from numatp import __version__
+        print(f"numatp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                          is_eager=True, help="Print the version and exit.")):
+    pass
 
 # Importing a command module registers its commands on `app` / `bench_app`.
 from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: E402,F401
@@ -35,7 +52,11 @@ def _on_sigterm(signum, frame):
 def main():
     import signal
 
+    from numatp.cli.llamacpp_flags import llamacpp_flag_note
     from numatp.errors import NumatpError
+    note = llamacpp_flag_note(sys.argv[1:])
+    if note is not None:
+        fail(note, 2)
     cli_errors = _click_exceptions()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

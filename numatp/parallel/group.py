@@ -31,6 +31,17 @@ def _ranges(cpus) -> str:
     return ",".join(out)
 
 
+def shared_cpus_warning(placement) -> str | None:
+    """A warning for ranks that share CPUs (--nodes above the CPU count, or above -t):
+    they take turns on the same cores, so the run is slower than with fewer nodes."""
+    cpus = {c for p in placement for c in p.cpus}
+    if len(placement) <= len(cpus):
+        return None
+    return (f"warning: --nodes {len(placement)} is more than the {len(cpus)} CPU"
+            f"{'s' if len(cpus) > 1 else ''} in use, so the virtual nodes share CPUs "
+            "(slower; meant for testing)")
+
+
 def _parse(nodes):
     if isinstance(nodes, int) and not isinstance(nodes, bool):
         return nodes

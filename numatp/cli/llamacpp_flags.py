@@ -1,0 +1,35 @@
+"""llama.cpp flags that numatp does not have, and what to use instead.
+
+Left to click, these go wrong in confusing ways: `-ngl 99` reads as `-n gl`, `-sys` as
+`-s ys`, `-cnv` as `-c nv`. So the command line is checked for them before click parses
+it, and the first one found is answered with numatp's way of doing the same.
+
+A token counts as the flag when it is the flag itself or the flag followed by "=value";
+everything after a bare "--" is left alone (it is not an option there).
+"""
+
+_INSTEAD = {
+    ("-ngl", "--gpu-layers", "--n-gpu-layers"):
+        "numatp runs on the CPU; GPU offload is not available yet",
+    ("-cnv", "--conversation"): "use --chat",
+    ("-no-cnv", "--no-conversation"):
+        "numatp generate continues one prompt and has no conversation mode to turn off; "
+        "leave the flag out",
+    ("-sys", "--system-prompt"): "use --system (with --chat)",
+    ("-hf", "-hfr", "--hf-repo"):
+        "use -m with a local file or a known model name (numatp pull --list)",
+    ("--numa",): "numatp always places each worker's memory on its node; see --nodes",
+}
+_BY_FLAG = {flag: text for flags, text in _INSTEAD.items() for flag in flags}
+
+
+def llamacpp_flag_note(args) -> str | None:
+    """"FLAG: what to do instead" for the first llama.cpp-only flag among the command-line
+    arguments `args`, None when there is none."""
+    for arg in args:
+        if arg == "--":
+            return None
+        flag = arg.split("=", 1)[0]
+        if flag in _BY_FLAG:
+            return f"{flag}: {_BY_FLAG[flag]}"
+    return None
