@@ -47,17 +47,19 @@ def test_version(monkeypatch, capsys):
     assert run_main(["--version"], monkeypatch, capsys) == (0, f"numatp {numatp.__version__}\n", "")
 
 
+NO_GPU = "numatp runs on the CPU; GPU offload is not available yet"
+
+
 @pytest.mark.parametrize("args, line", [
-    (["generate", "hi", "-ngl", "99"], "-ngl: numatp runs on the CPU; GPU offload is not available yet"),
-    (["generate", "hi", "--n-gpu-layers=99"], "--n-gpu-layers: numatp runs on the CPU; GPU offload "
-                                              "is not available yet"),
-    (["bench", "decode", "-ngl", "99"], "-ngl: numatp runs on the CPU; GPU offload is not available yet"),
+    (["generate", "hi", "-ngl", "99"], f"-ngl: {NO_GPU}"),
+    (["generate", "hi", "--n-gpu-layers=99"], f"--n-gpu-layers: {NO_GPU}"),
+    (["bench", "decode", "-ngl", "99"], f"-ngl: {NO_GPU}"),
     (["generate", "hi", "-cnv"], "-cnv: use --chat"),
     (["generate", "hi", "-sys", "Be brief."], "-sys: use --system (with --chat)"),
     (["generate", "hi", "-hf", "org/model-GGUF"], "-hf: use -m with a local file or a known model "
                                                   "name (numatp pull --list)"),
-    (["generate", "hi", "--numa", "distribute"], "--numa: numatp always places each worker's memory "
-                                                 "on its node; see --nodes"),
+    (["generate", "hi", "--numa", "distribute"],
+     "--numa: numatp always places each worker's memory on its node; see --nodes"),
     (["generate", "hi", "-no-cnv"], "-no-cnv: numatp generate continues one prompt and has no "
                                     "conversation mode to turn off; leave the flag out"),
 ])
@@ -108,7 +110,8 @@ def warnings_in(err):
 
 
 def test_chat_without_a_template_warns_and_uses_chatml(tmp_path, monkeypatch, capsys):
-    result, err = generate_json(["Hi", "-m", str(STORIES), "--chat", "-n", "2"], monkeypatch, capsys)
+    result, err = generate_json(["Hi", "-m", str(STORIES), "--chat", "-n", "2"],
+                                monkeypatch, capsys)
     assert warnings_in(err) == ["numatp: warning: the model has no chat template; --chat uses "
                                 "ChatML, which it may not have been trained on"]
     assert result["n_gen"] == 2
@@ -137,5 +140,6 @@ def test_shared_cpus_warning_only_when_nodes_share():
     one_each = [Placement(-1, (0,), False), Placement(-1, (1,), False)]
     shared = [Placement(-1, (c,), False) for c in (0, 1, 2, 0)]
     assert shared_cpus_warning(one_each) is None
-    assert shared_cpus_warning(shared) == ("warning: --nodes 4 is more than the 3 CPUs in use, "
-                                           "so the virtual nodes share CPUs (slower; meant for testing)")
+    assert shared_cpus_warning(shared) == (
+        "warning: --nodes 4 is more than the 3 CPUs in use, so the virtual nodes share CPUs "
+        "(slower; meant for testing)")

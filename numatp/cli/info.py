@@ -70,11 +70,11 @@ def file_contents(g) -> dict:
 
 
 @app.command()
-def info(model: str = typer.Argument(..., help="GGUF file or known model name (numatp pull --list)."),
+def info(model: str = typer.Argument(..., help="GGUF file or known model name "
+                                                "(numatp pull --list)."),
          nodes: int = typer.Option(1, "--nodes", help="Show the shard plan for this many nodes."),
          as_json: bool = typer.Option(False, "--json")):
-    """Metadata, tensors, bytes read per token, and the shard plan; for a file numatp
-    cannot run, its tensors and the reason."""
+    """Metadata, tensors, bytes read per token, the shard plan; or why numatp cannot run it."""
     from numatp.errors import UsageError
     from numatp.registry import resolve_model
     if nodes < 1:
@@ -84,11 +84,13 @@ def info(model: str = typer.Argument(..., help="GGUF file or known model name (n
         print(json.dumps(d, indent=2))
         return
     mb = lambda b: f"{b / 1e6:,.1f} MB"  # noqa: E731
-    print(f"{d['path']}: {d['architecture']} ({d['name']}), {d['params'] / 1e6:,.1f}M parameters, {mb(d['file_bytes'])}")
+    print(f"{d['path']}: {d['architecture']} ({d['name']}), {d['params'] / 1e6:,.1f}M "
+          f"parameters, {mb(d['file_bytes'])}")
     if d["cannot_run"] is None:
-        print(f"  layers {d['layers']}, hidden {d['hidden']}, heads {d['heads']} / kv {d['kv_heads']} "
-              f"(head dim {d['head_dim']}), ffn {d['ffn']}, vocab {d['vocab']}, context {d['context_length']}, "
-              f"rope base {d['rope_base']:g}{', tied output' if d['tied_output'] else ''}")
+        print(f"  layers {d['layers']}, hidden {d['hidden']}, heads {d['heads']} / kv "
+              f"{d['kv_heads']} (head dim {d['head_dim']}), ffn {d['ffn']}, vocab {d['vocab']}, "
+              f"context {d['context_length']}, rope base {d['rope_base']:g}"
+              f"{', tied output' if d['tied_output'] else ''}")
     print("  tensor types:")
     for name, v in d["tensor_types"].items():
         print(f"    {name:8s} {v['count']:5d} tensors {mb(v['bytes']):>14s}")
