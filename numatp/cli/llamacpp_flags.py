@@ -24,8 +24,8 @@ _BY_FLAG = {flag: text for flags, text in _INSTEAD.items() for flag in flags}
 
 
 def llamacpp_flag_note(args) -> str | None:
-    """"FLAG: what to do instead" for the first llama.cpp-only flag among the command-line
-    arguments `args`, None when there is none."""
+    """The line "FLAG: what to do instead" for the first llama.cpp-only flag among the
+    command-line arguments `args`, None when there is none."""
     for arg in args:
         if arg == "--":
             return None

@@ -26,7 +26,7 @@ def _print_version(wanted: bool):
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_print_version,
                                           is_eager=True, help="Print the version and exit.")):
-    pass
+    """Options of `numatp` itself, given before the command."""
 
 # Importing a command module registers its commands on `app` / `bench_app`.
 from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: E402,F401
