@@ -198,3 +198,12 @@ def test_cli_rejects_bad_values_in_one_line(args):
     assert r.stderr.startswith("numatp: error: ") and len(r.stderr.splitlines()) == 1
     assert r.stdout == ""
 
+
+
+def test_a_model_that_fails_to_load_gives_one_line(tmp_path):
+    # The progress says nothing before the load succeeds: its line would make two.
+    r = subprocess.run([sys.executable, "-m", "numatp", "bench", "decode", "-m",
+                        str(tmp_path / "missing.gguf")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.startswith("numatp: error: ") and len(r.stderr.splitlines()) == 1
+    assert "missing.gguf" in r.stderr and r.stdout == ""

@@ -58,6 +58,9 @@ class Progress:
     def loading(self, model, nodes, threads):
         pass
 
+    def loaded(self, config):
+        pass
+
     def note(self, message):
         pass
 
@@ -118,6 +121,7 @@ def run_config(model, nodes, threads, tests, repeats, warmup, progress) -> list[
             progress.note(f"-t {threads} with --nodes {nodes}: ran {used} threads "
                           "(one per node at least, the nodes' CPUs at most)")
         config = describe(llm) | {"nodes": llm.nodes, "threads": used, "load_s": load_s}
+        progress.loaded(config)
         where = (f"{llm.nodes} node{'s' if llm.nodes > 1 else ''}, "
                  f"{used} thread{'s' if used > 1 else ''}")
         return [config | measure(llm, test, repeats, warmup, progress,

@@ -91,9 +91,9 @@ def int_list(text, flag, minimum) -> list[int]:
 
 
 class RichProgress:
-    """numatp.bench.decode.Progress on stderr: a bar while a test runs, in a terminal only
-    (elsewhere rich would leave its remains in the log), and one line per loaded model,
-    notice and finished test, so that a log of stderr tells what ran."""
+    """numatp.bench.decode.Progress on stderr: a bar while a model loads or a test runs, in a
+    terminal only (elsewhere rich would leave its remains in the log), and one line per
+    loaded model, notice and finished test, so that a log of stderr tells what ran."""
 
     def __init__(self):
         from rich.console import Console
@@ -116,18 +116,27 @@ class RichProgress:
         self.console.print(text, markup=False)
 
     def loading(self, model, nodes, threads):
-        self.say(f"loading {model or 'the default model'} (--nodes {nodes}"
-                 f"{'' if threads is None else f', -t {threads}'})")
+        # On the bar only: a line now would make a load error two lines.
+        self.show(f"loading {model or 'the default model'} (--nodes {nodes}"
+                  f"{'' if threads is None else f', -t {threads}'})", total=None)
+
+    def loaded(self, config):
+        self.say(f"loaded {config['model']} in {config['load_s']:.1f} s: {config['nodes']} "
+                 f"node{'s' if config['nodes'] > 1 else ''}, {config['threads']} "
+                 f"thread{'s' if config['threads'] > 1 else ''}")
 
     def note(self, message):
         self.say(message)
 
-    def test_started(self, label, warmup, repeats):
+    def show(self, description, total):
         if self.task is not None:
             self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total)
+
+    def test_started(self, label, warmup, repeats):
         self.warmup, self.repeats = warmup, repeats
-        first = "warm-up" if warmup else f"run 1/{repeats}"
-        self.task = self.bar.add_task(f"{label}: {first}", total=repeats + warmup)
+        self.show(f"{label}: {'warm-up' if warmup else f'run 1/{repeats}'}",
+                  total=repeats + warmup)
 
     def warmed_up(self, label):
         self.bar.update(self.task, advance=1, description=f"{label}: run 1/{self.repeats}")
@@ -140,7 +149,7 @@ class RichProgress:
     def test_done(self, label, row):
         warm = "after 1 unmeasured warm-up" if self.warmup else "no warm-up"
         self.say(f"{label}: {row['avg_ts']:.2f} ± {row['stddev_ts']:.2f} t/s "
-                 f"({row['repetitions']} runs, {warm})")
+                 f"({row['repetitions']} run{'s' if row['repetitions'] > 1 else ''}, {warm})")
 
     def measuring_read(self, threads):
         self.say(f"measuring read bandwidth with {threads} thread{'s' if threads > 1 else ''}")
