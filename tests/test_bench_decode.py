@@ -191,7 +191,8 @@ def test_cli_json_keeps_the_one_object_scripts_parse():
 @pytest.mark.parametrize("args", [
     ["-p", "8,16", "--json"], ["-t", "1,2", "--json"], ["--nodes", "1", "--nodes", "2", "--json"],
     ["-p", "0", "--json"], ["--json", "-o", "json"], ["-o", "yaml"], ["-p", "x"], ["-p", "8,"],
-    ["-p", "-1"], ["-t", "0"], ["-p", "0", "-n", "0"], ["-r", "0"], ["--read-mb", "-1"]])
+    ["-p", "-1"], ["-t", "0"], ["-p", "0", "-n", "0"], ["-r", "0"], ["--read-mb", "-1"],
+    ["--read-mb", str(2**40)]])
 def test_cli_rejects_bad_values_in_one_line(args):
     r = run_cli(*args)
     assert r.returncode == 2, r.stderr

@@ -47,6 +47,8 @@ def bench_decode(
     """Prompt and generation tok/s like llama-bench: every combination of the lists, each test
     after one unmeasured warm-up repetition, reported as mean ± standard deviation (and the
     median); tg rows add the effective GB/s and its share of the read bandwidth."""
+    import psutil
+
     from numatp.bench import decode_output
     from numatp.bench.decode import run
 
@@ -57,8 +59,9 @@ def bench_decode(
     gens = int_list(n_gen, "-n/--n-gen", minimum=0)
     if repeats < 1:
         raise UsageError(f"invalid -r/--repetitions {repeats}: need at least 1")
-    if read_mb < 0:
-        raise UsageError(f"invalid --read-mb {read_mb}: need 0 (skip) or more")
+    if read_mb < 0 or read_mb << 20 > psutil.virtual_memory().total:
+        raise UsageError(f"invalid --read-mb {read_mb}: need 0 (skip) up to this machine's "
+                         f"memory, {psutil.virtual_memory().total >> 20} MB")
     if output is not None and output not in FORMATS:
         raise UsageError(f"invalid -o/--output {output!r}: choose md, csv or json")
     if as_json:
