@@ -1,49 +1,188 @@
-"""Decode and prompt-processing speed of a model, against the read bandwidth measured in
-the same run: decode reads every weight once per token, so bytes/token x tok/s over the
-read bandwidth says how close to the memory roofline numatp streams."""
+"""Prompt-processing and decode speed, the way llama.cpp's llama-bench measures them.
+
+Every combination of model, --nodes and thread count is loaded once and runs every test:
+a prompt test "ppP" processes P random tokens from position 0 (numatp's prefill, in
+chunks), a generation test "tgN" decodes N tokens one at a time after a one-token prompt
+(greedy sampling included, as `generate` does). Each test runs one unmeasured repetition
+first: loading the kernels, first-touching the KV cache pages and warming the caches
+belong to no sample.
+
+Decode reads every weight once per token, so for tg rows bytes/token x tok/s is an
+effective bandwidth, set against the read bandwidth of the same thread count measured in
+the same run: how close to the memory roofline numatp streams. A prompt chunk reads the
+weights once for many tokens, so pp rows have no such figure.
+"""
+import itertools
+import math
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from numatp.errors import UsageError
+from numatp.quant.formats import type_name
 from numatp.sampling import SamplingParams
 
 GB = 1e9
+MIN_CTX = 512
 
 
-def run(model, nodes="auto", threads=None, n_prompt=128, n_gen=64, repeats=3, ctx=None,
-        measure_read=True) -> dict:
+@dataclass(frozen=True)
+class Test:
+    kind: str    # "pp" (prompt processing) or "tg" (text generation)
+    n: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.n}"
+
+
+def plan_tests(n_prompts, n_gens) -> list[Test]:
+    """llama-bench's order and its convention that a size of 0 means no such test."""
+    return [Test("pp", p) for p in n_prompts if p > 0] + [Test("tg", n) for n in n_gens if n > 0]
+
+
+def sample_stats(samples) -> dict:
+    """Mean, sample standard deviation (n - 1, as llama-bench; 0 for one sample), median."""
+    samples = [float(s) for s in samples]
+    return {"avg_ts": statistics.fmean(samples),
+            "stddev_ts": statistics.stdev(samples) if len(samples) > 1 else 0.0,
+            "median_ts": statistics.median(samples),
+            "samples_ts": samples}
+
+
+class Progress:
+    """What a run reports while it goes; the command line draws it, tests record it."""
+
+    def loading(self, model, nodes, threads):
+        pass
+
+    def loaded(self, config):
+        pass
+
+    def note(self, message):
+        pass
+
+    def test_started(self, label, warmup, repeats):
+        pass
+
+    def warmed_up(self, label):
+        pass
+
+    def sampled(self, label, index, tps):
+        pass
+
+    def test_done(self, label, row):
+        pass
+
+    def measuring_read(self, threads):
+        pass
+
+
+def run(models=(None,), nodes_list=("auto",), threads_list=(None,), n_prompts=(128,),
+        n_gens=(64,), repeats=3, warmup=True, read_bytes=None, progress=None) -> list[dict]:
+    """One row per (model, nodes, threads, test), in that nesting order. read_bytes: the
+    buffer of the read-bandwidth measurement (None: memory.read_gbps's default; 0: no
+    measurement, and no read_gbps / pct_of_read in the rows)."""
+    progress = progress or Progress()
+    tests = plan_tests(n_prompts, n_gens)
+    if not tests:
+        raise UsageError("no test to run: every -p and -n is 0")
+    read_by_threads, rows = {}, []
+    for model, nodes, threads in itertools.product(models, nodes_list, threads_list):
+        config_rows = run_config(model, nodes, threads, tests, repeats, warmup, progress)
+        used = config_rows[0]["threads"]
+        # Measured with the model closed, so that its workers' memory and threads are gone.
+        if read_bytes != 0 and any(r["n_gen"] for r in config_rows):
+            if used not in read_by_threads:
+                progress.measuring_read(used)
+                read_by_threads[used] = measure_read(used, read_bytes)
+            for row in config_rows:
+                add_read_share(row, read_by_threads[used])
+        rows.extend(config_rows)
+    return rows
+
+
+def run_config(model, nodes, threads, tests, repeats, warmup, progress) -> list[dict]:
+    """Load the model once for this --nodes and -t and run every test on it. The thread
+    count is set at load: per worker process, or for one in-process node by Numba's
+    set_num_threads for this thread, which the step's parallel loops then follow (one
+    process alternating -t 2,1,2,1 ran the step on 2, 1, 2, 1 busy OS threads)."""
     import numatp
-    from numatp.bench.memory import read_gbps
+    ctx = max([MIN_CTX] + [t.n + (t.kind == "tg") for t in tests])
+    progress.loading(model, nodes, threads)
     t0 = time.perf_counter()
-    with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx or max(512, n_prompt + n_gen + 8)) as llm:
+    with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx,
+                     announce=progress.note) as llm:
         load_s = time.perf_counter() - t0
-        rng = np.random.default_rng(0)
-        # Random token ids: the speed of a step does not depend on which tokens they are.
-        prompt = [int(t) for t in rng.integers(0, llm.config.vocab, n_prompt)]
-        greedy = SamplingParams(temperature=0)
-        prompt_tps, decode_tps = [], []
-        for _ in range(repeats):
-            for _tok in llm.generate_ids(prompt, n_gen, greedy, stop_at_eog=False):
-                pass
-            prompt_tps.append(llm.stats.prompt_tps)
-            decode_tps.append(llm.stats.decode_tps)
-        n_threads = threads or _threads_of(llm)
-        result = {
-            "model": llm.path, "nodes": llm.nodes, "threads": n_threads,
-            "n_prompt": n_prompt, "n_gen": n_gen, "repeats": repeats, "load_s": load_s,
-            "prompt_tps": statistics.median(prompt_tps), "decode_tps": statistics.median(decode_tps),
-            "prompt_tps_all": prompt_tps, "decode_tps_all": decode_tps,
-            "bytes_per_token": llm.bytes_per_token,
-        }
-    result["effective_gbps"] = result["bytes_per_token"] * result["decode_tps"] / GB
-    if measure_read:
-        result["read_gbps"] = read_gbps(n_threads)
-        result["pct_of_read"] = 100 * result["effective_gbps"] / result["read_gbps"]
-    return result
+        used = threads_of(llm)
+        if threads is not None and used != threads:
+            progress.note(f"-t {threads} with --nodes {nodes}: ran {used} threads "
+                          "(one per node at least, the nodes' CPUs at most)")
+        config = describe(llm) | {"nodes": llm.nodes, "threads": used, "load_s": load_s}
+        progress.loaded(config)
+        where = (f"{llm.nodes} node{'s' if llm.nodes > 1 else ''}, "
+                 f"{used} thread{'s' if used > 1 else ''}")
+        return [config | measure(llm, test, repeats, warmup, progress,
+                                 label=f"{test.name}, {where}")
+                for test in tests]
 
 
-def _threads_of(llm) -> int:
+def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
+    """One test's row fields: its sizes, the tok/s of each measured repetition and their
+    statistics, and for tg the effective bandwidth at the mean speed."""
+    progress = progress or Progress()
+    rng = np.random.default_rng(0)
+    # Random token ids: the speed of a step does not depend on which tokens they are.
+    tokens = [int(t) for t in rng.integers(0, llm.config.vocab, max(test.n, 1))]
+    greedy = SamplingParams(temperature=0)
+
+    def once():
+        if test.kind == "pp":
+            drain(llm.generate_ids(tokens, 0, greedy, stop_at_eog=False))
+            return llm.stats.prompt_tps
+        drain(llm.generate_ids(tokens[:1], test.n + 1, greedy, stop_at_eog=False))
+        return llm.stats.decode_tps
+
+    label = label or test.name
+    progress.test_started(label, warmup, repeats)
+    if warmup:
+        once()
+        progress.warmed_up(label)
+    samples = []
+    for i in range(repeats):
+        samples.append(once())
+        progress.sampled(label, i, samples[-1])
+    row = {"test": test.name, "n_prompt": test.n if test.kind == "pp" else 0,
+           "n_gen": test.n if test.kind == "tg" else 0, "repetitions": repeats,
+           **sample_stats(samples), "effective_gbps": None, "read_gbps": None,
+           "pct_of_read": None}
+    if test.kind == "tg":
+        row["effective_gbps"] = llm.bytes_per_token * row["avg_ts"] / GB
+    progress.test_done(label, row)
+    return row
+
+
+def drain(tokens):
+    for _ in tokens:
+        pass
+
+
+def measure_read(threads, read_bytes=None) -> float:
+    from numatp.bench.memory import max_threads, read_gbps
+    # Virtual nodes may share CPUs, so their threads can outnumber what one process runs.
+    return read_gbps(min(threads, max_threads()), nbytes=read_bytes)
+
+
+def add_read_share(row, read):
+    if row["effective_gbps"] is not None:
+        row["read_gbps"] = read
+        row["pct_of_read"] = 100 * row["effective_gbps"] / read
+
+
+def threads_of(llm) -> int:
+    """Threads that really run the model: -t is capped by the CPUs of the chosen nodes."""
     model = llm.model
     if hasattr(model, "reports"):
         return sum(r["threads"] for r in model.reports)
@@ -51,12 +190,23 @@ def _threads_of(llm) -> int:
     return numba.get_num_threads()
 
 
-def format_report(r: dict) -> str:
-    lines = [f"{r['model']}: nodes {r['nodes']}, threads {r['threads']}, load {r['load_s']:.1f} s",
-             f"  prompt ({r['n_prompt']} tokens): {r['prompt_tps']:.1f} tok/s (median of {r['repeats']})",
-             f"  decode ({r['n_gen']} tokens):  {r['decode_tps']:.1f} tok/s, "
-             f"{r['bytes_per_token'] / 1e6:.1f} MB/token -> {r['effective_gbps']:.1f} GB/s effective"]
-    if "read_gbps" in r:
-        lines.append(f"  read bandwidth, same run: {r['read_gbps']:.1f} GB/s -> decode at "
-                     f"{r['pct_of_read']:.0f}% of it")
-    return "\n".join(lines)
+def describe(llm) -> dict:
+    """The model columns of a row. model_type reads like llama-bench's ("llama 135M
+    Q4_1"), its type being the one that holds most of the weight bytes."""
+    tensors = llm.gguf.tensors.values()
+    params = sum(math.prod(t.shape) for t in tensors)
+    by_type = {}
+    for t in tensors:
+        by_type[t.qtype] = by_type.get(t.qtype, 0) + t.nbytes
+    main_type = type_name(max(by_type, key=by_type.get))
+    return {"model": llm.path,
+            "model_type": f"{llm.config.arch.name} {count_label(params)} {main_type}",
+            "size": sum(by_type.values()), "params": params,
+            "bytes_per_token": llm.bytes_per_token}
+
+
+def count_label(n) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
