@@ -2,6 +2,9 @@
 must never be shared by two computations in flight (that gave wrong text and no error).
 Calls from threads take turns and each gets what it would get alone; a second generation
 started in a thread whose first is still open is refused with NumatpError.
+
+And a model loaded in a thread that then exits (a ThreadPoolExecutor's) keeps its
+workers: they live as long as the process that started them, not the thread.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -88,3 +91,17 @@ def test_a_generation_moved_to_another_thread_is_waited_for():
             np.testing.assert_array_equal(llm.logits(llm.tokenize(PROMPTS[1])), want_logits)
             pieces += rest.result(JOIN_S)
         assert "".join(pieces) == want
+
+
+def test_model_loaded_in_a_thread_that_exits_keeps_its_workers():
+    def load():
+        llm = numatp.load(STORIES, nodes=2, ctx_size=128)
+        return llm, llm.logits(llm.tokenize(PROMPTS[0]))
+
+    with ThreadPoolExecutor(1) as pool:
+        llm, want = pool.submit(load).result(JOIN_S)
+    # The pool's thread has exited: the workers it started must still be there.
+    try:
+        np.testing.assert_array_equal(llm.logits(llm.tokenize(PROMPTS[0])), want)
+    finally:
+        llm.close()
