@@ -1,5 +1,6 @@
 """The `numatp` command. Each command lives in its own module under numatp/cli/;
 this one builds the typer app and turns numatp errors into one line and an exit code."""
+import signal
 import sys
 
 import typer
@@ -23,21 +24,35 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so that every `with` and `finally` on the way
-    out runs: the text so far is flushed, workers stopped, shared memory freed."""
+    """SIGTERM or SIGHUP (the terminal or ssh session closed), raised like
+    KeyboardInterrupt so that every `with` and `finally` on the way out runs: the text so
+    far is flushed, workers stopped, shared memory freed."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _on_stop_signal(signum, frame):
+    # One is enough: a second one would break into the shutdown this one starts (raised
+    # in a finalizer: "Exception ignored ... Terminated"; during interpreter exit, where
+    # the handler is back to the default: killed, exit -15).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
 
 
 def main():
-    import signal
-
     from numatp.errors import NumatpError
     cli_errors = _click_exceptions()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
     try:
         # Not standalone: click's own handling would print bad flags as a framed block.
         code = app(standalone_mode=False)
@@ -52,8 +67,10 @@ def main():
         fail(e.format_message() + hint, e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted("interrupted", 130)
-    except Terminated:
-        _interrupted("terminated", 143)
+    except Terminated as e:
+        if e.signum == signal.SIGHUP:
+            _interrupted("hangup", 128 + signal.SIGHUP)
+        _interrupted("terminated", 128 + signal.SIGTERM)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _interrupted("interrupted", 130)
     raise SystemExit(code if isinstance(code, int) else 0)
@@ -73,5 +90,9 @@ def _interrupted(what, code):
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    sys.stderr.write(f"\nnumatp: {what}\n")
+    try:
+        sys.stderr.write(f"\nnumatp: {what}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a terminal that hung up
+        pass
     raise SystemExit(code)
