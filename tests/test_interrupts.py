@@ -156,3 +156,34 @@ def test_segments_left_by_a_killed_process_group_are_reclaimed():
     with numatp.load(STORIES, nodes=2, ctx_size=64):
         assert leftover_segments(proc.pid) == []
     assert_nothing_left(proc, workers)
+
+
+_SIGNAL_IN_A_CALLBACK = """
+import os, signal, sys, time
+from numatp.cli import main
+
+for sig in main.STOP_SIGNALS:
+    signal.signal(sig, main._on_stop_signal)
+# Stands for llvmlite's object cache hook, which LLVM calls while Numba compiles or loads
+# a kernel: the signal arrives while it runs.
+callback = compile("def hook():\\n    os.kill(os.getpid(), signal.SIGTERM)\\n"
+                   "    for _ in range(100000): pass\\n    return 'hook done'\\n",
+                   os.path.join(os.sep, "site-packages", "llvmlite", "binding", "hook.py"), "exec")
+namespace = {"os": os, "signal": signal}
+exec(callback, namespace)
+print(namespace["hook"](), flush=True)
+try:
+    time.sleep(60)
+except main.Terminated:
+    print("terminated after the hook", flush=True)
+"""
+
+
+def test_signal_during_a_numba_compile_waits_for_it():
+    """An exception raised inside a callback from LLVM cannot unwind through it (the
+    process crashed with SIGSEGV when SIGTERM came while Numba loaded a kernel): the
+    signal is taken once the callback has returned."""
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_CALLBACK], capture_output=True,
+                       text=True, timeout=EXIT_S)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["hook done", "terminated after the hook"], r.stderr

@@ -1,7 +1,9 @@
 """The `numatp` command. Each command lives in its own module under numatp/cli/;
 this one builds the typer app and turns numatp errors into one line and an exit code."""
+import os
 import signal
 import sys
+import threading
 
 import typer
 
@@ -38,6 +40,14 @@ class Terminated(BaseException):
 
 
 def _on_stop_signal(signum, frame):
+    if _inside_llvm(frame):
+        # Python code that LLVM called back (its object cache, while Numba compiles or
+        # loads a kernel): an exception cannot unwind through LLVM's C frames; ctypes
+        # prints it and the process crashes (SIGSEGV). Take the signal again shortly.
+        retry = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
     # One is enough: a second one would break into the shutdown this one starts (raised
     # in a finalizer: "Exception ignored ... Terminated"; during interpreter exit, where
     # the handler is back to the default: killed, exit -15).
@@ -46,6 +56,17 @@ def _on_stop_signal(signum, frame):
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise Terminated(signum)
+
+
+_LLVMLITE_DIR = f"{os.sep}llvmlite{os.sep}"
+
+
+def _inside_llvm(frame):
+    while frame is not None:
+        if _LLVMLITE_DIR in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def main():
