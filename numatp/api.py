@@ -5,6 +5,7 @@
         for piece in llm.generate("Once upon a time", max_tokens=64, temperature=0.8, seed=1):
             print(piece, end="", flush=True)
 """
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -48,8 +49,51 @@ class GenerationStats:
         return steps / self.decode_seconds if self.decode_seconds > 0 and steps else 0.0
 
 
+class _Turns:
+    """Calls on one model take turns: the model has one KV cache, and two computations
+    interleaved on it would each read the other's keys and values (wrong text, no error).
+
+    A turn is held from the start of a call to its end; for a generation, from its first
+    token until it is exhausted or closed. Whoever wants the model while another holds it
+    waits, unless the holder is its own thread: waiting for itself would never end."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._holder = None   # ident of the thread that last ran the holding call
+
+    def take(self):
+        me = threading.get_ident()
+        with self._changed:
+            while self._holder is not None:
+                if self._holder == me:
+                    raise NumatpError(
+                        "this model is busy with a generation of this thread that has not "
+                        "finished: exhaust it or call its close() first (one model runs one "
+                        "generation at a time)")
+                self._changed.wait()
+            self._holder = me
+
+    def resumed(self):
+        """The holding generation runs again, maybe in another thread (a thread pool
+        driving it): that thread is now the one that must not wait for it."""
+        self._holder = threading.get_ident()
+
+    def give_back(self):
+        with self._changed:
+            self._holder = None
+            self._changed.notify()
+
+
 class LLM:
-    """A loaded model. Use as a context manager, or call close()."""
+    """A loaded model. Use as a context manager, or call close().
+
+    One LLM may be shared by threads: logits(), warm_up() and each generation take turns
+    on the model (it has one KV cache), each running whole while the others wait, so each
+    gets the result it would get alone. A generation holds the model from its first token
+    until it is exhausted or closed (a for loop that stops early closes it when the
+    generator is dropped). Starting another call in the thread where a generation is still
+    open raises NumatpError, at that call's first use, rather than wait for itself: close()
+    the first generation, or finish it, before starting the next."""
 
     def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None):
         from numatp.registry import resolve_model
@@ -68,6 +112,8 @@ class LLM:
         self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
+        self._turns = _Turns()
+        self._step = threading.Lock()   # close() from another thread waits out a running step
         self.model = None
         try:
             self.model = self._start(nodes, threads, announce)
@@ -133,33 +179,52 @@ class LLM:
     def _forward(self, ids, pos0):
         # The jitted step does not check bounds: a position past the KV cache would
         # write outside it.
-        if self.model is None:
-            raise NumatpError("this model is closed")
         if pos0 + len(ids) > self.ctx:
             raise NumatpError(f"position {pos0 + len(ids) - 1} is past the context of {self.ctx} tokens")
-        return self.model.forward(self.embed(ids), pos0)
+        x = self.embed(ids)
+        with self._step:
+            if self.model is None:
+                raise NumatpError("this model is closed")
+            return self.model.forward(x, pos0)
 
     def warm_up(self):
         """Load the compiled kernels now (compiling them on a first run), so that the
         first prompt's timing is the prompt's: the embedding lookup, and the step where
         it runs in this process."""
-        if self.model is None:
-            raise NumatpError("this model is closed")
-        self.embed([0])
-        self.model.warm_up()
+        self._turns.take()
+        try:
+            self.embed([0])
+            with self._step:
+                if self.model is None:
+                    raise NumatpError("this model is closed")
+                self.model.warm_up()
+        finally:
+            self._turns.give_back()
 
     def logits(self, ids) -> np.ndarray:
         """Logits (float32, vocab) after the last of `ids`, from an empty cache."""
-        return np.array(self._prefill(list(ids)), dtype=np.float32)
+        self._turns.take()
+        try:
+            return np.array(self._prefill(list(ids)), dtype=np.float32)
+        finally:
+            self._turns.give_back()
 
     # --- generation -------------------------------------------------------------------
     def generate_ids(self, prompt_ids, max_tokens=128, params: SamplingParams | None = None,
                      stop_at_eog=True):
-        """Yield generated token ids; statistics land in self.stats."""
+        """Yield generated token ids; statistics land in self.stats. The generation holds
+        the model from its first token until it is exhausted or closed (see LLM)."""
         params = params or SamplingParams()
         sampler = Sampler(params)
         if max_tokens is None or max_tokens < 0:
             max_tokens = self.ctx
+        self._turns.take()
+        try:
+            yield from self._generate_ids(prompt_ids, max_tokens, sampler, stop_at_eog)
+        finally:
+            self._turns.give_back()
+
+    def _generate_ids(self, prompt_ids, max_tokens, sampler, stop_at_eog):
         stats = self.stats = GenerationStats(prompt_tokens=list(prompt_ids))
         t0 = time.perf_counter()
         logits = self._prefill(stats.prompt_tokens)
@@ -178,6 +243,7 @@ class LLM:
             stats.tokens.append(tok)
             history.append(tok)
             yield tok
+            self._turns.resumed()
             if stats.n_gen >= max_tokens:
                 stats.stop_reason = "length"
                 break
@@ -221,7 +287,13 @@ class LLM:
             yield rest
 
     def close(self):
-        model, self.model = getattr(self, "model", None), None
+        """Stop the model's workers and free its memory. A generation still open fails at
+        its next token."""
+        step = getattr(self, "_step", None)
+        if step is None:  # __init__ failed before there was anything to close
+            return
+        with step:
+            model, self.model = self.model, None
         if model is not None:
             model.close()
 

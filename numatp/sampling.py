@@ -1,12 +1,19 @@
 """Choosing the next token from logits, with llama.cpp's sampler chain and defaults:
 repetition penalty -> top-k -> top-p -> min-p -> temperature -> draw. Temperature 0 is
-greedy. The same seed gives the same tokens."""
+greedy. The same seed gives the same tokens.
+
+Every valid parameter gives finite arithmetic: a penalty as extreme as 1e-300 saturates
+the penalized logits at the float32 limits instead of overflowing them to inf (inf - inf
+is NaN in the softmax). Logits that are NaN or infinite can then only come from the model
+(a NaN or Inf in its weights): that is a NumatpError naming the position, not a token."""
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from numatp.errors import UsageError
+from numatp.errors import NumatpError, UsageError
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -54,14 +61,22 @@ class Sampler:
         self.rng = np.random.default_rng(params.seed)
 
     def __call__(self, logits: np.ndarray, history) -> int:
+        """The next token after `history` (the prompt and the tokens so far), whose last
+        token's logits these are."""
         p = self.p
         if p.repeat_penalty != 1.0 and p.repeat_last_n and len(history):
             logits = logits.copy()
             recent = np.unique(np.asarray(history[-p.repeat_last_n:], dtype=np.int64))
-            vals = logits[recent]
-            logits[recent] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            vals = logits[recent].astype(np.float64)
+            with np.errstate(over="ignore", divide="ignore"):  # inf is clipped just below
+                penalized = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            logits[recent] = np.clip(penalized, -_F32_MAX, _F32_MAX)
         if p.temperature == 0:
-            return int(np.argmax(logits))
+            # argmax stops at the first NaN, so checking its pick checks them all.
+            tok = int(np.argmax(logits))
+            _check_finite(logits[tok], history)
+            return tok
+        _check_finite(logits.max(), history)
         ids = np.arange(logits.shape[0])
         if 0 < p.top_k < logits.shape[0]:
             ids = np.argpartition(-logits, p.top_k - 1)[:p.top_k]
@@ -77,3 +92,11 @@ class Sampler:
             ids, z = ids[:keep], z[:keep]
         w = np.exp((z - z[0]) / p.temperature)
         return int(ids[self.rng.choice(len(ids), p=w / w.sum())])
+
+
+def _check_finite(top, history):
+    """`top` is NaN if any logit is, and infinite if the largest is."""
+    if not math.isfinite(top):
+        what = "NaN" if math.isnan(top) else "infinite"
+        raise NumatpError(f"the model produced {what} logits at position {len(history) - 1} "
+                          "(a NaN or Inf in its weights?)")

@@ -19,15 +19,16 @@ WAIT_S = 600   # deadline for things that take seconds warm; a cold Numba cache 
 def run_main(args, monkeypatch, capsys, stdin=""):
     """`numatp ARGS` in this process: (exit code, stdout, stderr). Errors that come before
     any generation are cheap to check this way; a subprocess adds ~2 s of imports."""
-    from numatp.cli.main import main
+    from numatp.cli.main import STOP_SIGNALS, main
     monkeypatch.setattr(sys, "argv", ["numatp", *map(str, args)])
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    handler = signal.getsignal(signal.SIGTERM)  # main() installs its own
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}  # main() installs its own
     try:
         with pytest.raises(SystemExit) as exit_:
             main()
     finally:
-        signal.signal(signal.SIGTERM, handler)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     out, err = capsys.readouterr()
     return exit_.value.code, out, err
 

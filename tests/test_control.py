@@ -8,7 +8,9 @@ instead of hanging the run.
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
+import types
 from multiprocessing import resource_tracker
 
 import numatp  # noqa: F401  (sets up numba before it is imported)
@@ -17,8 +19,9 @@ import psutil
 import pytest
 
 from numatp.errors import WorkerError
+from numatp.parallel import control
 from numatp.parallel.allreduce import ABORTED, OK, AllReduceGroup, allreduce
-from numatp.parallel.control import NARGS, QUIT, ControlChannel, WorkerChannel
+from numatp.parallel.control import NARGS, QUIT, STOPPED_LIMIT_S, ControlChannel, WorkerChannel
 from numatp.parallel.shm import SharedSegment, leftover_segments
 
 SPAWN = mp.get_context("spawn")
@@ -168,6 +171,66 @@ def test_dead_worker_is_named_and_releases_peers_stuck_in_allreduce():
         group.close()
 
 
+def test_stopped_worker_is_named_and_killed(two_workers):
+    """A worker stopped by SIGSTOP is alive but never answers: after STOPPED_LIMIT_S it is
+    killed and named, instead of being waited for forever."""
+    w = two_workers
+    w.chan.call(ECHO, 0, 1, 1, timeout=WAIT_S)
+    os.kill(w.procs[1].pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(WorkerError, match=r"^worker 1 was stopped \(SIGSTOP or SIGTSTP sent "
+                                              r"to it\) and did not run for 5 s; it was killed$"):
+            w.chan.call(SLEEP, 10, timeout=WAIT_S)
+        w.procs[1].join(WAIT_S)
+        assert w.procs[1].exitcode == -signal.SIGKILL
+    finally:
+        if w.procs[1].is_alive():
+            os.kill(w.procs[1].pid, signal.SIGCONT)
+
+
+def test_briefly_stopped_worker_is_waited_for(two_workers):
+    w = two_workers
+    w.chan.call(ECHO, 0, 1, 1, timeout=WAIT_S)
+    os.kill(w.procs[1].pid, signal.SIGSTOP)
+    resume = threading.Timer(STOPPED_LIMIT_S / 2, os.kill, (w.procs[1].pid, signal.SIGCONT))
+    resume.start()
+    try:
+        w.chan.call(ECHO, 0, 3, 4, timeout=WAIT_S)
+        assert w.out[0].tolist() == [7, 10]
+    finally:
+        resume.join()
+
+
+def test_stop_watch_does_not_count_time_it_was_not_watching(monkeypatch):
+    """Stopped time counts only between checks close together: a gap means the watcher
+    was itself stopped (Ctrl-Z stops the whole process group), and then it starts over."""
+    clock = [1000.0]
+    monkeypatch.setattr(control, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    proc = SPAWN.Process(target=time.sleep, args=(WAIT_S,), daemon=True)
+    proc.start()
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+        while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
+            time.sleep(0.01)
+        watch = control.StopWatch(limit_s=5.0)
+        assert not watch.stopped_too_long(proc.pid)
+        clock[0] += 600.0          # the watcher was away: no count
+        assert not watch.stopped_too_long(proc.pid)
+        for _ in range(4):
+            clock[0] += 1.0
+            assert not watch.stopped_too_long(proc.pid)
+        clock[0] += 1.0
+        assert watch.stopped_too_long(proc.pid)
+        os.kill(proc.pid, signal.SIGCONT)
+        while psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED:
+            time.sleep(0.01)
+        clock[0] += 1.0
+        assert not watch.stopped_too_long(proc.pid)  # running again: the count is reset
+    finally:
+        proc.kill()
+        proc.join(WAIT_S)
+
+
 def test_bad_commands_are_refused(pool):
     with pytest.raises(ValueError):
         pool.chan.send(-5)
@@ -206,5 +269,8 @@ def test_worker_quits_when_the_coordinator_is_killed():
         # with this process would, when this process exits. Do it now instead, so that
         # the leak check passes and the tracker has nothing left to warn about.
         for name in leftover_segments(coordinator.pid):
-            os.unlink(f"/dev/shm/{name}")
+            try:
+                os.unlink(f"/dev/shm/{name}")
+            except FileNotFoundError:  # reclaimed by a coordinator starting meanwhile
+                pass
             resource_tracker.unregister(f"/{name}", "shared_memory")

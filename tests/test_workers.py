@@ -64,6 +64,89 @@ def test_worker_killed_while_loading():
     assert_nothing_left(proc, workers)
 
 
+def _stop_and_expect_it_named(rank, during_load):
+    """SIGSTOP worker `rank`: the run ends naming it, within the stop limit plus the time
+    to notice (well inside EXIT_S), and leaves nothing behind."""
+    proc = start_cli(*LONG_RUN)
+    workers = []
+    try:
+        text = b"" if during_load else read_some(proc)
+        workers = workers_of(proc, 2)
+        workers[rank].suspend()
+        code, out, err = finish(proc, EXIT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for w in workers:  # a stopped worker outlives a failed test otherwise
+            try:
+                w.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert code == 1, err
+    line = error_line(err, after_start=not during_load)
+    assert line.startswith(f"worker {rank} (virtual node (cpus "), line
+    assert "was stopped (SIGSTOP or SIGTSTP sent to it) and did not run for 5 s" in line
+    assert ("while loading" in line) == during_load
+    if during_load:
+        assert out == ""
+    else:
+        shown = text.decode() + out
+        assert shown and STORY.startswith(shown.strip("\n")[:len(STORY)])
+    assert_nothing_left(proc, workers)
+
+
+def test_worker_stopped_while_loading():
+    _stop_and_expect_it_named(0, during_load=True)
+
+
+def test_worker_stopped_mid_generation():
+    """Its peer waits for it in the all-reduce: the stopped one is named, not the peer."""
+    _stop_and_expect_it_named(1, during_load=False)
+
+
+def test_workers_quit_when_the_coordinator_is_killed_mid_generation():
+    proc = start_cli(*LONG_RUN)
+    workers = []
+    try:
+        read_some(proc)
+        workers = workers_of(proc, 2)
+        proc.kill()
+        code, out, err = finish(proc, EXIT_S)  # end-of-file once the workers are gone too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == -signal.SIGKILL
+    assert "Traceback" not in err, err
+    assert_nothing_left(proc, workers)
+
+
+def test_workers_quit_quietly_when_the_coordinator_dies_while_loading():
+    """The coordinator is SIGKILLed while its workers are still starting: they must not
+    load the whole model for nobody and then fail to report it (BrokenPipeError)."""
+    proc = start_cli(*LONG_RUN)
+    workers = []
+    try:
+        workers = workers_of(proc, 2)
+        for w in workers:  # hold them where they are, most likely still starting up
+            w.suspend()
+        proc.kill()
+        proc.wait(EXIT_S)
+        for w in workers:
+            w.resume()
+        # Their stderr is the coordinator's: it reaches end-of-file once they are gone.
+        code, out, err = finish(proc, EXIT_S)
+    finally:
+        for w in workers:
+            try:
+                w.kill()
+            except psutil.NoSuchProcess:
+                pass
+    assert code == -signal.SIGKILL
+    assert "Traceback" not in err and "Error" not in err, err
+    assert out == ""
+    assert_nothing_left(proc, workers)
+
+
 def _limit_address_space():
     two_gib = 2 << 30
     resource.setrlimit(resource.RLIMIT_AS, (two_gib, two_gib))

@@ -1,6 +1,9 @@
 """The `numatp` command. Each command lives in its own module under numatp/cli/;
 this one builds the typer app and turns numatp errors into one line and an exit code."""
+import os
+import signal
 import sys
+import threading
 
 import typer
 
@@ -40,25 +43,58 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class Terminated(BaseException):
-    """SIGTERM, raised like KeyboardInterrupt so that every `with` and `finally` on the way
-    out runs: the text so far is flushed, workers stopped, shared memory freed."""
+    """SIGTERM or SIGHUP (the terminal or ssh session closed), raised like
+    KeyboardInterrupt so that every `with` and `finally` on the way out runs: the text so
+    far is flushed, workers stopped, shared memory freed."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _on_stop_signal(signum, frame):
+    if _inside_llvm(frame):
+        # Python code that LLVM called back (its object cache, while Numba compiles or
+        # loads a kernel): an exception cannot unwind through LLVM's C frames; ctypes
+        # prints it and the process crashes (SIGSEGV). Take the signal again shortly.
+        retry = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        retry.daemon = True
+        retry.start()
+        return
+    # One is enough: a second one would break into the shutdown this one starts (raised
+    # in a finalizer: "Exception ignored ... Terminated"; during interpreter exit, where
+    # the handler is back to the default: killed, exit -15).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(signum)
+
+
+_LLVMLITE_DIR = f"{os.sep}llvmlite{os.sep}"
+
+
+def _inside_llvm(frame):
+    while frame is not None:
+        if _LLVMLITE_DIR in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def main():
-    import signal
-
     from numatp.cli.llamacpp_flags import llamacpp_flag_note
     from numatp.errors import NumatpError
     note = llamacpp_flag_note(sys.argv[1:])
     if note is not None:
         fail(note, 2)
     cli_errors = _click_exceptions()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_stop_signal)
     try:
         # Not standalone: click's own handling would print bad flags as a framed block.
         code = app(standalone_mode=False)
@@ -73,8 +109,10 @@ def main():
         fail(e.format_message() + hint, e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted("interrupted", 130)
-    except Terminated:
-        _interrupted("terminated", 143)
+    except Terminated as e:
+        if e.signum == signal.SIGHUP:
+            _interrupted("hangup", 128 + signal.SIGHUP)
+        _interrupted("terminated", 128 + signal.SIGTERM)
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _interrupted("interrupted", 130)
     raise SystemExit(code if isinstance(code, int) else 0)
@@ -94,5 +132,9 @@ def _interrupted(what, code):
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    sys.stderr.write(f"\nnumatp: {what}\n")
+    try:
+        sys.stderr.write(f"\nnumatp: {what}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a terminal that hung up
+        pass
     raise SystemExit(code)

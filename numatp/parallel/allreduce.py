@@ -45,8 +45,9 @@ Layout of the segment (LINE = 128 bytes: two cache lines, so the adjacent-line
 prefetcher does not make neighbours false-share):
   int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r]
   float32 data, at a page boundary: slot [b][r] at (b * nranks + r) * stride; stride is
-  max_floats rounded up to whole 4 KiB pages so that each slot is first written by its
-  owner, and lands in that worker's NUMA node (attach(..., rank=r) pre-touches them).
+  max_floats rounded up to whole 4 KiB pages so that each slot's pages are allocated by
+  its owner, in that worker's NUMA node (attach(..., rank=r) reserves them; create()
+  reserves only the ctl lines).
 """
 from numatp import _env  # noqa: F401
 import numpy as np
@@ -153,7 +154,12 @@ class AllReduceGroup:
         if nranks < 1 or max_floats < 1:
             raise ValueError(f"bad all-reduce group size: {nranks} ranks x {max_floats} floats")
         _, ctl_words, data_offset, data_floats = _layout(nranks, max_floats)
-        seg = SharedSegment.create("allreduce", data_offset + 4 * data_floats)
+        seg = SharedSegment.create("allreduce", data_offset + 4 * data_floats, reserve=False)
+        try:
+            seg.reserve(0, data_offset)
+        except BaseException:
+            seg.close()
+            raise
         group = cls(seg, nranks, max_floats)
         ctl = group._ctl
         ctl[H_NRANKS] = nranks
@@ -166,8 +172,9 @@ class AllReduceGroup:
 
     @classmethod
     def attach(cls, name, nranks, max_floats, rank=None):
-        """rank: if given, this rank's slots are written once now, so that their pages
-        are placed by this process's memory policy (its NUMA node)."""
+        """rank: if given, this rank's slots are reserved now, so that their pages are
+        placed by this process's memory policy (its NUMA node); NumatpError if /dev/shm
+        has no room for them."""
         seg = SharedSegment.attach(name)
         try:
             group = cls(seg, nranks, max_floats)
@@ -176,13 +183,15 @@ class AllReduceGroup:
                 raise NumatpError(
                     f"all-reduce segment {name} holds {ctl[H_NRANKS]} ranks x "
                     f"{ctl[H_MAX_FLOATS]} floats, expected {nranks} x {max_floats}")
+            if rank is not None:
+                data_offset = _layout(nranks, max_floats)[2]
+                for b in range(2):
+                    slot = (b * nranks + rank) * group.stride
+                    seg.reserve(data_offset + 4 * slot, 4 * group.stride)
         except BaseException:
+            group = None
             seg.close()
             raise
-        if rank is not None:
-            for b in range(2):
-                off = (b * nranks + rank) * group.stride
-                group._data[off:off + group.stride] = 0.0
         return group
 
     def arrays(self):

@@ -33,11 +33,16 @@ Failures. While waiting, the coordinator checks every poll_ms that the watched p
 are alive; a dead one sets the abort word of this channel and of every all-reduce group
 it was given (so peers stuck in allreduce() return ABORTED instead of hanging), wakes all
 workers (their wait() returns QUIT) and raises WorkerError naming the worker's rank.
+A worker that is stopped (SIGSTOP) is alive but never answers, and its peers would wait
+for it in the all-reduce until they time out and take the blame: once a wait has lasted
+STOP_CHECK_AFTER_S, the coordinator also looks for stopped workers, and one seen stopped
+for STOPPED_LIMIT_S is killed and named the same way.
 Workers check every poll_ms that the coordinator is alive, and quit if it is not.
 The abort word used by allreduce() lives in the all-reduce group's own segment;
 ControlChannel.abort() sets it along with this channel's.
 """
 import os
+import signal
 import time
 
 from numatp import _env  # noqa: F401
@@ -167,6 +172,43 @@ def _death(proc):
     return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
 
 
+def _pid(proc):
+    return int(proc) if isinstance(proc, (int, np.integer)) else proc.pid
+
+
+STOPPED_LIMIT_S = 5.0     # a worker stopped this long is given up on
+STOP_CHECK_AFTER_S = 1.0  # waits shorter than this (every step) read nothing from /proc
+
+
+class StopWatch:
+    """Tells when a process has stayed stopped (state T: SIGSTOP, or SIGTSTP sent to it
+    alone) for `limit_s`. Stopped time counts only between checks at most GAP_S apart: a
+    longer gap means the watcher itself was not running (a whole process group stopped
+    with Ctrl-Z and resumed), and then the count starts again. A tracing stop (a
+    debugger attached) does not count."""
+
+    GAP_S = 2.0
+
+    def __init__(self, limit_s=STOPPED_LIMIT_S):
+        self.limit_s = limit_s
+        self._since = {}   # pid -> (seen stopped since, last check)
+
+    def stopped_too_long(self, pid):
+        now = time.monotonic()
+        try:
+            stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        except psutil.Error:  # gone: the liveness check reports that
+            stopped = False
+        if not stopped:
+            self._since.pop(pid, None)
+            return False
+        since, last = self._since.get(pid, (now, now))
+        if now - last > self.GAP_S:
+            since = now
+        self._since[pid] = (since, now)
+        return now - since >= self.limit_s
+
+
 def _stop(proc, deadline):
     """Wait for `proc` until the deadline, then terminate it, then kill it."""
     if isinstance(proc, (int, np.integer)):
@@ -194,6 +236,19 @@ def _stop(proc, deadline):
         proc.join(1.0)
 
 
+def kill_stopped(proc):
+    """A stopped process cannot act on a request to quit (SIGTERM waits for SIGCONT)."""
+    try:
+        os.kill(_pid(proc), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stopped_message(who, limit_s):
+    return (f"{who} was stopped (SIGSTOP or SIGTSTP sent to it) and did not run for "
+            f"{limit_s:g} s; it was killed")
+
+
 class ControlChannel:
     """The coordinator's end. create() makes the shared memory; workers attach by name."""
 
@@ -214,6 +269,7 @@ class ControlChannel:
         self._seq = 0              # last command sent
         self._waited = 0           # last command all workers were seen to finish
         self._aborted = False
+        self._stops = StopWatch()
 
     @classmethod
     def create(cls, nworkers, *, processes=(), groups=(), spin_us=100.0, poll_ms=25.0):
@@ -284,14 +340,18 @@ class ControlChannel:
 
     def _wait_blocking(self, seq, w, timeout):
         ctl = self._ctl
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
         while w != -1:
             if w == -2:
                 raise WorkerError("the workers were stopped after an earlier failure")
             status = _block_once(ctl, COORD_SLEEPING, _done_index(w), seq, self._poll_s)
             if status == TIMED_OUT:
                 self._check_alive()
-                if deadline is not None and time.monotonic() > deadline:
+                now = time.monotonic()
+                if now - start >= STOP_CHECK_AFTER_S:
+                    self._check_running()
+                if deadline is not None and now > deadline:
                     self.abort()
                     raise WorkerError(f"{self._who(w)} did not answer within {timeout:g} s")
             w = _wait_all_done(ctl, self.nworkers, seq, 0, 0)
@@ -302,6 +362,13 @@ class ControlChannel:
             if how is not None:
                 self.abort()
                 raise WorkerError(f"{self._who(rank)} died ({how})")
+
+    def _check_running(self):
+        for rank, proc in enumerate(self._processes):
+            if self._stops.stopped_too_long(_pid(proc)):
+                self.abort()
+                kill_stopped(proc)
+                raise WorkerError(stopped_message(self._who(rank), self._stops.limit_s))
 
     def _raise_failure(self):
         for rank in range(self.nworkers):

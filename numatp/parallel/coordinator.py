@@ -16,11 +16,11 @@ import numpy as np
 from numatp import forward as F
 from numatp.errors import WorkerError
 from numatp.parallel.allreduce import AllReduceGroup
-from numatp.parallel.control import ControlChannel
+from numatp.parallel.control import ControlChannel, StopWatch, kill_stopped, stopped_message
 from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import ffn_unit
-from numatp.parallel.shm import SharedSegment
-from numatp.parallel.worker import STEP, worker_main
+from numatp.parallel.shm import SharedSegment, reclaim_stale_segments
+from numatp.parallel.worker import STEP, WORKER_IGNORED_SIGNALS, worker_main
 
 
 @contextlib.contextmanager
@@ -62,7 +62,10 @@ class ProcessGroupModel:
         self.max_tokens = max_tokens
         self.plan = make_plan(cfg, self.n_ranks, ffn_unit(gguf, cfg))
         self.processes, self.reports = [], []
-        self._ar = self._channel = self._io = None
+        self._ar = self._channel = self._io = self._lifeline = None
+        # Segments left by a run whose processes were all SIGKILLed: nothing else would
+        # ever free that memory.
+        reclaim_stale_segments()
         try:
             self._ar = AllReduceGroup.create(self.n_ranks, max_tokens * cfg.hidden)
             self._channel = ControlChannel.create(self.n_ranks, groups=[self._ar])
@@ -80,16 +83,20 @@ class ProcessGroupModel:
 
     def _start(self, placements, model_path, ctx, names):
         spawn = mp.get_context("spawn")
+        # Every worker gets the read end of this pipe; only this process holds the write
+        # end, so the workers see end-of-file when this process is gone, however it ended.
+        lifeline, self._lifeline = spawn.Pipe(duplex=False)
         conns = []
         for rank, (placement, shard) in enumerate(zip(placements, self.plan)):
             parent, child = spawn.Pipe(duplex=False)
             p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
                               args=(rank, placement, shard, model_path, ctx, self.max_tokens,
-                                    names, child))
-            # The worker starts with Ctrl-C blocked (the mask survives exec) and keeps it
-            # so: a Ctrl-C sent to the whole process group then cannot break its start-up
-            # into a traceback; we stop it ourselves. Ours is delivered when we unblock.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                                    names, child, lifeline))
+            # The worker starts with Ctrl-C and hang-up blocked (the mask survives exec)
+            # and keeps them so: a signal sent to the whole process group then cannot
+            # break its start-up into a traceback; we stop it ourselves. Ours are
+            # delivered when we unblock.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_IGNORED_SIGNALS)
             try:
                 with _user_main_hidden():
                     p.start()
@@ -98,10 +105,13 @@ class ProcessGroupModel:
             child.close()
             self.processes.append(p)
             conns.append(parent)
+        lifeline.close()
         self._channel.watch(self.processes, [pl.label for pl in placements])
-        # Wait for every worker's load report; a worker that dies or fails ends the load.
+        # Wait for every worker's load report; a worker that dies, fails or is stopped
+        # ends the load.
         pending = dict(enumerate(conns))
         reports = {}
+        stops = StopWatch()
         while pending:
             ready = mp.connection.wait(list(pending.values()), timeout=0.5)
             for rank, conn in list(pending.items()):
@@ -116,10 +126,15 @@ class ProcessGroupModel:
                         raise WorkerError(f"worker {rank} ({where}) failed to load: {msg['error']}")
                     reports[rank] = msg
             for rank in pending:
-                if not self.processes[rank].is_alive():
+                p = self.processes[rank]
+                if not p.is_alive():
                     time.sleep(0.1)  # its last message may still be in the pipe
                     if not pending[rank].poll():
                         self._died_loading(rank, placements[rank])
+                elif stops.stopped_too_long(p.pid):
+                    kill_stopped(p)
+                    who = f"worker {rank} ({placements[rank].label})"
+                    raise WorkerError(stopped_message(who, stops.limit_s) + " while loading")
         self.reports = [reports[r] for r in range(self.n_ranks)]
 
     def _died_loading(self, rank, placement):
@@ -173,3 +188,6 @@ class ProcessGroupModel:
             if seg is not None:
                 seg.close()
         self._ar = self._io = None
+        if self._lifeline is not None:
+            self._lifeline.close()
+            self._lifeline = None

@@ -7,30 +7,40 @@ landed, then runs transformer steps on command until told to quit.
 This module imports nothing heavy at the top: Numba's thread count must be set in the
 environment before Numba is first imported in the child.
 """
-import ctypes
 import os
 import signal
 import sys
+import threading
 import traceback
 
 STEP = 1
-PR_SET_PDEATHSIG = 1
+# Sent to the whole process group by a terminal (Ctrl-C, hang-up); the coordinator
+# handles them and stops us through the control channel.
+WORKER_IGNORED_SIGNALS = {signal.SIGINT, signal.SIGHUP}
 
 
-def _die_with_parent():
-    """Ask the kernel to kill us when the coordinator dies, so no worker is orphaned even
-    if the coordinator is SIGKILLed (the control channel's liveness check is the second
-    line of defence)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def _exit_with_coordinator(lifeline):
+    """Exit, quietly and at once, when the coordinator process is gone: `lifeline` is the
+    read end of a pipe whose write end only the coordinator holds, so a read returns (end
+    of file) only once it has exited, however it ended, SIGKILL included, even before we
+    got here. Loading can take minutes; a worker orphaned meanwhile would finish it for
+    nothing. (Not PR_SET_PDEATHSIG: it fires when the *thread* that started us exits,
+    e.g. a ThreadPoolExecutor's, not the process. The control channel's liveness check
+    is the second line of defence.)"""
+    def watch():
+        try:
+            while os.read(lifeline.fileno(), 1):
+                pass
+        except OSError:
+            pass
+        os._exit(1)
+    threading.Thread(target=watch, name="numatp-lifeline", daemon=True).start()
 
 
-def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn):
-    _die_with_parent()
-    # The coordinator handles Ctrl-C and stops us through the control channel.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline):
+    _exit_with_coordinator(lifeline)
+    for sig in WORKER_IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     os.environ["NUMBA_NUM_THREADS"] = str(len(placement.cpus))
     try:
         state, channel, ar, io_seg, report = _load(rank, placement, shard, model_path, ctx,
@@ -48,8 +58,11 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
             conn.send({"error": msg})
         finally:
             os._exit(1)
-    conn.send(report)
-    conn.close()
+    try:
+        conn.send(report)
+        conn.close()
+    except OSError:  # the coordinator is gone (the lifeline ends us, if not already)
+        os._exit(1)
     _serve(state, channel, ar, io_seg, rank, shard, max_tokens)
     os._exit(0)
 
