@@ -169,12 +169,13 @@ def role_of(name: str) -> str | None:
 
 def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2,
                 ffn=128, vocab=512, tied=False, ctx=256, seed=0, rope_base=10000.0, head_dim=None,
-                norm_eps=1e-5, tokenizer="gpt2", tensor_types=None) -> Path:
+                norm_eps=1e-5, tokenizer="gpt2", tensor_types=None, chat_template=None) -> Path:
     """Write a synthetic model to `path` and return it as a Path.
 
     tensor_types: optional {role: qtype} overriding qtype per matrix role, role in ROLES
     ("token_embd", "output", "attn_q", ..., "ffn_down"), to build mixed files such as
-    Q4_K_M-like ones. Raises ValueError for shapes that cannot be written as asked.
+    Q4_K_M-like ones. chat_template: a tokenizer.chat_template to store. Raises
+    ValueError for shapes that cannot be written as asked.
     """
     spec = ModelSpec(arch, qtype, hidden, n_layers, n_heads, n_kv_heads, ffn, vocab, tied, ctx,
                      seed, rope_base, head_dim, norm_eps, tokenizer,
@@ -183,6 +184,8 @@ def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads
     writer = gguf.GGUFWriter(str(path), spec.arch)
     _write_hparams(writer, spec)
     _write_tokenizer(writer, spec)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for name, value in intended_weights(spec).items():
         role = role_of(name)
         data, raw_dtype = encode_tensor(value, spec.type_of(role) if role else "F32")

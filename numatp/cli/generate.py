@@ -68,12 +68,13 @@ def generate(
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
                      announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
+        # First, so that a prompt or chat template that fails does so in one line.
+        ids = llm.prompt_ids(text, chat=chat, system=system)
         for line in getattr(llm.model, "placement_lines", list)():
             print(f"numatp: {line}", file=sys.stderr)
         # Loading the kernels from Numba's cache takes ~0.5 s: not part of the prompt's
         # tok/s reported below.
         llm.warm_up()
-        ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
         decoder = llm.stream_decoder()
         try:
