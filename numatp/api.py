@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numatp import _env  # noqa: F401
-from numatp.errors import NumatpError, UsageError
+from numatp.errors import ModelFileError, NumatpError, UsageError
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.quant.formats import type_name
@@ -57,7 +57,12 @@ class LLM:
         self.path = str(resolve_model(path))
         self.gguf = GGUFFile(self.path)
         self.config = from_gguf(self.gguf)
-        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata, where=self.path)
+        if self.tokenizer.vocab_size != self.config.vocab:
+            # A token id without an embedding row, or a row no text maps to: generation
+            # would fail mid-text. llama.cpp refuses such files at load too.
+            raise ModelFileError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens "
+                                 f"but token_embd.weight has {self.config.vocab} rows")
         if ctx_size is None or ctx_size == 0:
             ctx_size = min(self.config.ctx_train, DEFAULT_CTX)
         if not isinstance(ctx_size, int) or ctx_size < 1:
