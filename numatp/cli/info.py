@@ -44,8 +44,10 @@ def info(model: str = typer.Argument(..., help="GGUF file."),
          as_json: bool = typer.Option(False, "--json")):
     """Metadata, tensor types, bytes read per token, and the shard plan."""
     from numatp.errors import UsageError
-    if nodes < 1:
-        raise UsageError(f"invalid --nodes {nodes}: need at least 1")
+    from numatp.parallel.plan import MAX_RANKS
+    if not 1 <= nodes <= MAX_RANKS:
+        raise UsageError(f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes "
+                         "Linux supports)")
     d = describe(model, nodes)
     if as_json:
         print(json.dumps(d, indent=2))
