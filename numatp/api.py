@@ -81,7 +81,7 @@ class LLM:
                               f"{ctx_size} tokens ({e})") from None
 
     def _start(self, nodes, threads, announce):
-        from numatp._env import kernels_cached
+        from numatp._env import CACHE_PROBLEM, kernels_cached
         from numatp.parallel.group import resolve_nodes
         from numatp.parallel.shard import model_kernel_set
         placement = resolve_nodes(nodes, threads)
@@ -90,9 +90,13 @@ class LLM:
         kernels = model_kernel_set(self.gguf, self.config) if announce is not None else None
         if kernels is not None and not kernels_cached(kernels.key):
             names = "/".join(type_name(q) for q in kernels.qtypes)
-            announce(f"first run of this numatp version on {names} weights: compiling their "
-                     "kernels for this CPU (a minute or less; later runs load them from the "
-                     "cache)")
+            if CACHE_PROBLEM:
+                announce(f"{CACHE_PROBLEM}; compiling the kernels for {names} weights into a "
+                         "temporary cache, as on every run until that is fixed (a minute or less)")
+            else:
+                announce(f"first run of this numatp version on {names} weights: compiling their "
+                         "kernels for this CPU (a minute or less; later runs load them from the "
+                         "cache)")
         if len(placement) == 1 and not placement[0].bind:
             from numatp.parallel.local import LocalModel
             self.nodes = 1

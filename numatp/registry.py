@@ -67,7 +67,12 @@ def pull(name: str, quiet: bool = False) -> Path:
     target = cached_path(name)
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from numatp._env import make_cache_dir
+    try:
+        make_cache_dir(target.parent, 0o755)
+    except OSError as e:
+        raise NumatpError(f"cannot create the model cache {target.parent}: {e.strerror or e} "
+                          "(set NUMATP_CACHE to a writable directory)") from None
     say = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"numatp: fetching {model.name} ({model.description}) into {target.parent}")
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:

@@ -17,9 +17,10 @@ from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memo
 
 
 def fail(message: str, code: int = 1):
-    """End the program with one line on stderr."""
-    sys.stderr.write(f"numatp: error: {message}\n")
-    sys.stderr.flush()
+    """End the program with one line on stderr (none if stderr is closed)."""
+    if sys.stderr is not None:
+        sys.stderr.write(f"numatp: error: {message}\n")
+        sys.stderr.flush()
     raise SystemExit(code)
 
 
@@ -35,12 +36,18 @@ def _on_sigterm(signum, frame):
 def main():
     import signal
 
+    from numatp.cli.output import guard_stdout
     from numatp.errors import NumatpError
     cli_errors = _click_exceptions()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        stdout = guard_stdout()
+    except NumatpError as e:
+        fail(str(e), e.exit_code)
+    try:
         # Not standalone: click's own handling would print bad flags as a framed block.
         code = app(standalone_mode=False)
+        sys.stdout.flush()   # a buffered write that fails does so here, as one line
     except NumatpError as e:
         fail(str(e), e.exit_code)
     except getattr(cli_errors, "NoArgsIsHelpError", ()) as e:
@@ -54,6 +61,8 @@ def main():
         _interrupted("interrupted", 130)
     except Terminated:
         _interrupted("terminated", 143)
+    finally:
+        sys.stdout = stdout
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _interrupted("interrupted", 130)
     raise SystemExit(code if isinstance(code, int) else 0)

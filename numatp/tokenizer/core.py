@@ -6,6 +6,7 @@ from each token's exact bytes, because streaming output needs bytes per token an
 llama.cpp's rules (control tokens print nothing, "▁" is a space, <0xNN> is one byte) are
 simpler to state directly than to configure.
 """
+from numatp.errors import UsageError
 from numatp.tokenizer import backend
 from numatp.tokenizer.vocab import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Vocab,
                                     vocab_from_metadata)
@@ -49,7 +50,11 @@ class Tokenizer:
         always read as those tokens. With add_special, BOS/EOS are added as the file asks;
         a BOS is not added when the text already starts with the BOS token (a chat
         template that writes it), so a prompt never begins with two."""
-        ids = self._tk.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self._tk.encode(text, add_special_tokens=False).ids
+        except TypeError:
+            _check_unicode(text)
+            raise
         if add_special:
             if self.add_bos and not (ids and ids[0] == self.bos_id):
                 ids.insert(0, self.bos_id)
@@ -124,6 +129,15 @@ class Tokenizer:
     def __repr__(self):
         return (f"Tokenizer({self.model}, {self.vocab_size} tokens, pre={self._vocab.pre!r}, "
                 f"bos={self.bos_id}, eos={self.eos_id}, add_bos={self.add_bos})")
+
+
+def _check_unicode(text):
+    """Text made from undecodable bytes (Python keeps them as lone surrogates, e.g. in
+    command-line arguments) is not text the tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UsageError(f"the text is not valid UTF-8: undecodable bytes at character {e.start}") from None
 
 
 def _complete_utf8_length(buf: bytes) -> int:
