@@ -30,8 +30,9 @@ def model(tmp_path_factory):
 
 def numatp_run(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=None):
     """`python -m numatp ARGS` (bytes arguments kept as bytes): (exit code, stdout, stderr)."""
-    r = subprocess.run([sys.executable, "-m", "numatp", *(a if isinstance(a, bytes) else str(a) for a in args)],
-                       stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=300, env=env)
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    r = subprocess.run([sys.executable, "-m", "numatp", *argv], stdin=stdin, stdout=stdout,
+                       stderr=subprocess.PIPE, timeout=300, env=env)
     return r.returncode, r.stdout, r.stderr.decode(errors="replace")
 
 
@@ -142,7 +143,8 @@ def test_unwritable_cache_for_kernels_falls_back(unwritable_cache, model, monkey
     r = subprocess.run([sys.executable, "-c", script], env=unwritable_cache, capture_output=True,
                        text=True, timeout=120, check=True)
     problem, fallback, mode = r.stdout.splitlines()
-    assert problem == f"cannot keep compiled kernels in {unwritable_cache['NUMATP_CACHE']}/numba: Not a directory"
+    cache = unwritable_cache["NUMATP_CACHE"]
+    assert problem == f"cannot keep compiled kernels in {cache}/numba: Not a directory"
     assert mode == "0o700" and not Path(fallback).exists()
     monkeypatch.setattr("numatp._env.CACHE_PROBLEM", problem)
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "empty"))   # nothing compiled there

@@ -142,7 +142,8 @@ def test_malformed_file(models, tmp_path, monkeypatch, capsys, what, kind, edit,
 
 def test_deep_nesting_in_every_reader(models, tmp_path, monkeypatch, capsys):
     """Each reader used to overflow Python's stack (a RecursionError 3000 lines long)."""
-    path = Layout(models["gpt2"]).set("general.tags", T.ARRAY, nested_array(900)).write(tmp_path / "deep.gguf")
+    layout = Layout(models["gpt2"]).set("general.tags", T.ARRAY, nested_array(900))
+    path = layout.write(tmp_path / "deep.gguf")
     for reader in (read_metadata, load_tokenizer, describe, numatp.load):
         with pytest.raises(ModelFileError, match="nested more than 8 deep"):
             reader(path)
@@ -151,7 +152,8 @@ def test_deep_nesting_in_every_reader(models, tmp_path, monkeypatch, capsys):
 
 
 def test_shallow_nesting_still_reads(models, tmp_path):
-    path = Layout(models["gpt2"]).set("general.tags", T.ARRAY, nested_array(7)).write(tmp_path / "ok.gguf")
+    layout = Layout(models["gpt2"]).set("general.tags", T.ARRAY, nested_array(7))
+    path = layout.write(tmp_path / "ok.gguf")
     value = read_metadata(path)["general.tags"]
     for _ in range(6):
         value = value[0]

@@ -24,7 +24,8 @@ def model(tmp_path_factory):
 def test_info_nodes_is_bounded(model, monkeypatch, capsys, nodes):
     code, out, err = run_main(["info", model, "--nodes", nodes], monkeypatch, capsys)
     assert code == 2 and out == ""
-    assert error_line(err) == f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes Linux supports)"
+    assert error_line(err) == (f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA "
+                               "nodes Linux supports)")
 
 
 def test_info_nodes_at_the_bound(model, monkeypatch, capsys):

@@ -42,10 +42,12 @@ def _meta(gguf, key, kind, default=None, required=True):
             raise ModelFileError(f"{gguf.path}: missing metadata {key}")
         return None
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, not a positive integer")
+        raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, "
+                             "not a positive integer")
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-            raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, not a positive number")
+            raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, "
+                                 "not a positive number")
         value = float(value)
     return value
 
