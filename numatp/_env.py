@@ -9,9 +9,20 @@ Numba's on-disk cache checks only the source file of the cached function itself,
 cached transformer step would keep a stale copy of a kernel from another file after an
 upgrade. The cache therefore lives in a directory named after a fingerprint of every
 source file of the package.
+
+Numba loads that cache's pickles on every run, so its directories are made 0o700
+whatever the umask (under umask 000 they were world-writable), and one another user
+owns, or that cannot be written at all, is not used: Numba would quietly fall back to
+caching next to the package's sources, where the fingerprint does not apply. The
+kernels then go to a private temporary directory removed at exit (every run compiles
+again), and CACHE_PROBLEM says why, for the first-run notice.
 """
+import atexit
+import errno
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ["NUMBA_SLP_VECTORIZE"] = "1"
@@ -31,8 +42,62 @@ def cache_root() -> Path:
     return Path(os.environ.get("NUMATP_CACHE") or Path.home() / ".cache" / "numatp")
 
 
+def make_cache_dir(path: Path, mode: int) -> Path:
+    """Create `path` and its missing parents, each with `mode` whatever the umask (which
+    can only take permissions away); existing directories keep theirs. Raises OSError."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            pass
+        path = d
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a directory")
+    return path
+
+
+def _private_kernel_cache(path: Path) -> Path:
+    """`path` (numba/<fingerprint> under the cache root) made or checked private: owned
+    by this user and writable by no one else. One that others could write to (made by
+    an older numatp under umask 000) is closed and emptied: its pickles may not be ours."""
+    make_cache_dir(path, 0o700)
+    for d in (path.parent, path):
+        st = os.stat(d)
+        if st.st_uid != os.geteuid():
+            raise PermissionError(errno.EPERM, f"{d} belongs to another user")
+        if st.st_mode & 0o022:
+            os.chmod(d, 0o700)
+            if d == path:
+                shutil.rmtree(d)
+                os.mkdir(d, 0o700)
+    if not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, f"{path} is not writable")
+    return path
+
+
+def _numba_cache_dir():
+    """(directory, problem): the fingerprinted cache, or a private temporary one and why."""
+    wanted = cache_root() / "numba" / _source_fingerprint()
+    try:
+        return str(_private_kernel_cache(wanted)), None
+    except OSError as e:
+        fallback = tempfile.mkdtemp(prefix="numatp-kernels-")
+        atexit.register(_remove_if_mine, fallback, os.getpid())
+        return fallback, f"cannot keep compiled kernels in {wanted.parent}: {e.strerror or e}"
+
+
+def _remove_if_mine(path, pid):
+    if os.getpid() == pid:   # not in a forked child that inherited the handler
+        shutil.rmtree(path, ignore_errors=True)
+
+
+CACHE_PROBLEM = None
 if "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = str(cache_root() / "numba" / _source_fingerprint())
+    os.environ["NUMBA_CACHE_DIR"], CACHE_PROBLEM = _numba_cache_dir()
 
 
 def _compiled_marker(key: str) -> Path:

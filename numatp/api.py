@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numatp import _env  # noqa: F401
-from numatp.errors import NumatpError, UsageError
+from numatp.errors import ModelFileError, NumatpError, UsageError
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.quant.formats import type_name
@@ -101,7 +101,12 @@ class LLM:
         self.path = str(resolve_model(path))
         self.gguf = GGUFFile(self.path)
         self.config = from_gguf(self.gguf)
-        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata)
+        self.tokenizer = Tokenizer.from_metadata(self.gguf.metadata, where=self.path)
+        if self.tokenizer.vocab_size != self.config.vocab:
+            # A token id without an embedding row, or a row no text maps to: generation
+            # would fail mid-text. llama.cpp refuses such files at load too.
+            raise ModelFileError(f"{self.path}: the tokenizer has {self.tokenizer.vocab_size} tokens "
+                                 f"but token_embd.weight has {self.config.vocab} rows")
         if ctx_size is None or ctx_size == 0:
             ctx_size = min(self.config.ctx_train, DEFAULT_CTX)
         if not isinstance(ctx_size, int) or ctx_size < 1:
@@ -122,7 +127,7 @@ class LLM:
                               f"{ctx_size} tokens ({e})") from None
 
     def _start(self, nodes, threads, announce):
-        from numatp._env import kernels_cached
+        from numatp._env import CACHE_PROBLEM, kernels_cached
         from numatp.parallel.group import resolve_nodes, shared_cpus_warning
         from numatp.parallel.shard import model_kernel_set
         placement = resolve_nodes(nodes, threads)
@@ -133,9 +138,13 @@ class LLM:
         kernels = model_kernel_set(self.gguf, self.config) if announce is not None else None
         if kernels is not None and not kernels_cached(kernels.key):
             names = "/".join(type_name(q) for q in kernels.qtypes)
-            announce(f"first run of this numatp version on {names} weights: compiling their "
-                     "kernels for this CPU (a minute or less; later runs load them from the "
-                     "cache)")
+            if CACHE_PROBLEM:
+                announce(f"{CACHE_PROBLEM}; compiling the kernels for {names} weights into a "
+                         "temporary cache, as on every run until that is fixed (a minute or less)")
+            else:
+                announce(f"first run of this numatp version on {names} weights: compiling their "
+                         "kernels for this CPU (a minute or less; later runs load them from the "
+                         "cache)")
         if len(placement) == 1 and not placement[0].bind:
             from numatp.parallel.local import LocalModel
             self.nodes = 1
@@ -259,10 +268,21 @@ class LLM:
         prompt as a user turn of the model's chat template plus the generation prompt."""
         if not prompt:
             raise UsageError("empty prompt: give some text to continue")
+        self._check_could_fit(prompt)
         if chat:
             from numatp.chat import chat_prompt
             prompt = chat_prompt(self.tokenizer, prompt, system=system)
+            self._check_could_fit(prompt)
         return self.tokenizer.encode(prompt, add_special=True)
+
+    def _check_could_fit(self, text):
+        """Refuse a text that could never fit the context before tokenizing it: a 51 MB
+        prompt took 75 s and 4.9 GB to tokenize only to be refused for its length."""
+        need = self.tokenizer.min_tokens(text)
+        if need > self.ctx:
+            raise NumatpError(f"prompt of {len(text):,} characters does not fit the context of "
+                              f"{self.ctx} tokens: it takes at least {need:,} tokens "
+                              "(raise -c/--ctx-size)")
 
     def stream_decoder(self):
         """Turns generated ids into text pieces of complete UTF-8 characters. The reply

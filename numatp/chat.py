@@ -9,6 +9,10 @@ token texts (bos_token, eos_token) and any extra variables passed through.
 
 A file without a template gets ChatML, as llama.cpp does.
 
+Templates come inside model files, so they render in numatp.bounded_jinja's sandbox,
+which bounds their time and memory as well; whatever goes wrong in one (a loop that
+never ends, a division by zero, a raise_exception) is one TemplateError line.
+
 Encoding a rendered prompt: templates that write the BOS token themselves are common;
 Tokenizer.encode does not add a second one (it skips BOS when the text already starts
 with it), so `tokenizer.encode(chat_prompt(...))` is the right call either way.
@@ -19,8 +23,8 @@ from functools import lru_cache
 
 import jinja2
 import jinja2.ext
-import jinja2.sandbox
 
+from numatp.bounded_jinja import BoundedEnvironment, BudgetExceeded
 from numatp.errors import NumatpError
 
 CHATML_TEMPLATE = (
@@ -33,6 +37,10 @@ CHATML_TEMPLATE = (
 
 class TemplateError(NumatpError):
     """A chat template that does not parse, or refused the conversation."""
+
+
+MAX_TEMPLATE_CHARS = 1 << 20   # the largest templates in use are ~20 KB
+MAX_MESSAGE_CHARS = 300         # of an error's text, so that it stays one readable line
 
 
 class _Raised(Exception):
@@ -56,15 +64,22 @@ def _strftime_now(fmt):
 
 @lru_cache(maxsize=8)
 def _compile(template: str):
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise TemplateError(f"the model's chat template is {len(template):,} characters long "
+                            f"(at most {MAX_TEMPLATE_CHARS:,} are accepted)")
+    env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                             extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.bound_filters_and_tests()
     try:
-        return env.from_string(template)
+        return env.compile_bounded(template)
     except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(f"chat template does not parse: {e.message} (line {e.lineno})") from None
+        raise TemplateError(f"chat template does not parse: {_one_line(e.message)} "
+                            f"(line {e.lineno})") from None
+    except RecursionError:
+        raise TemplateError("chat template does not parse: nested too deeply") from None
 
 
 def render_chat(template, messages, add_generation_prompt=True, bos_token="", eos_token="",
@@ -74,12 +89,21 @@ def render_chat(template, messages, add_generation_prompt=True, bos_token="", eo
     passed to the template."""
     compiled = _compile(template if template else CHATML_TEMPLATE)
     try:
-        return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                               bos_token=bos_token, eos_token=eos_token, **variables)
+        return compiled.environment.render(
+            compiled, messages=list(messages), add_generation_prompt=add_generation_prompt,
+            bos_token=bos_token, eos_token=eos_token, **variables)
     except _Raised as e:
-        raise TemplateError(f"chat template: {e}") from None
-    except jinja2.TemplateError as e:   # undefined names, sandbox refusals, ...
-        raise TemplateError(f"chat template failed: {e}") from None
+        raise TemplateError(f"chat template: {_one_line(e)}") from None
+    except (BudgetExceeded, jinja2.TemplateError) as e:   # budget, undefined names, sandbox
+        raise TemplateError(f"the model's chat template failed: {_one_line(e)}") from None
+    except Exception as e:   # OverflowError, ZeroDivisionError, RecursionError, TypeError...
+        raise TemplateError(f"the model's chat template failed: {_one_line(e)} "
+                            f"({type(e).__name__})") from None
+
+
+def _one_line(message) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
 
 
 def special_token_text(tokenizer, token_id) -> str:

@@ -1,5 +1,7 @@
 """Helpers for the robustness tests: run `numatp` in-process or as a subprocess, find a
-running coordinator's workers, and check what a finished run left behind."""
+running coordinator's workers, check what a finished run left behind, and turn a hang
+into a failure."""
+import contextlib
 import io
 import os
 import select
@@ -14,6 +16,22 @@ import pytest
 from numatp.parallel.shm import leftover_segments
 
 WAIT_S = 600   # deadline for things that take seconds warm; a cold Numba cache compiles for minutes here
+HANG_S = 30    # what the guarded code does takes milliseconds; this is a hang detector
+
+
+@contextlib.contextmanager
+def hang_guard(seconds=HANG_S):
+    """Fail with TimeoutError if the block runs longer than `seconds` (Python code only:
+    a single long C call, such as one huge power, is not interrupted)."""
+    def hang(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def run_main(args, monkeypatch, capsys, stdin=""):

@@ -8,11 +8,9 @@ count and allocated for it fails the memory bound; a SIGALRM deadline turns a ha
 a failure. CLI cases run `numatp` in-process (robust.run_main); a few run it as a real
 subprocess to see exactly what a user sees.
 """
-import contextlib
 import ctypes
 import math
 import os
-import signal
 import subprocess
 import sys
 import tracemalloc
@@ -27,13 +25,12 @@ import numatp
 from numatp.errors import ModelFileError, NumatpError, UsageError
 from numatp.model.gguf_file import GGUFFile, read_metadata
 from numatp.parallel import group
-from robust import error_line, run_main
+from robust import error_line, hang_guard, run_main
 from synth import write_model
 
 # Loading the 300 KB test model legitimately peaks at a few MB of Python/numpy memory; a
 # corrupt count taken at its word asks for gigabytes. 64 MiB separates the two.
 MAX_ALLOC = 64 << 20
-HANG_S = 30   # one load of the small model takes milliseconds; this is a hang detector
 NAN = float("nan")
 
 
@@ -109,19 +106,6 @@ def corrupted(src, dst, *changes):
             patch(data, *table[where], value)
     dst.write_bytes(data)
     return dst
-
-
-@contextlib.contextmanager
-def hang_guard(seconds=HANG_S):
-    def hang(*_):
-        raise TimeoutError(f"still loading after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def load_here(path, **kwargs):

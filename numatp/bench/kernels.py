@@ -77,6 +77,20 @@ def matrix_shape(qtype: int, rows: int | None, cols: int | None) -> tuple[int, i
     return rows, cols
 
 
+def check_fits_memory(qtype: int, rows: int, cols: int, batch: int):
+    """Refuse --rows/--cols/--batch whose arrays could never fit this machine's memory,
+    before numpy is asked for them."""
+    import psutil
+    need = rows * F.row_bytes(qtype, cols) + (rows * cols * 4 if qtype in FLOATS else 0)
+    need += batch * (cols + rows) * 4   # the batched path's inputs and outputs
+    total = psutil.virtual_memory().total
+    if need > total:
+        raise UsageError(f"a {rows} x {cols} {F.type_name(qtype)} matrix"
+                         f"{f' with a batch of {batch}' if batch else ''} needs {need / 2**30:,.1f} GiB, "
+                         f"more than this machine's {total / 2**30:.1f} GiB (lower --rows, --cols "
+                         "or --batch)")
+
+
 def random_matrix(qtype: int, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     """rows x cols of `qtype` as one uint8 array: normal floats for the float types,
     random bytes with finite fp16 scales (about 0.01) for the quantized ones."""
@@ -162,6 +176,8 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
     if batch < 0 or batch == 1:
         raise UsageError(f"--batch must be 0 (off) or at least 2, got {batch}")
     shapes = {q: matrix_shape(q, rows, cols) for q in qtypes}
+    for q, (r, c) in shapes.items():
+        check_fits_memory(q, r, c, batch)
     read_all = memory.read_gbps(max(counts))
     words = memory.as_words(np.ones(READ_BUFFER_BYTES // 8, np.uint64))
     for t in counts:

@@ -7,6 +7,10 @@ import typer
 from numatp.cli.main import bench_app
 from numatp.errors import UsageError
 
+# Each worker records one 8-byte time per call in shared memory: 80 MB at this count,
+# and minutes of calls; more is a typo.
+MAX_ITERS = 10_000_000
+
 
 def _int_list(text, flag, lo, hi):
     try:
@@ -31,8 +35,8 @@ def bench_allreduce(
 
     worker_counts = _int_list(workers, "--workers", 1, 256)
     sizes = _int_list(floats, "--floats", 1, 1 << 24)  # 64 MiB per slot
-    if iters < 1:
-        raise UsageError(f"--iters must be >= 1, got {iters}")
+    if not 1 <= iters <= MAX_ITERS:
+        raise UsageError(f"--iters must be from 1 to {MAX_ITERS:,}, got {iters}")
     for n in worker_counts:
         if not bench.pinned(n):
             sys.stderr.write(f"note: {n} workers > CPUs available: workers not pinned, "

@@ -9,25 +9,47 @@ from numatp.cli.main import app
 from numatp.errors import UsageError
 
 
+# More than any context numatp can hold: the longest contexts of supported models are
+# about a million tokens, and no token in their vocabularies is longer than 256 bytes.
+# Reading `yes |` or /dev/zero to the end would otherwise take all memory.
+MAX_PROMPT_BYTES = 256 << 20
+
+
 def read_prompt(prompt, prompt_opt, file) -> str:
-    given = [p for p in (prompt, prompt_opt) if p is not None]
+    given = [_text(p, what) for p, what in ((prompt, "the prompt argument"),
+                                            (prompt_opt, "the -p prompt")) if p is not None]
     if file is not None:
         try:
-            with open(file, encoding="utf-8") as f:
-                given.append(f.read())
+            with open(file, "rb") as f:
+                given.append(_text(f.read(MAX_PROMPT_BYTES + 1), f"prompt file {file}"))
         except OSError as e:
             raise UsageError(f"cannot read prompt file {file}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"prompt file {file} is not UTF-8 text") from None
     if len(given) > 1:
         raise UsageError("give the prompt once: as an argument, with -p, or with -f")
     if not given and not sys.stdin.isatty():
-        given.append(sys.stdin.read())
+        stdin = getattr(sys.stdin, "buffer", sys.stdin)   # bytes, unless replaced by text
+        given.append(_text(stdin.read(MAX_PROMPT_BYTES + 1), "standard input"))
     if not given:
         raise UsageError("no prompt: give one as an argument, with -p/-f, or on stdin")
     if not given[0]:
         raise UsageError("empty prompt: give some text to continue")
     return given[0]
+
+
+def _text(data, what) -> str:
+    """`data` (bytes read, or a str argument) as text, or one line saying what is wrong.
+    Command-line arguments arrive with undecodable bytes as lone surrogates."""
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UsageError(f"{what} is longer than {MAX_PROMPT_BYTES >> 20} MiB, more than any "
+                         "context can hold")
+    try:
+        if isinstance(data, bytes):
+            return data.decode("utf-8")
+        data.encode("utf-8")
+        return data
+    except UnicodeError as e:
+        unit = "byte" if isinstance(data, bytes) else "character"
+        raise UsageError(f"{what} is not UTF-8 text ({unit} {e.start})") from None
 
 
 @app.command()
@@ -65,20 +87,23 @@ def generate(
         raise UsageError(f"invalid --ctx-size {ctx_size}: must be >= 0")
     if system is not None and not chat:
         raise UsageError("--system needs --chat")
+    if system is not None:
+        _text(system, "--system")
     params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                             None if seed == -1 else seed).validate()
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
                      announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
+        # First, so that a prompt or chat template that fails does so in one line.
+        if chat and llm.tokenizer.chat_template is None:
+            print("numatp: warning: the model has no chat template; --chat uses ChatML, "
+                  "which it may not have been trained on", file=sys.stderr)
+        ids = llm.prompt_ids(text, chat=chat, system=system)
         for line in getattr(llm.model, "placement_lines", list)():
             print(f"numatp: {line}", file=sys.stderr)
         # Loading the kernels from Numba's cache takes ~0.5 s: not part of the prompt's
         # tok/s reported below.
         llm.warm_up()
-        if chat and llm.tokenizer.chat_template is None:
-            print("numatp: warning: the model has no chat template; --chat uses ChatML, "
-                  "which it may not have been trained on", file=sys.stderr)
-        ids = llm.prompt_ids(text, chat=chat, system=system)
         out = []
         decoder = llm.stream_decoder()
         try:

@@ -76,9 +76,11 @@ def info(model: str = typer.Argument(..., help="GGUF file or known model name "
          as_json: bool = typer.Option(False, "--json")):
     """Metadata, tensors, bytes read per token, the shard plan; or why numatp cannot run it."""
     from numatp.errors import UsageError
+    from numatp.parallel.plan import MAX_RANKS
     from numatp.registry import resolve_model
-    if nodes < 1:
-        raise UsageError(f"invalid --nodes {nodes}: need at least 1")
+    if not 1 <= nodes <= MAX_RANKS:
+        raise UsageError(f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes "
+                         "Linux supports)")
     d = describe(resolve_model(model), nodes)
     if as_json:
         print(json.dumps(d, indent=2))

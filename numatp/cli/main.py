@@ -37,9 +37,10 @@ from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memo
 
 
 def fail(message: str, code: int = 1):
-    """End the program with one line on stderr."""
-    sys.stderr.write(f"numatp: error: {message}\n")
-    sys.stderr.flush()
+    """End the program with one line on stderr (none if stderr is closed)."""
+    if sys.stderr is not None:
+        sys.stderr.write(f"numatp: error: {message}\n")
+        sys.stderr.flush()
     raise SystemExit(code)
 
 
@@ -88,6 +89,7 @@ def _inside_llvm(frame):
 
 def main():
     from numatp.cli.llamacpp_flags import llamacpp_flag_note
+    from numatp.cli.output import guard_stdout
     from numatp.errors import NumatpError
     note = llamacpp_flag_note(sys.argv[1:])
     if note is not None:
@@ -96,8 +98,13 @@ def main():
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
     try:
+        stdout = guard_stdout()
+    except NumatpError as e:
+        fail(str(e), e.exit_code)
+    try:
         # Not standalone: click's own handling would print bad flags as a framed block.
         code = app(standalone_mode=False)
+        sys.stdout.flush()   # a buffered write that fails does so here, as one line
     except NumatpError as e:
         fail(str(e), e.exit_code)
     except getattr(cli_errors, "NoArgsIsHelpError", ()) as e:
@@ -113,6 +120,8 @@ def main():
         if e.signum == signal.SIGHUP:
             _interrupted("hangup", 128 + signal.SIGHUP)
         _interrupted("terminated", 128 + signal.SIGTERM)
+    finally:
+        sys.stdout = stdout
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
         _interrupted("interrupted", 130)
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -5,6 +5,7 @@ import numpy as np
 
 from numatp.errors import ModelFileError
 from numatp.model.archs import Arch, get_arch
+from numatp.model.gguf_file import describe
 from numatp.quant import formats
 
 LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
@@ -41,18 +42,23 @@ def _meta(gguf, key, kind, default=None, required=True):
             raise ModelFileError(f"{gguf.path}: missing metadata {key}")
         return None
     if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ModelFileError(f"{gguf.path}: metadata {key} = {value!r} is not a positive integer")
+        raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, "
+                             "not a positive integer")
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value <= 0:
-            raise ModelFileError(f"{gguf.path}: metadata {key} = {value!r} is not a positive number")
+            raise ModelFileError(f"{gguf.path}: metadata {key} is {describe(value)}, "
+                                 "not a positive number")
         value = float(value)
     return value
 
 
 def from_gguf(gguf) -> ModelConfig:
     arch_name = gguf.metadata.get("general.architecture")
-    if not isinstance(arch_name, str):
+    if arch_name is None:
         raise ModelFileError(f"{gguf.path}: missing metadata general.architecture")
+    if not isinstance(arch_name, str):
+        raise ModelFileError(f"{gguf.path}: metadata general.architecture is {describe(arch_name)}, "
+                             "not a string")
     # Before the architecture check: MoE files come under their own architecture names
     # (qwen3moe) or under a dense one (Mixtral is "llama"), and either way the reason
     # they cannot run is the experts.
@@ -87,10 +93,13 @@ def from_gguf(gguf) -> ModelConfig:
     if rope_dim > head_dim or rope_dim % 2:
         raise ModelFileError(f"{gguf.path}: rope dimension {rope_dim} does not fit head size {head_dim}")
     scaling = gguf.metadata.get(p + "rope.scaling.type", "none")
+    if not isinstance(scaling, str):
+        raise ModelFileError(f"{gguf.path}: metadata {p}rope.scaling.type is {describe(scaling)}, "
+                             "not a string")
     rope_scale = 1.0
     if scaling == "linear":
         rope_scale = _meta(gguf, p + "rope.scaling.factor", float)
-    elif scaling not in ("none", None):
+    elif scaling != "none":
         raise ModelFileError(f"{gguf.path}: rope scaling {scaling!r} is not supported (supported: none, linear)")
 
     if "token_embd.weight" not in gguf.tensors:

@@ -8,7 +8,11 @@ write their models with gguf.GGUFWriter and check kernels with gguf.quants.
 
 Every read is bounds-checked against the file size before anything is allocated from a
 count the file gave, so a truncated or corrupt file ends in one ModelFileError naming the
-file and the problem.
+file and the problem. What a reader of the data would trip over later is refused here
+too: a key or tensor name given twice, arrays nested deeper than MAX_ARRAY_DEPTH (which
+would overflow Python's stack in every reader of the value), tensor data that is not
+aligned or that overlaps another tensor's (llama.cpp's reader refuses duplicate names,
+and any tensor data not packed in order).
 """
 import mmap
 import os
@@ -23,6 +27,7 @@ from numatp.quant import formats
 
 GGUF_MAGIC = b"GGUF"
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ARRAY_DEPTH = 8  # no model file nests arrays at all; gguf-py could write deeper
 
 # GGUF metadata value types -> (struct code, size) for the scalar ones.
 _SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
@@ -98,7 +103,7 @@ class _Cursor:
         self.pos = pos
         return out
 
-    def value(self, vtype, key):
+    def value(self, vtype, key, depth=0):
         if vtype in _SCALARS:
             return self.scalar(vtype, f"value of {key}")
         if vtype == STRING:
@@ -115,8 +120,11 @@ class _Cursor:
             if etype == STRING:
                 return self.strings(count, f"array {key}")
             if etype == ARRAY:
+                if depth + 1 >= MAX_ARRAY_DEPTH:
+                    raise ModelFileError(f"{self.path}: corrupt metadata: {key} has arrays nested "
+                                         f"more than {MAX_ARRAY_DEPTH} deep")
                 self.need(count * 12, f"array {key}")
-                return [self.value(ARRAY, key) for _ in range(count)]
+                return [self.value(ARRAY, key, depth + 1) for _ in range(count)]
             raise ModelFileError(f"{self.path}: corrupt metadata: array {key} has unknown "
                                  f"element type {etype}")
         raise ModelFileError(f"{self.path}: corrupt metadata: {key} has unknown type {vtype}")
@@ -152,7 +160,11 @@ class GGUFFile:
         self.data_start = data_start
         self.tensors = {}
         for name, dims, qtype, rel in tensor_headers:
+            if rel % self.alignment:
+                raise ModelFileError(f"{self.path}: tensor {name}: its data offset {rel} is not a "
+                                     f"multiple of the file's alignment ({self.alignment})")
             self.tensors[name] = self._tensor_info(name, dims, qtype, data_start + rel)
+        self._check_no_overlap()
 
     def _parse_header(self):
         c = _Cursor(self._mmap, self.path)
@@ -171,11 +183,16 @@ class GGUFFile:
         metadata = {}
         for _ in range(n_kv):
             key = c.string("metadata key")
+            if key in metadata:
+                raise ModelFileError(f"{self.path}: corrupt metadata: key {key} appears twice")
             vtype = c.u32(f"type of {key}")
             metadata[key] = c.value(vtype, key)
-        headers = []
+        headers, names = [], set()
         for _ in range(n_tensors):
             name = c.string("tensor name")
+            if name in names:
+                raise ModelFileError(f"{self.path}: corrupt file: two tensors are named {name}")
+            names.add(name)
             n_dims = c.u32(f"dimension count of {name}")
             if not 1 <= n_dims <= MAX_DIMS:
                 raise ModelFileError(f"{self.path}: tensor {name} has {n_dims} dimensions "
@@ -187,8 +204,17 @@ class GGUFFile:
         alignment = metadata.get("general.alignment", 32)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise ModelFileError(f"{self.path}: bad general.alignment {alignment!r}")
+        self.alignment = alignment
         data_start = -(-c.pos // alignment) * alignment
         return metadata, headers, data_start
+
+    def _check_no_overlap(self):
+        by_offset = sorted(self.tensors.values(), key=lambda t: t.offset)
+        for a, b in zip(by_offset, by_offset[1:]):
+            if a.offset + a.nbytes > b.offset:
+                raise ModelFileError(f"{self.path}: corrupt file: the data of tensors {a.name} and "
+                                     f"{b.name} overlap (bytes {a.offset}..{a.offset + a.nbytes} and "
+                                     f"{b.offset}..)")
 
     def _tensor_info(self, name, dims, qtype, offset) -> TensorInfo:
         if any(d <= 0 or d > 1 << 40 for d in dims):
@@ -248,3 +274,17 @@ def read_metadata(path) -> dict:
     meta = f.metadata
     f.close()
     return meta
+
+
+def describe(value) -> str:
+    """A metadata value in a few words, for error messages (a value can be a whole
+    vocabulary)."""
+    if isinstance(value, bool):
+        return f"the boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return f"an array of {len(value)} values"
+    return "missing"

@@ -45,17 +45,22 @@ def shared_cpus_warning(placement) -> str | None:
 def _parse(nodes):
     if isinstance(nodes, int) and not isinstance(nodes, bool):
         return nodes
+    invalid = UsageError(f"invalid --nodes {nodes!r}: use auto, a count N, or a list like 0,1")
     if isinstance(nodes, (list, tuple)):
-        return [int(n) for n in nodes]
-    text = str(nodes).strip().lower()
-    if text in ("auto", ""):
-        return "auto"
-    try:
-        if "," in text:
-            return [int(p) for p in text.split(",") if p.strip()]
-        return int(text)
-    except ValueError:
-        raise UsageError(f"invalid --nodes {nodes!r}: use auto, a count N, or a list like 0,1") from None
+        ids = [int(n) for n in nodes]
+    else:
+        text = str(nodes).strip().lower()
+        if text in ("auto", ""):
+            return "auto"
+        try:
+            if "," not in text:
+                return int(text)
+            ids = [int(p) for p in text.split(",") if p.strip()]
+        except ValueError:
+            raise invalid from None
+    if not ids:   # "," or []: a list of no nodes
+        raise invalid
+    return ids
 
 
 def resolve_nodes(nodes="auto", threads=None) -> list:

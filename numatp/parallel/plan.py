@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 from numatp.model.config import ModelConfig
 
+# Linux supports at most 1024 NUMA nodes (NODES_SHIFT 10), so no plan needs more ranks;
+# `info --nodes` with a larger count would build a shard list sized by a typo.
+MAX_RANKS = 1024
+
 
 def split_even(n_units: int, n: int) -> list:
     """Near-equal contiguous ranges [(start, end), ...] of n_units over n parts; the first

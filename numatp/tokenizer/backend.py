@@ -48,7 +48,8 @@ def _bpe_model(ids, merges, where, **kwargs):
     try:
         return models.BPE(ids, merges, **kwargs)
     except Exception as e:  # tokenizers reports a merge whose parts are not tokens
-        raise ModelFileError(f"{where}: inconsistent BPE merges: {e}") from None
+        detail = " ".join(str(e).split())   # its messages span lines
+        raise ModelFileError(f"{where}: inconsistent BPE merges: {detail[:200]}") from None
 
 
 def build_gpt2(vocab, where) -> Tokenizer:

@@ -5,13 +5,16 @@ and the few rules it applies by token text (which tokens end generation, which l
 control tokens although the file calls them normal), so that a prompt tokenizes and a
 generation stops the same way in both programs.
 """
+import re
 from dataclasses import dataclass, field
 
 from numatp.errors import ModelFileError
+from numatp.model.gguf_file import describe
 from numatp.tokenizer import pretokenize
 
 # tokenizer.ggml.token_type values
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")   # the text of every BYTE token
 
 # Token texts that end a generation. llama.cpp recognises them by text because converted
 # files rarely say so; a token found here is treated as a control token whatever its type.
@@ -82,14 +85,35 @@ def _token_id(meta, key, n_tokens, default):
     return None
 
 
-def _array(meta, key, n_tokens, where):
-    value = meta.get(key)
+_KIND_NAMES = {str: "a string", bool: "a boolean", list: "an array"}
+
+
+def _typed(meta, key, kind, where, default=None):
+    """meta[key] (default if missing), which must be of `kind`: a file whose keys have the
+    wrong GGUF type is refused here, as llama.cpp refuses it, rather than misread later."""
+    value = meta.get(key, default)
+    if value is not None and type(value) is not kind:
+        raise ModelFileError(f"{where}: {key} should be {_KIND_NAMES[kind]}, not {describe(value)}")
+    return value
+
+
+def _elements(values, kinds, what, key, where):
+    """Every element of an array is of one of the types `kinds` (exactly: True is not
+    a token type)."""
+    for i, v in enumerate(values):
+        if type(v) not in kinds:
+            raise ModelFileError(f"{where}: {key} should be an array of {what}, but element {i} "
+                                 f"is {describe(v)}")
+    return values
+
+
+def _array(meta, key, n_tokens, kinds, what, where):
+    value = _typed(meta, key, list, where)
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) < n_tokens:
-        raise ModelFileError(f"{where}: {key} has {len(value) if isinstance(value, list) else 'no'}"
-                             f" entries for {n_tokens} tokens")
-    return value[:n_tokens]
+    if len(value) < n_tokens:
+        raise ModelFileError(f"{where}: {key} has {len(value)} entries for {n_tokens} tokens")
+    return _elements(value[:n_tokens], kinds, what, key, where)
 
 
 def _harmony_end_is_not_eog(eog, tokens, types):
@@ -106,15 +130,16 @@ def _harmony_end_is_not_eog(eog, tokens, types):
 
 def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     """Read and check the tokenizer.* keys; `where` names the file in error messages."""
-    model = meta.get("tokenizer.ggml.model")
+    model = _typed(meta, "tokenizer.ggml.model", str, where)
     if model is None:
         raise ModelFileError(f"{where}: no tokenizer in this file (tokenizer.ggml.model is missing)")
     if model not in _DEFAULT_IDS:
         raise ModelFileError(f"{where}: unsupported tokenizer model '{model}' "
                              f"(supported: {', '.join(sorted(_DEFAULT_IDS))})")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if not isinstance(tokens, list) or not tokens:
+    tokens = _typed(meta, "tokenizer.ggml.tokens", list, where)
+    if not tokens:
         raise ModelFileError(f"{where}: tokenizer.ggml.tokens is missing or empty")
+    _elements(tokens, (str,), "strings", "tokenizer.ggml.tokens", where)
     n = len(tokens)
     if not all(tokens):   # llama.cpp renames empty tokens so every id keeps a distinct text
         tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
@@ -123,16 +148,22 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
         seen = set()
         dup = next(t for t in tokens if t in seen or seen.add(t))
         raise ModelFileError(f"{where}: duplicate token {dup!r} in the vocabulary")
-    types = _array(meta, "tokenizer.ggml.token_type", n, where) or [NORMAL] * n
+    types = _array(meta, "tokenizer.ggml.token_type", n, (int,), "integers", where) or [NORMAL] * n
     types = list(types)
-    scores = _array(meta, "tokenizer.ggml.scores", n, where)
+    scores = _array(meta, "tokenizer.ggml.scores", n, (int, float), "numbers", where)
+    bad_byte = next((i for i, t in enumerate(types) if t == BYTE and not BYTE_TOKEN.fullmatch(tokens[i])),
+                    None)
+    if bad_byte is not None:
+        raise ModelFileError(f"{where}: token {bad_byte} is a byte token, but its text "
+                             f"{tokens[bad_byte][:40]!r} is not of the form <0xNN>")
 
-    pre = meta.get("tokenizer.ggml.pre") or "default"
+    pre = _typed(meta, "tokenizer.ggml.pre", str, where) or "default"
     merges = None
     if model == "gpt2":
-        merges = meta.get("tokenizer.ggml.merges")
-        if not isinstance(merges, list):
+        merges = _typed(meta, "tokenizer.ggml.merges", list, where)
+        if merges is None:
             raise ModelFileError(f"{where}: BPE tokenizer without tokenizer.ggml.merges")
+        _elements(merges, (str,), "strings", "tokenizer.ggml.merges", where)
         pre_tok = pretokenize.lookup(pre)
         if pre_tok is None:
             raise ModelFileError(f"{where}: unsupported pre-tokenizer '{pre}' (tokenizer.ggml.pre)")
@@ -158,9 +189,10 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     eot = _token_id(meta, "tokenizer.ggml.eot_token_id", n, None)
     eom = _token_id(meta, "tokenizer.ggml.eom_token_id", n, None)
 
-    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default))
-    add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False))
-    add_space_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", add_space_prefix_default))
+    add_bos = _typed(meta, "tokenizer.ggml.add_bos_token", bool, where, add_bos_default)
+    add_eos = _typed(meta, "tokenizer.ggml.add_eos_token", bool, where, False)
+    add_space_prefix = _typed(meta, "tokenizer.ggml.add_space_prefix", bool, where,
+                              add_space_prefix_default)
     if add_bos and bos is None:
         raise ModelFileError(f"{where}: tokenizer.ggml.add_bos_token is true but there is no BOS token")
     if add_eos and eos is None:
@@ -171,7 +203,7 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     eog |= {i for i in (eos, eot, eom, *fim_ends) if i is not None}
     _harmony_end_is_not_eog(eog, tokens, types)
 
-    name = str(meta.get("general.name", ""))
+    name = _typed(meta, "general.name", str, where, "")
     rstrip = set()
     # Phi-3's special tokens swallow the whitespace after them (llama.cpp sets this by
     # model name because the file does not carry per-token attributes).
@@ -181,12 +213,12 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
         rstrip |= present({"</s>"})
         rstrip -= present({"<unk>", "<s>", "<|endoftext|>"})
 
-    template = meta.get("tokenizer.chat_template")
+    template = _typed(meta, "tokenizer.chat_template", str, where)
     return Vocab(model=model, pre=pre, tokens=tokens, ids=ids, types=types,
                  scores=list(scores) if scores is not None and model == "llama" else None,
                  merges=merges, bos_id=bos, eos_id=eos, unk_id=unk,
                  add_bos=add_bos, add_eos=add_eos, add_space_prefix=add_space_prefix,
                  eog_ids=eog, rstrip_ids=rstrip,
-                 chat_template=template if isinstance(template, str) and template else None,
+                 chat_template=template or None,
                  name=name)
 
