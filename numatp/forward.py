@@ -148,7 +148,9 @@ def _add_bias(v, b):
             v[t, j] += b[j]
 
 
-@njit(cache=True)
+# nogil: a worker's lifeline thread (parallel/worker.py) must be able to run, and end the
+# process, while a step waits in the all-reduce on a peer that died with the coordinator.
+@njit(cache=True, nogil=True)
 def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
          logits, ar_ctl, ar_data, rank, n_ranks):
     """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
