@@ -38,20 +38,20 @@ INDEX_COLS = 6
 N_DIMS = 17
 
 
-@njit(cache=True)
+@njit
 def _vector(arena, index, e):
     off = index[e, OFFSET]
     return arena[off:off + index[e, NBYTES]].view(np.float32)
 
 
-@njit(cache=True)
+@njit
 def _linear(kernels, arena, index, e, X, Y):
     off = index[e, OFFSET]
     linear(kernels, index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS],
            index[e, COLS], X, Y)
 
 
-@njit(cache=True)
+@njit
 def _rmsnorm(x, w, eps, out):
     n = x.shape[1]
     for t in range(x.shape[0]):
@@ -63,7 +63,7 @@ def _rmsnorm(x, w, eps, out):
             out[t, j] = x[t, j] * scale * w[j]
 
 
-@njit(cache=True)
+@njit
 def _head_rmsnorm(v, n_heads, hd, w, eps):
     """In place, each head of each row separately (qwen3's q/k norm)."""
     for t in range(v.shape[0]):
@@ -76,7 +76,7 @@ def _head_rmsnorm(v, n_heads, hd, w, eps):
                 v[t, h * hd + j] = v[t, h * hd + j] * scale * w[j]
 
 
-@njit(cache=True)
+@njit
 def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
     """Rotate the first rope_dim dims of each head. neox: pairs (i, i + rope_dim/2);
     otherwise adjacent pairs (2i, 2i+1), which is what llama-architecture GGUFs expect."""
@@ -101,7 +101,7 @@ def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
 # 4-D caches element by element: LLVM then vectorizes both the dot products and the
 # weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
 # 4x faster (50 -> 13 ms per layer on 2 threads).
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, fastmath={"reassoc", "contract"})
 def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
     writes head h of token t at out[t, pad + h*hd ...]."""
@@ -141,7 +141,7 @@ def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pa
             out[t, o + j] = acc[j]
 
 
-@njit(cache=True)
+@njit
 def _add_bias(v, b):
     for t in range(v.shape[0]):
         for j in range(v.shape[1]):

@@ -26,7 +26,7 @@ INT8_MAX = 127
 _TINY = np.float32(1e-30)
 
 
-@njit(cache=True, boundscheck=False)
+@njit(boundscheck=False)
 def quantize_vector(x, xq, xd, xs32, xs16):
     """x: float32 (n,), n a multiple of 32 -> xq int8 (n,), xd (n/32,) each group's
     scale, xs32 (n/32,) and xs16 (n/16,) the sums of each 32 and 16 values as quantized,
@@ -50,7 +50,7 @@ def quantize_vector(x, xq, xd, xs32, xs16):
         xs32[g] = lo + hi
 
 
-@njit(cache=True, boundscheck=False)
+@njit(boundscheck=False)
 def quantize_rows(X, XQ, XD, XS32, XS16):
     """Row t of X (T, n) -> row t of XQ (T, n), XD, XS32 (T, n // 32), XS16 (T, n // 16)."""
     for t in range(X.shape[0]):

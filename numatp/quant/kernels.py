@@ -81,7 +81,8 @@ def _tile_source(q, tokens):
     per16 = fmt.unit == 16
     n_vec = fmt.unit // 4
     block_elems = formats.block_size(q)
-    L = ["def impl(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):",
+    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, "
+         "T, Y, r0, nvalid):",
          "    zi = splat(np.int32(0), R)",
          "    zf = splat(np.float32(0), R)"]
     for t in range(tokens):
@@ -121,6 +122,15 @@ def _tile_source(q, tokens):
     return "\n".join(L)
 
 
+def _tile_name(q, tokens):
+    """Generated functions get names of their own: Numba's symbol for a function is its
+    name, its argument types and a per-process counter, so two generated functions of
+    one name and signature (the one-token and TOKENS-token tiles, say) could get the
+    same symbol in different processes, and a step compiled in one process against a
+    kernel loaded from another's cache would call the wrong one."""
+    return f"tile_{formats.type_name(q)}_x{tokens}"
+
+
 def tile(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
     """Y[t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted with
     token t, for r < nvalid and t in t0 .. t0 + tokens - 1 (clamped to T - 1: a repeated
@@ -138,7 +148,7 @@ def _tile_ov(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvali
                  "convert": convert, "fma": fma, "prefetch": prefetch,
                  "scales": fmt.scales, "vectors": fmt.vectors, "_store_rows": _store_rows}
     exec(_tile_source(q, n), namespace)
-    return namespace["impl"]
+    return namespace[_tile_name(q, n)]
 
 
 @njit(boundscheck=False)
@@ -208,7 +218,8 @@ def _generate_dispatch(stub):
     def typer(kernels, *args):
         if not isinstance(kernels, KernelSetType):
             return None
-        lines = [f"def impl({params}):"]
+        name = f"{stub.__name__}_for_{'_'.join(map(str, kernels.qtypes))}"  # see _tile_name
+        lines = [f"def {name}({params}):"]
         for q in kernels.qtypes:
             call = _CALLS[stub].get(FAMILY[q])
             if call is not None:
@@ -218,7 +229,7 @@ def _generate_dispatch(stub):
             lines.append("    pass")
         namespace = dict(_CALLEES)
         exec("\n".join(lines), namespace)
-        return namespace["impl"]
+        return namespace[name]
 
     typer.__signature__ = inspect.signature(stub)  # Numba matches typer and stub by name
     overload(stub, prefer_literal=True)(typer)
@@ -247,7 +258,7 @@ def _has_kernel_ov(kernels, qtype):
     return impl
 
 
-@njit(cache=True)
+@njit
 def _check(kernels, qtype):
     """qtype's family; ValueError if the kernel set has no kernel for it."""
     if not has_kernel(kernels, qtype):
@@ -257,7 +268,7 @@ def _check(kernels, qtype):
 
 # -- quantized: row groups --------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, boundscheck=False)
+@njit(parallel=True, boundscheck=False)
 def _packed_linear(kernels, qtype, w, rows, nblk, XQ, XD, XS32, XS16, Y):
     T = XQ.shape[0]
     groups = (rows + R - 1) // R
@@ -273,7 +284,7 @@ def _packed_linear(kernels, qtype, w, rows, nblk, XQ, XD, XS32, XS16, Y):
             _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t, T, Y, r0, nvalid)
 
 
-@njit(cache=True)
+@njit
 def _quantized_linear(kernels, qtype, w, rows, cols, X, Y):
     T = X.shape[0]
     groups = cols // GROUP
@@ -287,14 +298,14 @@ def _quantized_linear(kernels, qtype, w, rows, cols, X, Y):
 
 # -- float formats: rows ----------------------------------------------------------------------
 
-@njit(cache=True)
+@njit
 def _rows_per_chunk(nrows):
     """Rows per call of a row-range kernel in a matvec: as many as 16 (a call costs about
     what a short row does), while leaving at least 256 chunks, 4 each for up to 64 threads."""
     return max(1, min(16, nrows // 256))
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
+@njit(parallel=True, boundscheck=False)
 def _float_matvec(kernels, qtype, w, stride, rows, cols, x, y):
     per = _rows_per_chunk(rows)
     for c in prange((rows + per - 1) // per):
@@ -311,7 +322,7 @@ _GROUP_BYTES = 128 * 1024
 _MIN_GROUPS = 64
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
+@njit(parallel=True, boundscheck=False)
 def _float_matmul(kernels, qtype, w, stride, rows, cols, X, Y):
     T = X.shape[0]
     per = max(1, _GROUP_BYTES // max(1, stride))
@@ -328,7 +339,7 @@ def _float_matmul(kernels, qtype, w, stride, rows, cols, X, Y):
 
 # -- entry points -----------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit
 def row_stride(qtype, cols):
     """Bytes per GGUF-layout row of `cols` elements (cols a whole number of blocks)."""
     if qtype < 0 or qtype >= _MAX_CODE or FAMILY[qtype] == 0:
@@ -336,7 +347,7 @@ def row_stride(qtype, cols):
     return cols // BLOCK_ELEMS[qtype] * BLOCK_BYTES[qtype]
 
 
-@njit(cache=True)
+@njit
 def linear(kernels, qtype, w, rows, cols, X, Y):
     # int64() keeps a jitted caller's constant arguments (typed as literals) from making
     # a separate compilation of the kernels below for every call site.
