@@ -5,6 +5,9 @@ Public entry points (all @njit, callable from other jitted code and from Python)
   linear(kernels, qtype, w, rows, cols, X, Y)
       Y[t, :] = W @ X[t, :] for every t; X is (T, cols), Y is (T, rows), both float32
       C-contiguous. w is the matrix as `prepare` returns it.
+  linear3(...), glu(...)
+      three products of one input (Q, K, V), and a SwiGLU's gate and up with its silu,
+      each in one parallel region.
   dequantize_rows(kernels, qtype, w, cols, row_ids, out)
       out[k, :] = row row_ids[k] of a matrix in GGUF layout, as float32 (embedding
       lookup).
@@ -36,13 +39,14 @@ Call these from serial code: they start their own parallel region.
 from numatp import _env  # noqa: F401  (before numba)
 
 import inspect
+import math
 
 import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
 from numatp.quant import block32, floats, formats, kquants, packing
-from numatp.quant.activations import GROUP, quantize_rows
+from numatp.quant.activations import GROUP, quantize_vector
 from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
@@ -268,32 +272,83 @@ def _check(kernels, qtype):
 
 # -- quantized: row groups --------------------------------------------------------------------
 
+@njit(boundscheck=False)
+def _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows):
+    """Row group g of a packed matrix of `rows` rows against every token."""
+    T = XQ.shape[0]
+    go = g * nblk * R * BLOCK_BYTES[qtype]
+    r0 = g * R
+    nvalid = min(R, rows - r0)
+    full = T - T % TOKENS if T > 1 else 0
+    for t0 in range(0, full, TOKENS):
+        _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)
+    for t in range(full, T):
+        _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t, T, Y, r0, nvalid)
+
+
 @njit(parallel=True, boundscheck=False)
 def _packed_linear(kernels, qtype, w, rows, nblk, XQ, XD, XS32, XS16, Y):
+    for g in prange((rows + R - 1) // R):
+        _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, XQ, XD, XS32, XS16,
+                    Ya, Yb, Yc):
+    ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
+    for j in prange(ga + gb + (rc + R - 1) // R):
+        i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
+        # one call site: each one compiles the whole tile dispatch
+        if i < ga:
+            q, w, Y, g, rows = qa, wa, Ya, i, ra
+        elif i < ga + gb:
+            q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
+        else:
+            q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
+        _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, XQ, XD, XS32, XS16, G, U, H, pad):
     T = XQ.shape[0]
-    groups = (rows + R - 1) // R
-    group_bytes = nblk * R * BLOCK_BYTES[qtype]
-    full = T - T % TOKENS if T > 1 else 0
-    for g in prange(groups):
-        go = g * group_bytes
-        r0 = g * R
-        nvalid = min(R, rows - r0)
-        for t0 in range(0, full, TOKENS):
-            _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)
-        for t in range(full, T):
-            _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t, T, Y, r0, nvalid)
+    for j in prange((rows + R - 1) // R):
+        g = np.int64(j)
+        for m in range(2):
+            if m == 0:
+                q, w, Y = qg, wg, G
+            else:
+                q, w, Y = qu, wu, U
+            _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+        for t in range(T):
+            for r in range(g * R, min(rows, (g + 1) * R)):
+                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
 
 
 @njit
-def _quantized_linear(kernels, qtype, w, rows, cols, X, Y):
-    T = X.shape[0]
+def _silu(x):
+    return x / (np.float32(1.0) + np.float32(math.exp(-x)))
+
+
+@njit(parallel=True, boundscheck=False)
+def _quantize_tokens(X, XQ, XD, XS32, XS16):
+    for t in prange(X.shape[0]):
+        quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t])
+
+
+@njit
+def _quantize(X):
+    """(XQ, XD, XS32, XS16) of X (T, cols): activations.py's int8 form, tokens in parallel."""
+    T, cols = X.shape
     groups = cols // GROUP
     XQ = np.empty((T, cols), np.int8)
     XD = np.empty((T, groups), np.float32)
     XS32 = np.empty((T, groups), np.float32)
     XS16 = np.empty((T, 2 * groups), np.float32)
-    quantize_rows(X, XQ, XD, XS32, XS16)
-    _packed_linear(kernels, qtype, w, rows, cols // BLOCK_ELEMS[qtype], XQ, XD, XS32, XS16, Y)
+    if T > 1:
+        _quantize_tokens(X, XQ, XD, XS32, XS16)
+    else:
+        quantize_vector(X[0], XQ[0], XD[0], XS32[0], XS16[0])
+    return XQ, XD, XS32, XS16
 
 
 # -- float formats: rows ----------------------------------------------------------------------
@@ -354,11 +409,50 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, q) != _FLOAT:
-        _quantized_linear(kernels, q, w, rows, cols, X, Y)
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], XQ, XD, XS32, XS16, Y)
     elif X.shape[0] == 1:
         _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
     else:
         _float_matmul(kernels, q, w, row_stride(q, cols), rows, cols, X, Y)
+
+
+@njit
+def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
+    """Ya, Yb, Yc = X @ A.T, X @ B.T, X @ C.T for three matrices of `cols` columns that
+    read the same input (a layer's Q, K and V; rc = 0 for two): X is quantized once and
+    one parallel region covers all their row groups."""
+    qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
+    fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
+    if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
+                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], XQ, XD, XS32, XS16,
+                        Ya, Yb, Yc)
+    else:
+        linear(kernels, qa, wa, ra, cols, X, Ya)
+        linear(kernels, qb, wb, rb, cols, X, Yb)
+        if rc:
+            linear(kernels, qc, wc, rc, cols, X, Yc)
+
+
+@njit
+def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
+    """H[t, pad + r] = silu(G[t, r]) * U[t, r] with G = X @ gate.T, U = X @ up.T (a SwiGLU
+    FFN's first half): X is quantized once, and each row group's silu is taken by the
+    thread that computed it."""
+    qg, qu = np.int64(qg), np.int64(qu)
+    rows, cols = np.int64(rows), np.int64(cols)
+    if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], XQ, XD, XS32, XS16,
+                    G, U, H, np.int64(pad))
+    else:
+        linear(kernels, qg, wg, rows, cols, X, G)
+        linear(kernels, qu, wu, rows, cols, X, U)
+        for t in range(X.shape[0]):
+            for r in range(rows):
+                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
 
 
 @njit(cache=True, boundscheck=False)
