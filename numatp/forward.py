@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from numatp import _env  # noqa: F401
 from numatp.parallel.allreduce import allreduce
-from numatp.quant.kernels import linear
+from numatp.quant.kernels import glu, linear, linear3
 
 # Per-layer roles (index rows layer * N_ROLES + role).
 ATTN_NORM, WQ, WK, WV, BQ, BK, BV, QNORM, KNORM, WO, FFN_NORM, WGATE, WUP, WDOWN = range(14)
@@ -38,32 +38,71 @@ INDEX_COLS = 6
 N_DIMS = 17
 
 
-@njit(cache=True)
+@njit
 def _vector(arena, index, e):
     off = index[e, OFFSET]
     return arena[off:off + index[e, NBYTES]].view(np.float32)
 
 
-@njit(cache=True)
-def _linear(kernels, arena, index, e, X, Y):
+@njit
+def _matrix(arena, index, e):
     off = index[e, OFFSET]
-    linear(kernels, index[e, QTYPE], arena[off:off + index[e, NBYTES]], index[e, ROWS],
-           index[e, COLS], X, Y)
+    return arena[off:off + index[e, NBYTES]]
 
 
-@njit(cache=True)
+@njit
+def _linear(kernels, arena, index, e, X, Y):
+    linear(kernels, index[e, QTYPE], _matrix(arena, index, e), index[e, ROWS], index[e, COLS],
+           X, Y)
+
+
+@njit
+def _qkv(kernels, arena, index, e, X, q, k, v):
+    """The layer's Q, K and V projections of X, in one parallel region."""
+    eq, ek, ev = e + WQ, e + WK, e + WV
+    linear3(kernels, index[eq, QTYPE], _matrix(arena, index, eq), index[eq, ROWS],
+            index[ek, QTYPE], _matrix(arena, index, ek), index[ek, ROWS],
+            index[ev, QTYPE], _matrix(arena, index, ev), index[ev, ROWS], index[eq, COLS],
+            X, q, k, v)
+
+
+@njit
+def _gate_up(kernels, arena, index, e, X, gate, up, hbuf):
+    """hbuf[:, pad:] = silu(gate(X)) * up(X), pad as ffn_down wants its input."""
+    eg, eu = e + WGATE, e + WUP
+    glu(kernels, index[eg, QTYPE], _matrix(arena, index, eg), index[eu, QTYPE],
+        _matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], X, gate, up, hbuf,
+        index[e + WDOWN, PAD])
+
+
+@njit
+def _rmsnorm_row(x, w, eps, out):
+    n = x.shape[0]
+    ss = 0.0
+    for j in range(n):
+        ss += np.float64(x[j]) * x[j]
+    scale = np.float32(1.0 / math.sqrt(ss / n + eps))
+    for j in range(n):
+        out[j] = x[j] * scale * w[j]
+
+
+@njit(parallel=True)
+def _rmsnorm_tokens(x, w, eps, out):
+    for t in prange(x.shape[0]):
+        _rmsnorm_row(x[t], w, eps, out[t])
+
+
+@njit
 def _rmsnorm(x, w, eps, out):
-    n = x.shape[1]
-    for t in range(x.shape[0]):
-        ss = 0.0
-        for j in range(n):
-            ss += np.float64(x[t, j]) * x[t, j]
-        scale = np.float32(1.0 / math.sqrt(ss / n + eps))
-        for j in range(n):
-            out[t, j] = x[t, j] * scale * w[j]
+    """Each row of x; tokens in parallel when there are several (one is too little work
+    for a parallel region)."""
+    if x.shape[0] > 1:
+        _rmsnorm_tokens(x, w, eps, out)
+    else:
+        _rmsnorm_row(x[0], w, eps, out[0])
 
 
-@njit(cache=True)
+@njit
 def _head_rmsnorm(v, n_heads, hd, w, eps):
     """In place, each head of each row separately (qwen3's q/k norm)."""
     for t in range(v.shape[0]):
@@ -76,23 +115,35 @@ def _head_rmsnorm(v, n_heads, hd, w, eps):
                 v[t, h * hd + j] = v[t, h * hd + j] * scale * w[j]
 
 
-@njit(cache=True)
+@njit
+def _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, p):
+    half = rope_dim // 2
+    for h in range(n_heads):
+        b = h * hd
+        for i in range(half):
+            if neox:
+                a, c = b + i, b + i + half
+            else:
+                a, c = b + 2 * i, b + 2 * i + 1
+            x0, x1 = v[t, a], v[t, c]
+            v[t, a] = x0 * cos[p, i] - x1 * sin[p, i]
+            v[t, c] = x0 * sin[p, i] + x1 * cos[p, i]
+
+
+@njit(parallel=True)
+def _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
+    for t in prange(v.shape[0]):
+        _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, pos0 + t)
+
+
+@njit
 def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
     """Rotate the first rope_dim dims of each head. neox: pairs (i, i + rope_dim/2);
     otherwise adjacent pairs (2i, 2i+1), which is what llama-architecture GGUFs expect."""
-    half = rope_dim // 2
-    for t in range(v.shape[0]):
-        p = pos0 + t
-        for h in range(n_heads):
-            b = h * hd
-            for i in range(half):
-                if neox:
-                    a, c = b + i, b + i + half
-                else:
-                    a, c = b + 2 * i, b + 2 * i + 1
-                x0, x1 = v[t, a], v[t, c]
-                v[t, a] = x0 * cos[p, i] - x1 * sin[p, i]
-                v[t, c] = x0 * sin[p, i] + x1 * cos[p, i]
+    if v.shape[0] > 1:
+        _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos0)
+    else:
+        _rope_token(v, 0, n_heads, hd, rope_dim, neox, cos, sin, pos0)
 
 
 # reassoc lets LLVM vectorize the q.k dot products (a float sum in a fixed order cannot
@@ -101,7 +152,7 @@ def _rope(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
 # 4-D caches element by element: LLVM then vectorizes both the dot products and the
 # weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
 # 4x faster (50 -> 13 ms per layer on 2 threads).
-@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+@njit(parallel=True, fastmath={"reassoc", "contract"})
 def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
     writes head h of token t at out[t, pad + h*hd ...]."""
@@ -141,7 +192,7 @@ def _attention(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pa
             out[t, o + j] = acc[j]
 
 
-@njit(cache=True)
+@njit
 def _add_bias(v, b):
     for t in range(v.shape[0]):
         for j in range(v.shape[1]):
@@ -174,9 +225,7 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
         e = layer * N_ROLES
         # Attention: my heads.
         _rmsnorm(x, _vector(arena, index, e + ATTN_NORM), eps, xb)
-        _linear(kernels, arena, index, e + WQ, xb, q)
-        _linear(kernels, arena, index, e + WK, xb, k)
-        _linear(kernels, arena, index, e + WV, xb, v)
+        _qkv(kernels, arena, index, e, xb, q, k, v)
         if dims[D_QKV_BIAS]:
             _add_bias(q, _vector(arena, index, e + BQ))
             _add_bias(k, _vector(arena, index, e + BK))
@@ -201,13 +250,7 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
         x += proj
         # FFN: my rows of gate/up, my columns of down.
         _rmsnorm(x, _vector(arena, index, e + FFN_NORM), eps, xb)
-        _linear(kernels, arena, index, e + WGATE, xb, gate)
-        _linear(kernels, arena, index, e + WUP, xb, up)
-        pad = index[e + WDOWN, PAD]
-        for t in range(T):
-            for j in range(ffn):
-                g = gate[t, j]
-                hbuf[t, pad + j] = g / (np.float32(1.0) + np.float32(math.exp(-g))) * up[t, j]
+        _gate_up(kernels, arena, index, e, xb, gate, up, hbuf)
         _linear(kernels, arena, index, e + WDOWN, hbuf, proj)
         status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
         if status != 0:

@@ -3,8 +3,14 @@ yardstick numatp's forward is checked against.
 
 Written plainly from llama.cpp's conventions and nothing of numatp's model code: the file
 is read with gguf.GGUFReader and every tensor dequantized with gguf.quants.dequantize,
-then widened to float64, so the only differences from numatp should be numatp's float32
-arithmetic.
+then widened to float64.
+
+Like llama.cpp and numatp, a matrix product with quantized weights first rounds its input
+to int8, each 32 values with the scale max|x| / 127 (`int8_activations=True`, the
+default). The only differences from numatp should then be numatp's float32 arithmetic,
+and where a value lies within float32 rounding of halfway between two int8 steps, the
+step it rounds to. `int8_activations=False` gives the exact product, to measure what the
+rounding itself costs.
 
 Conventions (as llama.cpp computes them):
 - RMSNorm: x / sqrt(mean(x^2) + eps) * w.
@@ -22,18 +28,30 @@ Conventions (as llama.cpp computes them):
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader
+from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
 ARCHS = ("llama", "qwen2", "qwen3")
 NEOX_ARCHS = ("qwen2", "qwen3")
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+_TINY = 1e-30   # a group whose largest |x| is below this counts as zero (as numatp's)
+
+
+def int8_rounded(x):
+    """x (..., n), n a multiple of 32: each group of 32 as d * round(x / d), d = max|x| / 127."""
+    g = x.reshape(*x.shape[:-1], -1, 32)
+    top = np.abs(g).max(axis=-1, keepdims=True)
+    d = np.where(top > _TINY, top / 127.0, 0.0)
+    q = np.round(g / np.where(d > 0, d, 1.0))
+    return (q * d).reshape(x.shape)
 
 
 class ReferenceModel:
     """A GGUF model held as float64 arrays; `logits(ids)` runs the whole causal forward."""
 
-    def __init__(self, path):
+    def __init__(self, path, int8_activations=True):
         self.path = Path(path)
+        self.int8_activations = int8_activations
         reader = GGUFReader(str(self.path))
         fields = reader.fields
 
@@ -61,13 +79,14 @@ class ReferenceModel:
         self.freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
         self.neox = self.arch in NEOX_ARCHS
 
-        self.w = {}
+        self.w, self.types = {}, {}
         for t in reader.tensors:
             shape = tuple(int(d) for d in reversed(t.shape))   # GGUF lists dims innermost first
             values = dequantize(t.data, t.tensor_type).reshape(shape)
             self.w[t.name] = values.astype(np.float64)
-        self.output = self.w.get("output.weight", self.w["token_embd.weight"])
-        self.vocab = self.output.shape[0]
+            self.types[t.name] = t.tensor_type
+        self.output = "output.weight" if "output.weight" in self.w else "token_embd.weight"
+        self.vocab = self.w[self.output].shape[0]
 
     # --- pieces -----------------------------------------------------------------------------
 
@@ -93,8 +112,14 @@ class ReferenceModel:
             out[..., 1:self.n_rot:2] = a * sin + b * cos
         return out
 
+    def matmul(self, x, weight):
+        """x @ W.T, with x rounded to int8 first for quantized W (see the module doc)."""
+        if self.int8_activations and self.types[weight] not in FLOAT_TYPES:
+            x = int8_rounded(x)
+        return x @ self.w[weight].T
+
     def linear(self, x, name):
-        y = x @ self.w[name + ".weight"].T
+        y = self.matmul(x, name + ".weight")
         bias = self.w.get(name + ".bias")
         return y if bias is None else y + bias
 
@@ -139,7 +164,7 @@ class ReferenceModel:
             p = f"blk.{layer}."
             x = x + self.attention(self.rms_norm(x, self.w[p + "attn_norm.weight"]), layer, positions)
             x = x + self.ffn(self.rms_norm(x, self.w[p + "ffn_norm.weight"]), layer)
-        return self.rms_norm(x, self.w["output_norm.weight"]) @ self.output.T
+        return self.matmul(self.rms_norm(x, self.w["output_norm.weight"]), self.output)
 
     def greedy(self, prompt_ids, n_tokens) -> list:
         """The next n_tokens by argmax, recomputing the whole sequence each step."""
@@ -149,6 +174,6 @@ class ReferenceModel:
         return ids[len(prompt_ids):]
 
 
-def reference_logits(path, token_ids) -> np.ndarray:
+def reference_logits(path, token_ids, int8_activations=True) -> np.ndarray:
     """Float64 logits (len(token_ids), vocab) of the GGUF model at `path`."""
-    return ReferenceModel(path).logits(token_ids)
+    return ReferenceModel(path, int8_activations).logits(token_ids)

@@ -1,10 +1,10 @@
-"""The quantized matrix kernels against gguf's reference dequantization.
+"""The matrix kernels against gguf's reference dequantization.
 
 Every type in formats.SUPPORTED: random weights (quantized by gguf where it can, random
 block bytes with sane fp16 scales where it cannot), a float64 reference product of the
 dequantized matrix, and the kernels' entry points on odd shapes: row counts that do not
-divide among threads, several block counts, row and column-block ranges, batches of
-1, 2 and 5 tokens, and dequantize_rows.
+fill a row group or divide among threads, several block counts, batches of 1, 2, 5 and
+9 tokens (whole tiles and a remainder), and dequantize_rows.
 """
 import numatp  # noqa: F401  (sets the Numba environment first)
 
@@ -15,8 +15,8 @@ import pytest
 from gguf import GGMLQuantizationType as GT
 
 from numatp.quant import formats as F
-from numatp.quant.kernels import (KernelSet, dequantize_rows, linear, matmul_range,
-                                  matvec_range, row_stride)
+from numatp.quant import packing
+from numatp.quant.kernels import KernelSet, R, dequantize_rows, linear, prepare
 
 # Types gguf can quantize itself; the others get random block bytes.
 GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
@@ -56,9 +56,9 @@ def assert_close(qtype, got, W, X):
     """Kernel output `got` (T, rows) against the float64 product X @ W.T.
 
     Error bounds per output element:
-      - quantized formats round the activations to int16 with one scale per 32 values,
-        so each is off by at most max|x| / 65534 and the sum by at most
-        sum_j |W_ij| * max|x| / 65534;
+      - quantized formats round the activations to int8 with one scale per 32 values
+        (max|x| of the group / 127), so each is off by at most max|x| / 254 and the sum
+        by at most sum_j |W_ij| * max|x| / 254;
       - float32 accumulation of K terms: at most about K * 2^-24 * sum_j |W_ij * x_j|.
     The test allows twice the sum of both, so a wrong element, block or scale (errors of
     the size of the terms themselves) cannot pass."""
@@ -67,7 +67,7 @@ def assert_close(qtype, got, W, X):
     K = W.shape[1]
     bound = K * 2.0 ** -24 * (np.abs(X) @ np.abs(W).T)
     if qtype not in FLOATS:
-        bound += np.abs(X).max(axis=1, keepdims=True) / 65534 * np.abs(W).sum(axis=1)
+        bound += np.abs(X).max(axis=1, keepdims=True) / 254 * np.abs(W).sum(axis=1)
     err = np.abs(got.astype(np.float64) - ref)
     assert np.all(err <= 2 * bound + 1e-30), (F.type_name(qtype), float((err / bound).max()))
 
@@ -81,52 +81,40 @@ def rng():
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("rows,nblk", [(1, 1), (7, 3), (33, 2)])
+@pytest.mark.parametrize("rows,nblk", [(1, 1), (7, 3), (2 * R + 3, 2)])
 def test_matvec(qtype, rows, nblk, rng):
     cols = _cols(qtype, nblk) if qtype not in FLOATS else 8 * nblk + 5
     raw, W = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((1, cols)).astype(np.float32)
     Y = np.full((1, rows), np.nan, np.float32)
-    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert_close(qtype, Y, W, X)
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("T", [2, 5])
+@pytest.mark.parametrize("T", [2, 5, 9])
 def test_batched(qtype, T, rng):
-    rows = 7
+    rows = R + 7
     cols = _cols(qtype, 3) if qtype not in FLOATS else 29
     raw, W = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((T, cols)).astype(np.float32)
     Y = np.full((T, rows), np.nan, np.float32)
-    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert_close(qtype, Y, W, X)
 
 
-@pytest.mark.parametrize("qtype", TYPES)
-def test_ranges(qtype, rng):
-    """A row range and a column-block range of a matrix that is not copied out."""
-    rows, nblk = 9, 4
-    cols = _cols(qtype, nblk) if qtype not in FLOATS else 40
-    raw, W = make_matrix(qtype, rows, cols, rng)
-    stride = row_stride(qtype, cols)
-    assert stride == raw.shape[1]
-    per_blk = 1 if qtype in FLOATS else F.block_size(qtype)
-    total_blk = cols // per_blk
-    r0, r1 = 2, 7
-    blk0, nb = total_blk // 4, total_blk // 2
-    c0, c1 = blk0 * per_blk, (blk0 + nb) * per_blk
-    sub = W[r0:r1, c0:c1]
-
-    x = rng.standard_normal(c1 - c0).astype(np.float32)
-    y = np.full(r1 - r0, np.nan, np.float32)
-    matvec_range(ALL, qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, x, y)
-    assert_close(qtype, y[None], sub, x[None])
-
-    X = rng.standard_normal((5, c1 - c0)).astype(np.float32)
-    Y = np.full((5, r1 - r0), np.nan, np.float32)
-    matmul_range(ALL, qtype, raw.reshape(-1), stride, r0, r1, blk0, nb, X, Y)
-    assert_close(qtype, Y, sub, X)
+@pytest.mark.parametrize("qtype", [pytest.param(q, id=F.type_name(q)) for q in packing.PACKED])
+@pytest.mark.parametrize("group", [8, 16])
+def test_packing_round_trip(qtype, group, rng):
+    """Packing only moves bytes: unpacking gives the GGUF rows back, and a partial last
+    group is padded with zero rows."""
+    rows, nblk = group + 3, 2
+    raw = rng.integers(0, 256, (rows, nblk * F.block_bytes(qtype)), dtype=np.uint8)
+    packed = packing.pack(qtype, raw, group)
+    assert packed.size == packing.packed_nbytes(qtype, rows, _cols(qtype, nblk), group)
+    assert np.array_equal(packing.unpack(qtype, packed, rows, _cols(qtype, nblk), group), raw)
+    padded = packing.unpack(qtype, packed, 2 * group, _cols(qtype, nblk), group)
+    assert not padded[rows:].any()
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -147,16 +135,16 @@ def test_dequantize_rows(qtype, rng):
 def test_thread_count_does_not_change_results(qtype, rng):
     rows, cols = 37, _cols(qtype, 2) if qtype not in FLOATS else 64
     raw, _ = make_matrix(qtype, rows, cols, rng)
-    X = rng.standard_normal((3, cols)).astype(np.float32)
+    X = rng.standard_normal((6, cols)).astype(np.float32)
     results = []
     previous = numba.get_num_threads()
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
             y1 = np.zeros((1, rows), np.float32)
-            y3 = np.zeros((3, rows), np.float32)
-            linear(ALL, qtype, raw.reshape(-1), rows, cols, X[:1], y1)
-            linear(ALL, qtype, raw.reshape(-1), rows, cols, X, y3)
+            y3 = np.zeros((6, rows), np.float32)
+            linear(ALL, qtype, prepare(qtype, raw), rows, cols, X[:1], y1)
+            linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, y3)
             results.append((y1, y3))
     finally:
         numba.set_num_threads(previous)
@@ -178,14 +166,14 @@ def test_type_outside_the_kernel_set_raises(rng):
     raw, _ = make_matrix(F.Q4_0, 3, 32, rng)
     X, Y = np.ones((1, 32), np.float32), np.zeros((1, 3), np.float32)
     with pytest.raises(ValueError, match="in the kernel set"):
-        linear(KernelSet([F.Q8_0]), F.Q4_0, raw.reshape(-1), 3, 32, X, Y)
+        linear(KernelSet([F.Q8_0]), F.Q4_0, prepare(F.Q4_0, raw), 3, 32, X, Y)
 
 
 @numba.njit(cache=True)
-def _jitted_caller(kernels, qtype, w, stride, rows, nblk, x, X, y, Y):
+def _jitted_caller(kernels, qtype, w, rows, cols, X, Y):
     # Constant arguments, as a transformer step would pass them.
-    matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
-    matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
+    linear(kernels, qtype, w, rows, cols, X[:1], Y[:1])
+    linear(kernels, qtype, w, rows, cols, X, Y)
 
 
 def test_callable_from_jitted_code(rng):
@@ -193,16 +181,13 @@ def test_callable_from_jitted_code(rng):
     cols = nblk * F.block_size(qtype)
     raw, W = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((2, cols)).astype(np.float32)
-    y = np.zeros(rows, np.float32)
     Y = np.zeros((2, rows), np.float32)
-    _jitted_caller(KernelSet([qtype]), qtype, raw.reshape(-1), raw.shape[1], rows, nblk,
-                   X[0].copy(), X, y, Y)
-    assert_close(qtype, y[None], W, X[:1])
+    _jitted_caller(KernelSet([qtype]), qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert_close(qtype, Y, W, X)
 
 
 def test_zero_and_tiny_activation_groups(rng):
-    """A group of zeros, or of values so small that int16 scaling would overflow, is
+    """A group of zeros, or of values so small that int8 scaling would overflow, is
     taken as zero rather than producing inf/NaN."""
     qtype, rows = F.Q8_0, 4
     cols = 3 * F.block_size(qtype)
@@ -211,6 +196,6 @@ def test_zero_and_tiny_activation_groups(rng):
     X[0, :32] = 0.0
     X[0, 32:64] = 1e-38
     Y = np.full((1, rows), np.nan, np.float32)
-    linear(ALL, qtype, raw.reshape(-1), rows, cols, X, Y)
+    linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert np.all(np.isfinite(Y))
     assert_close(qtype, Y, W, X)

@@ -4,10 +4,15 @@ logits within float32 round-off of the single-shard logits.
 Why round-off and not bit equality: with N ranks, attn_output and ffn_down are summed as N
 partial sums (each over a rank's columns) and then added, instead of one running sum, so
 the float32 additions happen in another order. Reordering a K-term float32 sum changes it
-by at most ~K * 6e-8 * sum|terms|; for these models (K <= 224, activations O(1)) that is
+by at most ~K * 6e-8 * sum|terms|; for these models (K <= 512, activations O(1)) that is
 < 1e-5 per matmul, growing through the layers and the output head to ~1e-5 of the logits'
 scale. We allow 1e-4 of the largest logit magnitude. Virtual nodes share this machine's 2
 CPUs (3 and 4 workers oversubscribe them, which is slow but must stay correct).
+
+The int8 rounding of the activations (numatp/quant/activations.py) is the same with any
+split: a rank's columns start at a head boundary, a multiple of 32 when the head size is,
+so each group of 32 activations lies within one rank, which rounds it as one shard would.
+(With heads of 16, ranks would round halves of a group with scales of their own.)
 """
 import numpy as np
 import pytest
@@ -21,12 +26,14 @@ PROMPT_IDS = [7, 100, 42, 250, 3, 19, 77, 401, 5]
 
 @pytest.fixture(scope="module")
 def uneven_model(tmp_path_factory):
-    # 14 heads over 2 KV heads; attn_output columns of 5 heads (80) end inside a Q8_0
-    # block of 32, so neighbouring ranks share a block (the padded column shard); ffn of
-    # 160 = 5 blocks splits 2/2/1 over 3 ranks and leaves a rank of 4 with one block.
+    # 16 heads of 32 over 4 KV heads; attn_output is Q4_K, 512 columns in super-blocks of
+    # 256: over 3 ranks (8, 4 and 4 heads) ranks 1 and 2 share the second super-block,
+    # over 4 ranks every block is shared (the padded column shard). ffn of 160 = 5 Q8_0
+    # blocks splits 2/2/1 over 3 ranks and leaves a rank of 4 with one block.
     return synth.write_model(tmp_path_factory.mktemp("tp") / "uneven.gguf", arch="qwen2",
-                             qtype="Q8_0", hidden=128, n_heads=14, n_kv_heads=2, head_dim=16,
-                             ffn=160, n_layers=2, vocab=517, seed=11)
+                             qtype="Q8_0", hidden=256, n_heads=16, n_kv_heads=4, head_dim=32,
+                             ffn=160, n_layers=2, vocab=517, seed=11,
+                             tensor_types={"attn_output": "Q4_K"})
 
 
 def logits_and_greedy(path, nodes, ids, n_gen=8):

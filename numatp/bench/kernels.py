@@ -22,7 +22,7 @@ import numpy as np
 from numatp.bench import memory
 from numatp.errors import UsageError
 from numatp.quant import formats as F
-from numatp.quant.kernels import KernelSet, matmul_range, matvec_range, row_stride
+from numatp.quant.kernels import KernelSet, linear, prepare, row_stride
 
 GB = 1e9
 DEFAULT_MATRIX_BYTES = 256 << 20
@@ -116,17 +116,16 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
     threads, after one untimed matvec (compilation, first touch)."""
     kernels = KernelSet([qtype])
     stride = row_stride(qtype, cols)
-    nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
-    x = np.random.default_rng(1).standard_normal(cols, dtype=np.float32)
-    y = np.empty(rows, np.float32)
+    x = np.random.default_rng(1).standard_normal((1, cols), dtype=np.float32)
+    y = np.empty((1, rows), np.float32)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
+        linear(kernels, qtype, w, rows, cols, x, y)
         rates, reads = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, x, y)
+            linear(kernels, qtype, w, rows, cols, x, y)
             rates.append(rows * stride / (time.perf_counter() - t0) / GB)
             t0 = time.perf_counter()
             memory.read_kernel(words, threads)
@@ -141,29 +140,31 @@ def time_matvec(qtype: int, w: np.ndarray, rows: int, cols: int, threads: int,
 BATCH_MATRIX_BYTES = 16 << 20
 
 
-def time_matmul(qtype: int, w: np.ndarray, cols: int, threads: int, batch: int,
-                repeats: int) -> float:
+def time_matmul(qtype: int, raw: np.ndarray, cols: int, threads: int, batch: int,
+                repeats: int) -> tuple[float, float]:
     """Median 'effective' GB/s of the batched path: batch x the bytes of the first
-    16 MB of rows of w per second (what decoding those tokens one at a time would have
-    to stream); compute-bound, so a smaller matrix than the matvec's will do."""
+    16 MB of rows of the matrix per second (what decoding those tokens one at a time
+    would have to stream), and its multiply-adds per second (GMAC/s); compute-bound, so
+    a smaller matrix than the matvec's will do."""
     kernels = KernelSet([qtype])
     stride = row_stride(qtype, cols)
-    rows = max(1, min(w.size // stride, BATCH_MATRIX_BYTES // stride))
-    nblk = cols // F.block_size(qtype) if qtype not in FLOATS else cols
+    rows = max(1, min(raw.size // stride, BATCH_MATRIX_BYTES // stride))
+    w = prepare(qtype, raw[:rows * stride].reshape(rows, stride))
     X = np.random.default_rng(2).standard_normal((batch, cols), dtype=np.float32)
     Y = np.empty((batch, rows), np.float32)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
-        rates = []
+        linear(kernels, qtype, w, rows, cols, X, Y)
+        times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
-            rates.append(batch * rows * stride / (time.perf_counter() - t0) / GB)
+            linear(kernels, qtype, w, rows, cols, X, Y)
+            times.append(time.perf_counter() - t0)
     finally:
         numba.set_num_threads(previous)
-    return float(np.median(rates))
+    best = float(np.median(times))
+    return batch * rows * stride / best / GB, batch * rows * cols / best / GB
 
 
 def run(types: str | None = None, threads: str | None = None, rows: int | None = None,
@@ -185,18 +186,20 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
     results = []
     for q in qtypes:
         r, c = shapes[q]
-        w = random_matrix(q, r, c)
+        raw = random_matrix(q, r, c)
+        w = prepare(q, raw.reshape(r, -1))
         for t in counts:
             item = {"type": F.type_name(q), "threads": t}
             item.update(time_matvec(q, w, r, c, t, repeats, words))
-            item.update({"rows": r, "cols": c, "matrix_mb": w.nbytes / 1e6})
+            item.update({"rows": r, "cols": c, "matrix_mb": raw.nbytes / 1e6})
             if batch:
                 item["batch"] = batch
-                item["batch_gbps"] = time_matmul(q, w, c, t, batch, repeats)
+                item["batch_gbps"], item["batch_gmacs"] = time_matmul(q, raw, c, t, batch,
+                                                                      repeats)
             results.append(item)
             if progress:
                 progress(item)
-        del w
+        del w, raw
     return {"read_gbps": read_all, "threads": counts, "repeats": repeats, "batch": batch,
             "kernels": results}
 
@@ -227,13 +230,13 @@ def format_report(r: dict) -> str:
         lines.append("")
         lines.append(f"Batched path, {r['batch']} tokens at a time: {r['batch']} x weight GB "
                      f"per second (what one-token matvecs would have to stream)")
-        lines.append(f"{'type':<8}" + "".join(f"{f'{t}T GB/s':>10}{'x matvec':>10}"
+        lines.append(f"{'type':<8}" + "".join(f"{f'{t}T GB/s':>10}{'x matvec':>10}{'GMAC/s':>9}"
                                                for t in counts))
         for name, per in by_type.items():
             line = f"{name:<8}"
             for t in counts:
                 k = per.get(t)
                 line += (f"{k['batch_gbps']:>10.1f}{k['batch_gbps'] / k['gbps']:>9.1f}x"
-                         if k else " " * 20)
+                         f"{k['batch_gmacs']:>9.1f}" if k else " " * 29)
             lines.append(line)
     return "\n".join(lines)

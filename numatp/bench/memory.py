@@ -26,7 +26,7 @@ MIN_BYTES = 4096
 # and the loop is limited by loads alone. Integers rather than floats: the buffers hold
 # arbitrary bytes, and float sums of them would hit NaN/denormal slow paths and need
 # fastmath to be reassociated at all.
-@njit(cache=True, boundscheck=False)
+@njit(boundscheck=False)
 def _sum_words(words):
     total = np.uint64(0)
     for i in range(words.size):  # 0-based: indices provably >= 0, so no wraparound check

@@ -80,7 +80,7 @@ def _seq_index(rank):
     return LINE * (1 + rank)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def allreduce(ctl, data, rank, nranks, x):
     if nranks == 1:
         return OK

@@ -6,6 +6,9 @@ shards (attn_output, ffn_down) keep whole quant blocks: the blocks that cover my
 copied row by row. When my first column is not on a block boundary (a head boundary
 inside a 256-element block), the input vector is padded: `pad` zeros before my columns
 and zeros after; a neighbour holding the same block contributes the other columns.
+
+Matrices are stored as the kernels read them (kernels.prepare: quantized ones in row
+groups); vectors (norms, biases) as they are in the file.
 """
 from dataclasses import dataclass
 
@@ -16,6 +19,7 @@ from numatp.model.config import ModelConfig
 from numatp.parallel.plan import Shard
 from numatp.quant import formats
 from numatp.quant.kernel_set import KernelSet
+from numatp.quant.kernels import prepare, prepared_nbytes
 
 ALIGN = 64  # every tensor starts on a cache line
 
@@ -31,7 +35,7 @@ class ShardWeights:
 class _Piece:
     """A tensor slice waiting to be copied: rows, columns as whole blocks."""
 
-    def __init__(self, t, r0, r1, c0=0, c1=None):
+    def __init__(self, t, r0, r1, c0=0, c1=None, matrix=False):
         self.t = t
         bs = formats.block_size(t.qtype)
         c1 = t.cols if c1 is None else c1
@@ -40,7 +44,11 @@ class _Piece:
         self.pad = c0 - self.b0 * bs
         self.cols = (self.b1 - self.b0) * bs
         self.row_bytes = formats.row_bytes(t.qtype, t.cols)
-        self.nbytes = (r1 - r0) * formats.row_bytes(t.qtype, self.cols)
+        self.matrix = matrix
+        if matrix:
+            self.nbytes = prepared_nbytes(t.qtype, r1 - r0, self.cols)
+        else:
+            self.nbytes = (r1 - r0) * formats.row_bytes(t.qtype, self.cols)
 
     def source(self):
         """The file bytes of my rows (all their columns)."""
@@ -48,11 +56,11 @@ class _Piece:
 
     def copy_to(self, dst):
         bb = formats.block_bytes(self.t.qtype)
-        rows = self.source()
-        if self.b0 == 0 and self.b1 * bb == self.row_bytes:
-            dst[:] = rows
+        rows = self.source().reshape(self.r1 - self.r0, self.row_bytes)
+        m = rows[:, self.b0 * bb:self.b1 * bb]
+        if self.matrix:
+            prepare(self.t.qtype, m, out=dst)
         else:
-            m = rows.reshape(self.r1 - self.r0, self.row_bytes)[:, self.b0 * bb:self.b1 * bb]
             dst.reshape(m.shape)[:] = m
 
 
@@ -73,9 +81,10 @@ def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
         full = lambda name: _Piece(T[b + name], 0, T[b + name].rows)  # noqa: E731
         pieces[e + F.ATTN_NORM] = full("attn_norm.weight")
         pieces[e + F.FFN_NORM] = full("ffn_norm.weight")
-        pieces[e + F.WQ] = _Piece(T[b + "attn_q.weight"], h0 * hd, h1 * hd)
-        pieces[e + F.WK] = _Piece(T[b + "attn_k.weight"], k0 * hd, k1 * hd)
-        pieces[e + F.WV] = _Piece(T[b + "attn_v.weight"], k0 * hd, k1 * hd)
+        matrix = lambda name, *span: _Piece(T[b + name], *span, matrix=True)  # noqa: E731
+        pieces[e + F.WQ] = matrix("attn_q.weight", h0 * hd, h1 * hd)
+        pieces[e + F.WK] = matrix("attn_k.weight", k0 * hd, k1 * hd)
+        pieces[e + F.WV] = matrix("attn_v.weight", k0 * hd, k1 * hd)
         if cfg.arch.qkv_bias:
             # A bias is one row: slice its columns.
             pieces[e + F.BQ] = _Piece(T[b + "attn_q.bias"], 0, 1, h0 * hd, h1 * hd)
@@ -85,15 +94,15 @@ def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
             pieces[e + F.QNORM] = full("attn_q_norm.weight")
             pieces[e + F.KNORM] = full("attn_k_norm.weight")
         wo = T[b + "attn_output.weight"]
-        pieces[e + F.WO] = _Piece(wo, 0, wo.rows, h0 * hd, h1 * hd)
-        pieces[e + F.WGATE] = _Piece(T[b + "ffn_gate.weight"], f0, f1)
-        pieces[e + F.WUP] = _Piece(T[b + "ffn_up.weight"], f0, f1)
+        pieces[e + F.WO] = matrix("attn_output.weight", 0, wo.rows, h0 * hd, h1 * hd)
+        pieces[e + F.WGATE] = matrix("ffn_gate.weight", f0, f1)
+        pieces[e + F.WUP] = matrix("ffn_up.weight", f0, f1)
         wd = T[b + "ffn_down.weight"]
-        pieces[e + F.WDOWN] = _Piece(wd, 0, wd.rows, f0, f1)
+        pieces[e + F.WDOWN] = matrix("ffn_down.weight", 0, wd.rows, f0, f1)
     g = cfg.n_layers * F.N_ROLES
     pieces[g + F.OUT_NORM] = _Piece(T["output_norm.weight"], 0, 1)
     out = T["token_embd.weight"] if cfg.tied_output else T["output.weight"]
-    pieces[g + F.OUTPUT] = _Piece(out, v0, v1)
+    pieces[g + F.OUTPUT] = _Piece(out, v0, v1, matrix=True)
     return pieces
 
 

@@ -59,7 +59,7 @@ def sched_yield(typingctx):
     return types.void(), codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def wait_until_ge(words, idx, target, abort_idx, pause_ns, limit_ns):
     spins = 0
     start = 0

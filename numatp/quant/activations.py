@@ -1,67 +1,62 @@
-"""Activations as int16, the form the quantized kernels multiply with.
+"""Activations as int8, the form the quantized kernels multiply with.
 
-A quantized block's elements are small integers times a scale, so a block's dot product
-is exact in integer arithmetic once the activations are integers too: the CPU's
-16-bit multiply-add (pmaddwd on x86) then does 16 products per instruction with no
-per-element int->float conversion. That halves the work per block compared with
-converting every weight to float32, which is what limits the 4- and 5-bit formats.
+Every group of 32 activations gets a float32 scale d = max|x| / 127 and is rounded to
+integers q = round(x / d) in [-127, 127], as llama.cpp does for its Q8_0/Q8_1
+activations. The weights are small integers too, so a block's dot product is one chain
+of integer multiply-adds (vpdpbusd where the CPU has it, see isa.py), scaled once.
 
-Each group of 32 activations gets its own float32 scale (largest |x| / 32767), so an
-activation is off by at most 1/65534 of its group's largest magnitude: ~2^-16 relative,
-far below the error of the 4-8 bit weights it is multiplied with, though above float32
-round-off (2^-24). Groups of 32 divide every block size, and a column shard starts on a
-block boundary, so a shard quantizes its part of x exactly as the whole matrix would.
+Precision: each activation is off by at most d / 2 = max|x| / 254 of its group, so a
+dot product with a weight row W is off by at most sum_j |W_j| * max|x| / 254. Groups of
+32 divide every block size, and a column shard starts on a block boundary, so a shard
+quantizes its part of x exactly as the whole matrix would.
 
-Within a group the int16 values are stored even elements first, then odd ones
-(x0, x2, .., x30, x1, x3, .., x31): the kernels split 16-bit words of weight bytes into
-their low and high byte (or nibble) halves, which yields exactly those two sets.
+Besides the integers and scales, the sums of each 16 and 32 quantized values (times d)
+are kept: formats whose weights are d*q + m (an offset per block or sub-block) add
+m * sum(x) once per block instead of once per element.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
 import numpy as np
 from numba import njit
 
-from numatp.quant.simd import (convert, deinterleave, hmax, hsum, load, part, round_even,
-                               store, vabs)
+from numatp.quant.simd import convert, hmax, hsum, load, part, round_even, store, vabs
 
 GROUP = 32
-INT16_MAX = 32767
+INT8_MAX = 127
 _TINY = np.float32(1e-30)
 
 
-@njit(cache=True, boundscheck=False)
-def quantize_vector(x, xq, xd, xs):
-    """x: float32 (n,), n a multiple of 32 -> xq int16 (n,), xd (n/32,) the scale of each
-    group, and xs (n/16,) the sum of each half group as quantized, xd * sum(xq), for
-    formats with an offset per block or per 16 elements (using the quantized sum makes a
-    block's result exactly the dot product of the dequantized weights with the dequantized
-    activations, up to float rounding)."""
+@njit(boundscheck=False)
+def quantize_vector(x, xq, xd, xs32, xs16):
+    """x: float32 (n,), n a multiple of 32 -> xq int8 (n,), xd (n/32,) each group's
+    scale, xs32 (n/32,) and xs16 (n/16,) the sums of each 32 and 16 values as quantized,
+    times their scale."""
     for g in range(x.size // GROUP):
         v = load(x, g * GROUP, GROUP)
         top = hmax(vabs(v))
         if top > _TINY:
-            xd[g] = top / np.float32(INT16_MAX)
-            inv = np.float32(INT16_MAX) / top
-        else:  # all zero, or so small that 32767 / top would overflow: count as zero
-            xd[g] = np.float32(0)
+            d = top / np.float32(INT8_MAX)
+            inv = np.float32(INT8_MAX) / top
+        else:  # all zero, or so small that 127 / top would overflow: count as zero
+            d = np.float32(0)
             inv = np.float32(0)
-        q32 = convert(round_even(v * inv), np.int32)
-        store(xq, g * GROUP, deinterleave(convert(q32, np.int16)))
-        xs[2 * g] = xd[g] * np.float32(hsum(part(q32, 0, 16)))
-        xs[2 * g + 1] = xd[g] * np.float32(hsum(part(q32, 16, 16)))
+        q = convert(round_even(v * inv), np.int32)
+        store(xq, g * GROUP, convert(q, np.int8))
+        xd[g] = d
+        lo = d * np.float32(hsum(part(q, 0, 16)))
+        hi = d * np.float32(hsum(part(q, 16, 16)))
+        xs16[2 * g] = lo
+        xs16[2 * g + 1] = hi
+        xs32[g] = lo + hi
 
 
-@njit(cache=True, boundscheck=False)
-def quantize_rows(X, XQ, XD, XS):
-    """Row t of X (T, n) -> row t of XQ (T, n), XD (T, n // 32) and XS (T, n // 16)."""
+@njit(boundscheck=False)
+def quantize_rows(X, XQ, XD, XS32, XS16):
+    """Row t of X (T, n) -> row t of XQ (T, n), XD, XS32 (T, n // 32), XS16 (T, n // 16)."""
     for t in range(X.shape[0]):
-        quantize_vector(X[t], XQ[t], XD[t], XS[t])
+        quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t])
 
 
 def dequantize_vector(xq, xd):
-    """Inverse of quantize_vector (NumPy, for tests): float64 in natural element order."""
-    q = xq.reshape(-1, 2, GROUP // 2).astype(np.float64)
-    natural = np.empty_like(q.reshape(-1, GROUP))
-    natural[:, 0::2] = q[:, 0]
-    natural[:, 1::2] = q[:, 1]
-    return (natural * xd.astype(np.float64)[:, None]).reshape(-1)
+    """Inverse of quantize_vector (NumPy, for tests): float64."""
+    return (xq.reshape(-1, GROUP).astype(np.float64) * xd.astype(np.float64)[:, None]).reshape(-1)

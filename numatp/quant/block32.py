@@ -1,14 +1,12 @@
-"""Row kernels for the formats with 32-element blocks: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
+"""Dequantization of GGUF-layout rows of the formats with 32-element blocks: Q8_0, Q4_0,
+Q4_1, Q5_0, Q5_1, IQ4_NL (the embedding lookup; the matrix kernels read packed row
+groups, see rowgroups.py).
 
 Every one of them stores a block as one or two fp16 numbers and 32 small integers q,
 meaning d*q (Q8_0, IQ4_NL), d*(q - 8) (Q4_0), d*(q - 16) (Q5_0) or d*q + m (Q4_1, Q5_1).
 A block's decoder turns the integers, fixed offset included, into two vectors of 16 int16
 lanes, the even-numbered elements and the odd-numbered ones, which is what splitting the
-packed bytes as 16-bit words gives for free (the activations are stored in the same
-order, see activations.py). Then one block is
-    d * x_scale * sum(q * x_int16)  [+ m * sum(x)]
-with the integer sum done by two multiply-add instructions. d and m come as 8 float32
-lanes (broadcast while converting from fp16), so that no scalar work sits in the loop.
+packed bytes as 16-bit words gives for free. d and m come as 8 float32 lanes.
 
 Functions here take the quant type as a compile-time constant (a literal int): each call
 site gets code for exactly one format, with the decoder inlined into the block loop.
@@ -20,10 +18,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from numatp.quant.formats import IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
-from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
-                               load_bytes, lookup16, madd_pairs, part, prefetch,
-                               repeat_lanes, splat, splat_half, store, zeros4)
-from numatp.quant.simd import CACHE_LINE, PREFETCH_AHEAD
+from numatp.quant.simd import (bitcast, convert, fma, interleave, join, lane, load,
+                               load_bytes, lookup16, repeat_lanes, splat, splat_half, store)
 
 BLOCK = 32
 BLOCK_BYTES = {Q8_0: 34, Q4_0: 18, Q4_1: 20, Q5_0: 22, Q5_1: 24, IQ4_NL: 18}
@@ -117,114 +113,6 @@ def _decode_iq4_nl(w, ob):
 
 _DECODERS = {Q8_0: _decode_q8_0, Q4_0: _decode_q4_0, Q4_1: _decode_q4_1,
              Q5_0: _decode_q5_0, Q5_1: _decode_q5_1, IQ4_NL: _decode_iq4_nl}
-
-
-# -- one row against one activation vector (decode) ----------------------------------------
-
-@njit(boundscheck=False)
-def _block_int_dot(ev, od, xq, at):
-    """int32 lanes of sum(q * x) for one block; lane i holds elements 4i .. 4i+3."""
-    return madd_pairs(ev, load(xq, at, 16)) + madd_pairs(od, load(xq, at + 16, 16))
-
-
-def dot32(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
-    """y[r] = the row at byte o + r * stride (nblk blocks) dotted with the quantized
-    activations (xq, xd, xs as activations.quantize_vector makes them), for r < n.
-    The row loop lives here, not in the caller, so that a call per row (its argument
-    passing and reference counting cost as much as a short row) happens once per range."""
-
-
-@overload(dot32, prefer_literal=True)
-def _dot32_ov(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
-    q = literal_qtype(qtype, TYPES)
-    if q is None:
-        return None
-    bb = BLOCK_BYTES[q]
-    offset = q in _STORED_OFFSET
-    decode = _DECODERS[q]
-    bdot = _block_int_dot
-    second_line = 2 * bb > CACHE_LINE  # a pair of blocks spans more than one line
-
-    def impl(qtype, w, o, stride, n, nblk, xq, xd, xs, y):
-        for r in range(n):
-            row = o + r * stride
-            # Two independent chains (even and odd blocks): one chain would wait on the
-            # latency of every fused multiply-add. The offsets m * sum(x) go to two-lane
-            # accumulators, one lane per half block (xs holds sums of 16 activations).
-            acc0 = splat(np.float32(0), 8)
-            acc1 = acc0
-            off0 = splat(np.float32(0), 2)
-            off1 = off0
-            b = 0
-            while b + 1 < nblk:
-                prefetch(w, row + b * bb + PREFETCH_AHEAD)
-                if second_line:
-                    prefetch(w, row + b * bb + PREFETCH_AHEAD + CACHE_LINE)
-                ev, od, d, m = decode(w, row + b * bb)
-                acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
-                if offset:
-                    off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
-                ev, od, d, m = decode(w, row + (b + 1) * bb)
-                acc1 = fma(convert(bdot(ev, od, xq, (b + 1) * BLOCK), np.float32),
-                           d * xd[b + 1], acc1)
-                if offset:
-                    off1 = fma(load(xs, 2 * b + 2, 2), part(m, 0, 2), off1)
-                b += 2
-            if b < nblk:
-                ev, od, d, m = decode(w, row + b * bb)
-                acc0 = fma(convert(bdot(ev, od, xq, b * BLOCK), np.float32), d * xd[b], acc0)
-                if offset:
-                    off0 = fma(load(xs, 2 * b, 2), part(m, 0, 2), off0)
-            y[r] = hsum(acc0 + acc1) + hsum(off0 + off1)
-
-    return impl
-
-
-# -- one row against four activation vectors (prompt batches) -------------------------------
-
-def dot32x4(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-    """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
-    and t in t0..t3 (repeats allowed: they get the same value); each block is decoded
-    once for the four tokens (rows of XQ/XD/XS)."""
-
-
-@overload(dot32x4, prefer_literal=True)
-def _dot32x4_ov(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-    q = literal_qtype(qtype, TYPES)
-    if q is None:
-        return None
-    bb = BLOCK_BYTES[q]
-    offset = q in _STORED_OFFSET
-    decode = _DECODERS[q]
-    bdot = _block_int_dot
-
-    def impl(qtype, w, o, stride, nrows, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-        x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
-        d0, d1, d2, d3 = XD[t0], XD[t1], XD[t2], XD[t3]
-        s0, s1, s2, s3 = XS[t0], XS[t1], XS[t2], XS[t3]
-        for r in range(nrows):
-            row = o + r * stride
-            a0, a1, a2, a3 = zeros4(8)
-            f0, f1, f2, f3 = zeros4(2)
-            for b in range(nblk):
-                ev, od, d, m = decode(w, row + b * bb)
-                at = b * BLOCK
-                a0 = fma(convert(bdot(ev, od, x0, at), np.float32), d * d0[b], a0)
-                a1 = fma(convert(bdot(ev, od, x1, at), np.float32), d * d1[b], a1)
-                a2 = fma(convert(bdot(ev, od, x2, at), np.float32), d * d2[b], a2)
-                a3 = fma(convert(bdot(ev, od, x3, at), np.float32), d * d3[b], a3)
-                if offset:
-                    m2 = part(m, 0, 2)
-                    f0 = fma(load(s0, 2 * b, 2), m2, f0)
-                    f1 = fma(load(s1, 2 * b, 2), m2, f1)
-                    f2 = fma(load(s2, 2 * b, 2), m2, f2)
-                    f3 = fma(load(s3, 2 * b, 2), m2, f3)
-            Y[t0, c0 + r] = hsum(a0) + hsum(f0)
-            Y[t1, c0 + r] = hsum(a1) + hsum(f1)
-            Y[t2, c0 + r] = hsum(a2) + hsum(f2)
-            Y[t3, c0 + r] = hsum(a3) + hsum(f3)
-
-    return impl
 
 
 # -- dequantization ------------------------------------------------------------------------

@@ -1,54 +1,60 @@
-"""Quantized matrix kernels, jitted with Numba.
-
-A weight matrix is a 1-D uint8 array holding its rows in GGUF block layout, row after row
-(row i starts at byte i * row_stride). Activations are float32.
+"""Matrix kernels, jitted with Numba.
 
 Public entry points (all @njit, callable from other jitted code and from Python):
 
   linear(kernels, qtype, w, rows, cols, X, Y)
       Y[t, :] = W @ X[t, :] for every t; X is (T, cols), Y is (T, rows), both float32
-      C-contiguous. T == 1 takes the matvec path, T > 1 the batched path.
-  matvec_range(kernels, qtype, w, row_stride, r0, r1, blk0, nblk, x, y)
-      y[i - r0] = sum over blocks blk0 .. blk0+nblk-1 of row i, dotted with x,
-      for i in [r0, r1); x has nblk * block_size elements. Row and column shards of a
-      matrix that was not copied out.
-  matmul_range(kernels, qtype, w, row_stride, r0, r1, blk0, nblk, X, Y)
-      the batched form: X is (T, nblk*block_size), Y is (T, r1 - r0).
+      C-contiguous. w is the matrix as `prepare` returns it.
+  linear3(...), glu(...)
+      three products of one input (Q, K, V), and a SwiGLU's gate and up with its silu,
+      each in one parallel region.
   dequantize_rows(kernels, qtype, w, cols, row_ids, out)
-      out[k, :] = row row_ids[k] as float32 (embedding lookup).
+      out[k, :] = row row_ids[k] of a matrix in GGUF layout, as float32 (embedding
+      lookup).
+and, in NumPy, prepare(qtype, raw) -> w: a GGUF-layout matrix (rows, row_bytes) as
+linear reads it: quantized formats in row groups (packing.py), float formats unchanged.
 
 `kernels` is a KernelSet (kernel_set.py): the types this compilation handles; qtype must
-be one of them (ValueError otherwise). KernelSet([qtype]) compiles one type's kernels.
+be one of them (ValueError otherwise).
 
-Matvecs are parallel over rows (prange), so each output element is summed by one thread
-in a fixed order: results do not depend on the thread count. The batched path is
-parallel over groups of rows; within a group it takes the tokens four at a time and
-decodes each weight block once for the four.
+Quantized formats. The activations are rounded to int8 (activations.py) and every
+row-group tile multiplies R weight rows (one per int32 lane) with up to TOKENS tokens:
+per unit of 32 or 16 elements, the unit's weight bytes are decoded once into registers
+(rowgroups.py), then for each token one chain of integer dot products, broadcasting 4
+activation bytes at a time, gives R integer sums, which are scaled into R float
+accumulators. No horizontal sums: a tile's result is one vector store per token. The
+tile's code is generated per format and token count (_tile_source), since it is the
+same few lines unrolled over the units of a block and the tokens of a tile.
 
-Arrays: w is a writable, C-contiguous uint8 array; x, X, y, Y, out are C-contiguous
-float32. Other layouts or a read-only w still work but make Numba compile the kernels
-again for that signature (minutes, once per cache). Call these from serial code: the
-matvecs start their own parallel region.
+Float formats (F32, F16, BF16) multiply the float32 activations as they are, row by row
+(floats.py).
 
-For the float formats (F32, F16, BF16) a "block" is one element and the activations are
-used as float32. The quantized formats first turn the activations into int16 with a
-scale per 32 elements (activations.py says why and what it costs in precision); the row
-kernels are in block32.py (32-element blocks) and kquants.py (256-element super-blocks).
+Threads split the rows (prange over row groups or rows), so each output element is
+summed by one thread in a fixed order: results do not depend on the thread count.
+
+Arrays: w is a writable, C-contiguous uint8 array; X, Y, out are C-contiguous float32.
+Other layouts still work but make Numba compile the kernels again for that signature.
+Call these from serial code: they start their own parallel region.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
 import inspect
+import math
 
 import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from numatp.quant import block32, floats, kquants
-from numatp.quant.activations import GROUP, quantize_rows, quantize_vector
-from numatp.quant.block32 import dequant32, dot32, dot32x4
+from numatp.quant import block32, floats, formats, kquants, packing
+from numatp.quant.activations import GROUP, quantize_vector
+from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
-from numatp.quant.kquants import dequant_k, dot_k, dot_k_x4
+from numatp.quant.kquants import dequant_k
+from numatp.quant.rowgroups import FORMATS, R
+from numatp.quant import rowgroups
+from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, convert, dot4, fma,
+                               prefetch, splat, stack_empty, store)
 
 # Block shape by type code, for jitted code (0: no kernel for that code).
 _MAX_CODE = 64
@@ -67,52 +73,144 @@ FAMILY[list(floats.TYPES)] = _FLOAT
 FAMILY[list(block32.TYPES)] = _BLOCK32
 FAMILY[list(kquants.TYPES)] = _SUPER
 
-# The batched path keeps a group of rows in the core's L2 cache while it runs through all
-# the tokens: up to 128 KiB of weights per group, and at least 64 groups when there are
-# enough rows, so that up to 64 threads share the work. (The thread count itself is not
-# used: numba.get_num_threads() in jitted code makes it uncacheable.)
-_GROUP_BYTES = 128 * 1024
-_MIN_GROUPS = 64
-_TOKENS = 4  # tokens per pass over a weight block (the x4 row kernels)
+TOKENS = 4          # tokens per tile of the quantized batched path
+_FLOAT_TOKENS = 4   # rows of X per pass of the float batched path
+
+
+# -- packed tiles, generated per format and token count ----------------------------------------
+
+def _tile_source(q, tokens):
+    """Source of tile(): R rows x `tokens` tokens of format q, over all blocks."""
+    fmt = FORMATS[q]
+    per16 = fmt.unit == 16
+    n_vec = fmt.unit // 4
+    block_elems = formats.block_size(q)
+    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, "
+         "T, Y, r0, nvalid):",
+         "    zi = splat(np.int32(0), R)",
+         "    zf = splat(np.float32(0), R)"]
+    for t in range(tokens):
+        L += [f"    t{t} = min(t0 + {t}, T - 1)",
+              f"    x{t}, d{t}, s{t} = XQ[t{t}], XD[t{t}], {'XS16' if per16 else 'XS32'}[t{t}]",
+              f"    a{t} = zf", f"    f{t} = zf"]
+    L += ["    for b in range(nblk):",
+          f"        ob = go + b * {R * formats.block_bytes(q)}",
+          f"        e = b * {block_elems}"]
+    if tokens == 1:  # streaming one token: ask for the weights ahead of use
+        for off in range(0, R * formats.block_bytes(q), CACHE_LINE):
+            L.append(f"        prefetch(w, ob + {PREFETCH_AHEAD + off})")
+    # A 256-element block's units run in a loop of `fmt.unroll` units at a time: unrolled
+    # in full, the kernels took minutes to compile; one unit at a time, decoding made
+    # the prompt path 20-30% slower. With the units a loop step covers, the decoders'
+    # shifts and offsets are constants again (e.g. Q4_K's unit pair shares its bytes).
+    step = fmt.unroll
+    if fmt.units > step:
+        L.append(f"        for p in range({fmt.units // step}):")
+        ind = "            "
+    else:
+        ind = "        "
+    for j in range(step):
+        unit = f"p * {step} + {j}" if fmt.units > step else f"{j}"
+        L += [f"{ind}u = {unit}",
+              f"{ind}S, M = scales(w, ob, u)", f"{ind}v = vectors(w, ob, u)",
+              f"{ind}eu = e + u * {fmt.unit}"]
+        for t in range(tokens):
+            for k in range(n_vec):
+                src = "zi" if k == 0 else "i"
+                L.append(f"{ind}i = dot4({src}, v[{k}], bcast4(x{t}, eu + {4 * k}, R), "
+                         f"{fmt.small})")
+            L += [f"{ind}a{t} = fma(convert(i, np.float32), S * d{t}[eu >> 5], a{t})",
+                  f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})"]
+    for t in range(tokens):
+        L.append(f"    _store_rows(Y[t{t}], r0, nvalid, a{t} + f{t})")
+    return "\n".join(L)
+
+
+def _tile_name(q, tokens):
+    """Generated functions get names of their own: Numba's symbol for a function is its
+    name, its argument types and a per-process counter, so two generated functions of
+    one name and signature (the one-token and TOKENS-token tiles, say) could get the
+    same symbol in different processes, and a step compiled in one process against a
+    kernel loaded from another's cache would call the wrong one."""
+    return f"tile_{formats.type_name(q)}_x{tokens}"
+
+
+def tile(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+    """Y[t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted with
+    token t, for r < nvalid and t in t0 .. t0 + tokens - 1 (clamped to T - 1: a repeated
+    token stores the same value twice). qtype and tokens are literal ints."""
+
+
+@overload(tile, prefer_literal=True)
+def _tile_ov(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+    q = getattr(qtype, "literal_value", None)
+    n = getattr(tokens, "literal_value", None)
+    if q not in FORMATS or not isinstance(n, int):
+        return None
+    fmt = FORMATS[q]
+    namespace = {"np": np, "R": R, "splat": splat, "dot4": dot4, "bcast4": bcast4,
+                 "convert": convert, "fma": fma, "prefetch": prefetch,
+                 "scales": fmt.scales, "vectors": fmt.vectors, "_store_rows": _store_rows}
+    exec(_tile_source(q, n), namespace)
+    return namespace[_tile_name(q, n)]
+
+
+@njit(boundscheck=False)
+def _store_rows(y, r0, nvalid, v):
+    if nvalid == R:
+        store(y, r0, v)
+    else:  # the last, partial row group
+        buf = stack_empty(R, np.float32)
+        store(buf, 0, v)
+        for r in range(nvalid):
+            y[r0 + r] = buf[r]
 
 
 # -- the type dispatch, generated for a KernelSet --------------------------------------------
 # The parallel drivers call these instead of branching on the type themselves: Numba types
 # the body of a parallel loop twice, and everything called from it would be compiled twice.
 # Each is an `if qtype == A: <A's kernel> elif qtype == B: ...` chain over the types of
-# the kernel set it is compiled for (kernel_set.py says why not over all types).
+# the kernel set it is compiled for (kernel_set.py says why not over all types) that
+# have a kernel of that kind.
 
-def _dot_rows(kernels, qtype, w, o, stride, n, nblk, x, xq, xd, xs, y):
-    """y[r] = the row at byte o + r * stride (nblk blocks) dotted with x (float types)
-    or xq/xd/xs (the others), for r < n."""
+def _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+    """tile() for TOKENS tokens."""
 
 
-def _dot_rows_x4(kernels, qtype, w, o, stride, n, nblk, X, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-    """Y[t, c0 + r] = the row at byte o + r * stride (nblk blocks) dotted with token t
-    (a row of X or of XQ/XD/XS), for r < n and t in t0..t3."""
+def _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+    """tile() for one token."""
+
+
+def _float_rows(kernels, qtype, w, o, stride, n, cols, x, y):
+    """y[r] = the float row at byte o + r * stride dotted with x, for r < n."""
+
+
+def _float_rows_x4(kernels, qtype, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0):
+    """Y[t, c0 + r] = the float row at byte o + r * stride dotted with token t."""
 
 
 def _dequant_row(kernels, qtype, w, o, nblk, out):
-    """out[:nblk * block size] = the row at byte o as float32."""
+    """out[:nblk * block size] = the GGUF-layout row at byte o as float32."""
 
 
-# Each family's kernel call, per dispatcher; {q} is the type code.
+# Each family's call, per dispatcher; {q} is the type code.
 _CALLS = {
-    _dot_rows: {
-        _FLOAT: "dot_float({q}, w, o, stride, n, nblk, x, y)",
-        _BLOCK32: "dot32({q}, w, o, stride, n, nblk, xq, xd, xs, y)",
-        _SUPER: "dot_k({q}, w, o, stride, n, nblk, xq, xd, xs, y)"},
-    _dot_rows_x4: {
-        _FLOAT: "dot_float_x4({q}, w, o, stride, n, nblk, X, t0, t1, t2, t3, Y, c0)",
-        _BLOCK32: "dot32x4({q}, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)",
-        _SUPER: "dot_k_x4({q}, w, o, stride, n, nblk, XQ, XD, XS, t0, t1, t2, t3, Y, c0)"},
+    _tiles: {
+        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)"},
+    _tile1: {
+        _BLOCK32: "tile({q}, 1, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)",
+        _SUPER: "tile({q}, 1, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)"},
+    _float_rows: {_FLOAT: "dot_float({q}, w, o, stride, n, cols, x, y)"},
+    _float_rows_x4: {
+        _FLOAT: "dot_float_x4({q}, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0)"},
     _dequant_row: {
         _FLOAT: "dequant_float({q}, w, o, nblk, out)",
         _BLOCK32: "dequant32({q}, w, o, nblk, out)",
         _SUPER: "dequant_k({q}, w, o, nblk, out)"},
 }
-_KERNELS = {f.__name__: f for f in (dot_float, dot32, dot_k, dot_float_x4, dot32x4, dot_k_x4,
-                                    dequant_float, dequant32, dequant_k)}
+_CALLEES = {"tile": tile, "dot_float": dot_float, "dot_float_x4": dot_float_x4,
+            "dequant_float": dequant_float, "dequant32": dequant32, "dequant_k": dequant_k}
 
 
 def _generate_dispatch(stub):
@@ -124,13 +222,18 @@ def _generate_dispatch(stub):
     def typer(kernels, *args):
         if not isinstance(kernels, KernelSetType):
             return None
-        lines = [f"def impl({params}):"]
-        for i, q in enumerate(kernels.qtypes):
-            lines.append(f"    {'if' if i == 0 else 'elif'} qtype == {q}:")
-            lines.append("        " + _CALLS[stub][FAMILY[q]].format(q=q))
-        namespace = dict(_KERNELS)
+        name = f"{stub.__name__}_for_{'_'.join(map(str, kernels.qtypes))}"  # see _tile_name
+        lines = [f"def {name}({params}):"]
+        for q in kernels.qtypes:
+            call = _CALLS[stub].get(FAMILY[q])
+            if call is not None:
+                lines.append(f"    {'elif' if len(lines) > 1 else 'if'} qtype == {q}:")
+                lines.append("        " + call.format(q=q))
+        if len(lines) == 1:
+            lines.append("    pass")
+        namespace = dict(_CALLEES)
         exec("\n".join(lines), namespace)
-        return namespace["impl"]
+        return namespace[name]
 
     typer.__signature__ = inspect.signature(stub)  # Numba matches typer and stub by name
     overload(stub, prefer_literal=True)(typer)
@@ -159,7 +262,7 @@ def _has_kernel_ov(kernels, qtype):
     return impl
 
 
-@njit(cache=True)
+@njit
 def _check(kernels, qtype):
     """qtype's family; ValueError if the kernel set has no kernel for it."""
     if not has_kernel(kernels, qtype):
@@ -167,100 +270,189 @@ def _check(kernels, qtype):
     return FAMILY[qtype]
 
 
-# -- matrix-vector -------------------------------------------------------------------------
+# -- quantized: row groups --------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(boundscheck=False)
+def _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows):
+    """Row group g of a packed matrix of `rows` rows against every token."""
+    T = XQ.shape[0]
+    go = g * nblk * R * BLOCK_BYTES[qtype]
+    r0 = g * R
+    nvalid = min(R, rows - r0)
+    full = T - T % TOKENS if T > 1 else 0
+    for t0 in range(0, full, TOKENS):
+        _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)
+    for t in range(full, T):
+        _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t, T, Y, r0, nvalid)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_linear(kernels, qtype, w, rows, nblk, XQ, XD, XS32, XS16, Y):
+    for g in prange((rows + R - 1) // R):
+        _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, XQ, XD, XS32, XS16,
+                    Ya, Yb, Yc):
+    ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
+    for j in prange(ga + gb + (rc + R - 1) // R):
+        i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
+        # one call site: each one compiles the whole tile dispatch
+        if i < ga:
+            q, w, Y, g, rows = qa, wa, Ya, i, ra
+        elif i < ga + gb:
+            q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
+        else:
+            q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
+        _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, XQ, XD, XS32, XS16, G, U, H, pad):
+    T = XQ.shape[0]
+    for j in prange((rows + R - 1) // R):
+        g = np.int64(j)
+        for m in range(2):
+            if m == 0:
+                q, w, Y = qg, wg, G
+            else:
+                q, w, Y = qu, wu, U
+            _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+        for t in range(T):
+            for r in range(g * R, min(rows, (g + 1) * R)):
+                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
+
+
+@njit
+def _silu(x):
+    return x / (np.float32(1.0) + np.float32(math.exp(-x)))
+
+
+@njit(parallel=True, boundscheck=False)
+def _quantize_tokens(X, XQ, XD, XS32, XS16):
+    for t in prange(X.shape[0]):
+        quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t])
+
+
+@njit
+def _quantize(X):
+    """(XQ, XD, XS32, XS16) of X (T, cols): activations.py's int8 form, tokens in parallel."""
+    T, cols = X.shape
+    groups = cols // GROUP
+    XQ = np.empty((T, cols), np.int8)
+    XD = np.empty((T, groups), np.float32)
+    XS32 = np.empty((T, groups), np.float32)
+    XS16 = np.empty((T, 2 * groups), np.float32)
+    if T > 1:
+        _quantize_tokens(X, XQ, XD, XS32, XS16)
+    else:
+        quantize_vector(X[0], XQ[0], XD[0], XS32[0], XS16[0])
+    return XQ, XD, XS32, XS16
+
+
+# -- float formats: rows ----------------------------------------------------------------------
+
+@njit
 def _rows_per_chunk(nrows):
     """Rows per call of a row-range kernel in a matvec: as many as 16 (a call costs about
     what a short row does), while leaving at least 256 chunks, 4 each for up to 64 threads."""
     return max(1, min(16, nrows // 256))
 
 
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matvec(kernels, qtype, w, stride, r0, r1, blk0, nblk, x, xq, xd, xs, y):
-    bb = BLOCK_BYTES[qtype]
-    per = _rows_per_chunk(r1 - r0)
-    for c in prange((r1 - r0 + per - 1) // per):
-        first = r0 + c * per
-        last = min(r1, first + per)
-        _dot_rows(kernels, qtype, w, first * stride + blk0 * bb, stride, last - first, nblk,
-                  x, xq, xd, xs, y[first - r0:last - r0])
+@njit(parallel=True, boundscheck=False)
+def _float_matvec(kernels, qtype, w, stride, rows, cols, x, y):
+    per = _rows_per_chunk(rows)
+    for c in prange((rows + per - 1) // per):
+        first = c * per
+        last = min(rows, first + per)
+        _float_rows(kernels, qtype, w, first * stride, stride, last - first, cols, x,
+                    y[first:last])
 
 
-@njit(cache=True)
-def matvec_range(kernels, qtype, w, row_stride, r0, r1, blk0, nblk, x, y):
-    # int64() keeps a jitted caller's constant arguments (typed as literals) from making
-    # a separate compilation of the kernels below for every call site.
-    q = np.int64(qtype)
-    n = np.int64(nblk) * BLOCK_ELEMS[q]
-    groups = n // GROUP if _check(kernels, q) != _FLOAT else 0
-    xq = np.empty(groups * GROUP, np.int16)
-    xd = np.empty(groups, np.float32)
-    xs = np.empty(2 * groups, np.float32)
-    if groups:
-        quantize_vector(x[:n], xq, xd, xs)
-    _matvec(kernels, q, w, np.int64(row_stride), np.int64(r0), np.int64(r1), np.int64(blk0),
-            np.int64(nblk), x, xq, xd, xs, y)
+# The batched path keeps a group of rows in the core's L2 cache while it runs through all
+# the tokens: up to 128 KiB of weights per group, and at least 64 groups when there are
+# enough rows, so that up to 64 threads share the work.
+_GROUP_BYTES = 128 * 1024
+_MIN_GROUPS = 64
 
 
-# -- batched -------------------------------------------------------------------------------
-
-@njit(cache=True)
-def _row_groups(nrows, row_bytes):
-    """(rows per group, number of groups) for the batched path."""
-    per = max(1, _GROUP_BYTES // max(1, row_bytes))
-    per = max(1, min(per, (nrows + _MIN_GROUPS - 1) // _MIN_GROUPS))
-    return per, (nrows + per - 1) // per
-
-
-@njit(cache=True, parallel=True, boundscheck=False)
-def _matmul(kernels, qtype, w, stride, r0, r1, blk0, nblk, X, XQ, XD, XS, Y):
+@njit(parallel=True, boundscheck=False)
+def _float_matmul(kernels, qtype, w, stride, rows, cols, X, Y):
     T = X.shape[0]
-    bb = BLOCK_BYTES[qtype]
-    per, ngroups = _row_groups(r1 - r0, nblk * bb)
-    for g in prange(ngroups):
-        first = r0 + g * per
-        last = min(r1, first + per)
-        for t0 in range(0, T, _TOKENS):
+    per = max(1, _GROUP_BYTES // max(1, stride))
+    per = max(1, min(per, (rows + _MIN_GROUPS - 1) // _MIN_GROUPS))
+    for g in prange((rows + per - 1) // per):
+        first = g * per
+        last = min(rows, first + per)
+        for t0 in range(0, T, _FLOAT_TOKENS):
             # past the last token, repeat it: the same value is stored twice
             t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
-            _dot_rows_x4(kernels, qtype, w, first * stride + blk0 * bb, stride, last - first,
-                         nblk, X, XQ, XD, XS, t0, t1, t2, t3, Y, first - r0)
+            _float_rows_x4(kernels, qtype, w, first * stride, stride, last - first, cols, X,
+                           t0, t1, t2, t3, Y, first)
 
 
-@njit(cache=True)
-def matmul_range(kernels, qtype, w, row_stride, r0, r1, blk0, nblk, X, Y):
-    q = np.int64(qtype)
-    T = X.shape[0]
-    n = np.int64(nblk) * BLOCK_ELEMS[q]
-    groups = n // GROUP if _check(kernels, q) != _FLOAT else 0
-    XQ = np.empty((T, groups * GROUP), np.int16)
-    XD = np.empty((T, groups), np.float32)
-    XS = np.empty((T, 2 * groups), np.float32)
-    if groups:
-        quantize_rows(X, XQ, XD, XS)
-    _matmul(kernels, q, w, np.int64(row_stride), np.int64(r0), np.int64(r1), np.int64(blk0),
-            np.int64(nblk), X, XQ, XD, XS, Y)
+# -- entry points -----------------------------------------------------------------------------
 
-
-# -- whole matrices, dequantization ----------------------------------------------------------
-
-@njit(cache=True)
+@njit
 def row_stride(qtype, cols):
-    """Bytes per row of `cols` elements (cols must be a whole number of blocks)."""
+    """Bytes per GGUF-layout row of `cols` elements (cols a whole number of blocks)."""
     if qtype < 0 or qtype >= _MAX_CODE or FAMILY[qtype] == 0:
         raise ValueError("no kernel for this quant type")
     return cols // BLOCK_ELEMS[qtype] * BLOCK_BYTES[qtype]
 
 
-@njit(cache=True)
+@njit
 def linear(kernels, qtype, w, rows, cols, X, Y):
-    stride = row_stride(qtype, cols)
-    nblk = cols // BLOCK_ELEMS[qtype]
-    if X.shape[0] == 1:
-        matvec_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X[0], Y[0])
+    # int64() keeps a jitted caller's constant arguments (typed as literals) from making
+    # a separate compilation of the kernels below for every call site.
+    q = np.int64(qtype)
+    rows, cols = np.int64(rows), np.int64(cols)
+    if _check(kernels, q) != _FLOAT:
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], XQ, XD, XS32, XS16, Y)
+    elif X.shape[0] == 1:
+        _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
     else:
-        matmul_range(kernels, qtype, w, stride, 0, rows, 0, nblk, X, Y)
+        _float_matmul(kernels, q, w, row_stride(q, cols), rows, cols, X, Y)
+
+
+@njit
+def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
+    """Ya, Yb, Yc = X @ A.T, X @ B.T, X @ C.T for three matrices of `cols` columns that
+    read the same input (a layer's Q, K and V; rc = 0 for two): X is quantized once and
+    one parallel region covers all their row groups."""
+    qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
+    fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
+    if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
+                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], XQ, XD, XS32, XS16,
+                        Ya, Yb, Yc)
+    else:
+        linear(kernels, qa, wa, ra, cols, X, Ya)
+        linear(kernels, qb, wb, rb, cols, X, Yb)
+        if rc:
+            linear(kernels, qc, wc, rc, cols, X, Yc)
+
+
+@njit
+def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
+    """H[t, pad + r] = silu(G[t, r]) * U[t, r] with G = X @ gate.T, U = X @ up.T (a SwiGLU
+    FFN's first half): X is quantized once, and each row group's silu is taken by the
+    thread that computed it."""
+    qg, qu = np.int64(qg), np.int64(qu)
+    rows, cols = np.int64(rows), np.int64(cols)
+    if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
+        XQ, XD, XS32, XS16 = _quantize(X)
+        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], XQ, XD, XS32, XS16,
+                    G, U, H, np.int64(pad))
+    else:
+        linear(kernels, qg, wg, rows, cols, X, G)
+        linear(kernels, qu, wu, rows, cols, X, U)
+        for t in range(X.shape[0]):
+            for r in range(rows):
+                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
 
 
 @njit(cache=True, boundscheck=False)
@@ -271,3 +463,25 @@ def dequantize_rows(kernels, qtype, w, cols, row_ids, out):
     nblk = cols // BLOCK_ELEMS[q]
     for k in range(row_ids.shape[0]):
         _dequant_row(kernels, q, w, row_ids[k] * stride, nblk, out[k])
+
+
+def prepare(qtype, raw, out=None):
+    """A GGUF-layout matrix, uint8 (rows, row_bytes), as linear() reads it: 1-D, in
+    `out` (prepared_nbytes long) if given."""
+    if qtype in packing.PACKED:
+        return packing.pack(qtype, raw, R, out)
+    if out is None:
+        return np.ascontiguousarray(raw, dtype=np.uint8).reshape(-1).copy()
+    out.reshape(raw.shape)[:] = raw
+    return out
+
+
+def prepared_nbytes(qtype, rows, cols):
+    """Bytes of prepare()'s result for a rows x cols matrix."""
+    if qtype in packing.PACKED:
+        return packing.packed_nbytes(qtype, rows, cols, R)
+    return rows * formats.row_bytes(qtype, cols)
+
+
+__all__ = ["KernelSet", "linear", "dequantize_rows", "prepare", "prepared_nbytes",
+           "row_stride", "rowgroups"]

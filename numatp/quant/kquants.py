@@ -1,4 +1,6 @@
-"""Row kernels for the 256-element super-block formats: Q2_K .. Q6_K and IQ4_XS.
+"""Dequantization of GGUF-layout rows of the 256-element super-block formats: Q2_K ..
+Q6_K and IQ4_XS (the embedding lookup; the matrix kernels read packed row groups, see
+rowgroups.py).
 
 A super-block holds one or two fp16 numbers, small scales (and offsets) per 16 or 32
 elements, and the packed integers. For each format there are two decoders:
@@ -10,11 +12,6 @@ elements, and the packed integers. For each format there are two decoders:
   chunk(w, ob, j) -> (even, odd) int16 lanes of chunk j's 32 integers q, in the order the
       activations are stored (see activations.py), like block32.py's decoders.
 
-The dot product of a chunk is then block32.py's integer multiply-add, scaled by the
-chunk's lane of S (lanes 0-3 and 4-7 of the int32 sums cover elements 0-15 and 16-31,
-which is how two scales per chunk apply), and the offsets of a whole super-block are one
-vector multiply-add with the activations' sums per 16 elements.
-
 Byte layouts follow the GGML format definitions; each decoder says where its bytes are.
 """
 from numatp import _env  # noqa: F401  (before numba)
@@ -25,11 +22,9 @@ from numba.extending import overload
 
 from numatp.quant.block32 import IQ4_LEVELS, literal_qtype
 from numatp.quant.formats import IQ4_XS, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K
-from numatp.quant.simd import (bitcast, convert, fma, hsum, interleave, join, lane, load,
-                               load_bytes, lookup16, madd_pairs, read_bytes,
-                               prefetch, repeat_lanes, splat, splat_half, stack_empty,
-                               store, zeros4)
-from numatp.quant.simd import PREFETCH_AHEAD
+from numatp.quant.simd import (bitcast, convert, fma, interleave, join, lane, load,
+                               load_bytes, lookup16, read_bytes,
+                               repeat_lanes, splat, splat_half, store)
 
 SUPER = 256
 CHUNK = 32
@@ -168,171 +163,11 @@ _CHUNKS = {Q2_K: _chunk_q2_k, Q3_K: _chunk_q3_k, Q4_K: _chunk_q4_k, Q5_K: _chunk
            Q6_K: _chunk_q6_k, IQ4_XS: _chunk_iq4_xs}
 
 
-@njit(boundscheck=False)
-def _chunk_int_dot(ev, od, xq, at):
-    """int32 lanes of sum(q * x) for one chunk; lane i holds elements 4i .. 4i+3."""
-    return madd_pairs(ev, load(xq, at, 16)) + madd_pairs(od, load(xq, at + 16, 16))
-
-
-@njit(boundscheck=False)
-def _scaled_per_32(S, xd, g0):
-    """Chunk scales times the activations' scales of the super-block's 8 groups."""
-    return S * load(xd, g0, CHUNKS)
-
-
-@njit(boundscheck=False)
-def _scaled_per_16(S, xd, g0):
-    return S * repeat_lanes(load(xd, g0, CHUNKS), 2)
-
-
-# The scales of a super-block are stored to a stack buffer once, and each chunk reads its
-# lane(s) back as a broadcast from memory: picking lane j out of a register with a
-# run-time j made LLVM spill the whole vector for every chunk.
-
-@njit(boundscheck=False)
-def _lanes_per_32(buf, j):
-    """The 8 int32-lane scales of chunk j."""
-    return splat(buf[j], 8)
-
-
-@njit(boundscheck=False)
-def _lanes_per_16(buf, j):
-    return join(splat(buf[2 * j], 4), splat(buf[2 * j + 1], 4))
-
-
-def _make_pair(chunk, lanes, bb):
-    """Chunks j and j+1 of the super-block at ob into the two accumulators. A function of
-    its own rather than the body of dot_k's chunk loop: LLVM then unrolls the loop around
-    it, with constant shift counts in the decoders (20-25% faster, measured)."""
-
-    @njit(boundscheck=False)
-    def pair(w, ob, j, xq, g0, buf, acc0, acc1):
-        # a pair of chunks is a quarter of a super-block: under a cache line
-        prefetch(w, ob + (j >> 1) * (bb >> 2) + PREFETCH_AHEAD)
-        ev, od = chunk(w, ob, j)
-        acc0 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j) * CHUNK), np.float32),
-                   lanes(buf, j), acc0)
-        ev, od = chunk(w, ob, j + 1)
-        acc1 = fma(convert(_chunk_int_dot(ev, od, xq, (g0 + j + 1) * CHUNK), np.float32),
-                   lanes(buf, j + 1), acc1)
-        return acc0, acc1
-
-    return pair
-
-
-def _make_quad(chunk, lanes):
-    """Chunk j against four tokens, for the same reason as _make_pair."""
-
-    @njit(boundscheck=False)
-    def quad(w, ob, j, at, x0, x1, x2, x3, b0, b1, b2, b3, a0, a1, a2, a3):
-        ev, od = chunk(w, ob, j)
-        a0 = fma(convert(_chunk_int_dot(ev, od, x0, at), np.float32), lanes(b0, j), a0)
-        a1 = fma(convert(_chunk_int_dot(ev, od, x1, at), np.float32), lanes(b1, j), a1)
-        a2 = fma(convert(_chunk_int_dot(ev, od, x2, at), np.float32), lanes(b2, j), a2)
-        a3 = fma(convert(_chunk_int_dot(ev, od, x3, at), np.float32), lanes(b3, j), a3)
-        return a0, a1, a2, a3
-
-    return quad
-
-
-_PAIRS = {}
-_QUADS = {}
-
-
 def _specialize(qtype):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
-    per16 = q in _SCALE_PER_16
-    lanes = _lanes_per_16 if per16 else _lanes_per_32
-    if q not in _PAIRS:
-        _PAIRS[q] = _make_pair(_CHUNKS[q], lanes, BLOCK_BYTES[q])
-        _QUADS[q] = _make_quad(_CHUNKS[q], lanes)
-    return (BLOCK_BYTES[q], _SCALES[q], _CHUNKS[q],
-            _scaled_per_16 if per16 else _scaled_per_32, lanes, q not in _NO_OFFSET,
-            _PAIRS[q], _QUADS[q])
-
-
-def dot_k(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
-    """y[r] = the row at byte o + r * stride (nsb super-blocks) dotted with the quantized
-    activations (xq, xd, xs as activations.quantize_vector makes them), for r < n. The
-    row loop is here for the reason block32.dot32 gives."""
-
-
-@overload(dot_k, prefer_literal=True)
-def _dot_k_ov(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
-    spec = _specialize(qtype)
-    if spec is None:
-        return None
-    bb, scales, chunk, scaled, lanes, offset, pair, _ = spec
-
-    def impl(qtype, w, o, stride, n, nsb, xq, xd, xs, y):
-        buf = stack_empty(16, np.float32)
-        for r in range(n):
-            row = o + r * stride
-            # Even and odd chunks feed separate accumulators: two dependency chains.
-            acc0 = splat(np.float32(0), 8)
-            acc1 = acc0
-            offs = splat(np.float32(0), 16)
-            for sb in range(nsb):
-                ob = row + sb * bb
-                g0 = sb * CHUNKS
-                S, M = scales(w, ob)
-                store(buf, 0, scaled(S, xd, g0))
-                if offset:
-                    offs = fma(M, load(xs, 2 * g0, 16), offs)
-                for j in range(0, CHUNKS, 2):
-                    acc0, acc1 = pair(w, ob, j, xq, g0, buf, acc0, acc1)
-            y[r] = hsum(acc0 + acc1) + hsum(offs)
-
-    return impl
-
-
-def dot_k_x4(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-    """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
-    and t in t0..t3 (repeats allowed: they get the same value); each chunk is decoded
-    once for the four tokens."""
-
-
-@overload(dot_k_x4, prefer_literal=True)
-def _dot_k_x4_ov(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-    spec = _specialize(qtype)
-    if spec is None:
-        return None
-    bb, scales, chunk, scaled, lanes, offset, _, quad = spec
-
-    def impl(qtype, w, o, stride, nrows, nsb, XQ, XD, XS, t0, t1, t2, t3, Y, c0):
-        x0, x1, x2, x3 = XQ[t0], XQ[t1], XQ[t2], XQ[t3]
-        b0 = stack_empty(16, np.float32)
-        b1 = stack_empty(16, np.float32)
-        b2 = stack_empty(16, np.float32)
-        b3 = stack_empty(16, np.float32)
-        for r in range(nrows):
-            row = o + r * stride
-            a0, a1, a2, a3 = zeros4(8)
-            f0, f1, f2, f3 = zeros4(16)
-            for sb in range(nsb):
-                ob = row + sb * bb
-                g0 = sb * CHUNKS
-                S, M = scales(w, ob)
-                store(b0, 0, scaled(S, XD[t0], g0))
-                store(b1, 0, scaled(S, XD[t1], g0))
-                store(b2, 0, scaled(S, XD[t2], g0))
-                store(b3, 0, scaled(S, XD[t3], g0))
-                if offset:
-                    f0 = fma(M, load(XS[t0], 2 * g0, 16), f0)
-                    f1 = fma(M, load(XS[t1], 2 * g0, 16), f1)
-                    f2 = fma(M, load(XS[t2], 2 * g0, 16), f2)
-                    f3 = fma(M, load(XS[t3], 2 * g0, 16), f3)
-                for j in range(CHUNKS):
-                    a0, a1, a2, a3 = quad(w, ob, j, (g0 + j) * CHUNK, x0, x1, x2, x3,
-                                          b0, b1, b2, b3, a0, a1, a2, a3)
-            Y[t0, c0 + r] = hsum(a0) + hsum(f0)
-            Y[t1, c0 + r] = hsum(a1) + hsum(f1)
-            Y[t2, c0 + r] = hsum(a2) + hsum(f2)
-            Y[t3, c0 + r] = hsum(a3) + hsum(f3)
-
-    return impl
+    return BLOCK_BYTES[q], _SCALES[q], _CHUNKS[q], q in _SCALE_PER_16
 
 
 def dequant_k(qtype, w, o, nsb, out):
@@ -344,8 +179,7 @@ def _dequant_k_ov(qtype, w, o, nsb, out):
     spec = _specialize(qtype)
     if spec is None:
         return None
-    bb, scales, chunk = spec[0], spec[1], spec[2]
-    per16 = spec[3] is _scaled_per_16
+    bb, scales, chunk, per16 = spec
 
     def impl(qtype, w, o, nsb, out):
         for sb in range(nsb):

@@ -16,19 +16,21 @@ Operations (all usable only inside @njit code):
   bf16_to_float(v)         bfloat16 bits (uint16 lanes) -> float32 lanes
   part(v, start, N)        lanes start .. start+N-1;   join(a, b): a's lanes then b's
   lane(v, i)               lane i as a scalar
-  deinterleave(v)          even lanes then odd lanes;  interleave(a, b): a0, b0, a1, b1..
+  interleave(a, b)         a0, b0, a1, b1, ...
   repeat_lanes(v, k)       each lane k times
-  lookup16(table, idx)     table[idx] per lane, 16 int8 entries (pshufb on x86)
+  lookup16(table, idx)     table[idx] per lane, 16 byte entries (pshufb on x86)
   bitcast(v, dtype)        the same bits as lanes of another type
   load_bytes(a, i, dtype, N), read_bytes(a, i, dtype), read_half(a, i)
                            typed reads at a byte offset of a uint8 array
   round_even, vabs, hmax   rounding, |v|, largest lane
   stack_empty(N, dtype)    scratch array on the caller's stack
   prefetch(a, i)           cache hint for a[i]
-  madd_pairs(a, b)         int16 -> int32: a[2i]*b[2i] + a[2i+1]*b[2i+1] (pmaddwd)
+  dot4(acc, u, s, small)   acc + the sum of each 4 consecutive products of unsigned bytes
+                           u with signed bytes s, as int32 lanes (vpdpbusd, see isa.py)
+  bcast4(arr, i, N)        the 4 bytes arr[i : i+4] repeated N times (one int32 splat)
   fma(a, b, c)             a * b + c (fused where the target has FMA)
   hsum(v)                  sum of the lanes, in a fixed pairwise order
-  +, -, *, &, |, ~, >>, <<  lane-wise (and unary -); a scalar operand is broadcast
+  +, -, *, &, |, ^, ~, >>, <<  lane-wise (and unary -); a scalar operand is broadcast
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -403,24 +405,8 @@ def fma(typingctx, a, b, c):
 
 
 @intrinsic
-def deinterleave(typingctx, vec):
-    """Even lanes, then odd lanes: (v0, v2, v4, ..., v1, v3, v5, ...)."""
-    if not (isinstance(vec, Vec) and vec.count % 2 == 0):
-        return None
-    n = vec.count
-    order = list(range(0, n, 2)) + list(range(1, n, 2))
-
-    def codegen(context, builder, sig, args):
-        v = args[0]
-        mask = ir.Constant(ir.VectorType(_I32, n), order)
-        return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), mask)
-
-    return vec(vec), codegen
-
-
-@intrinsic
 def interleave(typingctx, a, b):
-    """(a0, b0, a1, b1, ...): the inverse of deinterleave(join(a, b))."""
+    """(a0, b0, a1, b1, ...)."""
     if not (isinstance(a, Vec) and a == b):
         return None
     n = a.count
@@ -452,38 +438,52 @@ def repeat_lanes(typingctx, vec, times):
 
 @intrinsic
 def lookup16(typingctx, table, index):
-    """table[index[i]] for each lane: 16 int8 entries, uint8 indices 0..15.
+    """table[index[i]] for each lane: 16 int8 or uint8 entries, uint8 indices 0..15.
 
-    x86 has this as one instruction (pshufb, within each 16-byte half); elsewhere it
-    falls back to one extract/insert per lane."""
-    if not (isinstance(table, Vec) and table.count == 16 and table.dtype == types.int8
+    x86 has this as one instruction (pshufb, within each 16-byte part, so the table is
+    repeated in every part); elsewhere it falls back to one extract/insert per lane."""
+    if not (isinstance(table, Vec) and table.count == 16
+            and table.dtype in (types.int8, types.uint8)
             and isinstance(index, Vec) and index.dtype == types.uint8
-            and index.count in (16, 32)):
+            and index.count in (16, 32, 64)):
         return None
     n = index.count
 
     def codegen(context, builder, sig, args):
         tab, idx = args
         i8 = ir.IntType(8)
-        features = getattr(context.codegen(), "_tm_features", "")
-        name = {16: ("+ssse3", "llvm.x86.ssse3.pshuf.b.128"),
-                32: ("+avx2", "llvm.x86.avx2.pshuf.b")}[n]
-        if name[0] in features.split(","):
+        features = getattr(context.codegen(), "_tm_features", "").split(",")
+        need, name = {16: ("+ssse3", "llvm.x86.ssse3.pshuf.b.128"),
+                      32: ("+avx2", "llvm.x86.avx2.pshuf.b"),
+                      64: ("+avx512bw", "llvm.x86.avx512.pshuf.b.512")}[n]
+        if need in features:
             vt = ir.VectorType(i8, n)
-            if n == 32:
+            if n > 16:
                 tab = builder.shuffle_vector(tab, tab,
-                                             ir.Constant(ir.VectorType(_I32, 32),
-                                                         list(range(16)) * 2))
+                                             ir.Constant(ir.VectorType(_I32, n),
+                                                         list(range(16)) * (n // 16)))
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
-                                                name[1])
+                                                name)
             return builder.call(fn, [tab, idx])
+        if n == 64 and "+avx2" in features:   # two 256-bit lookups
+            halves = [lookup16_ir(builder, context, tab, h) for h in _pieces(builder, idx, 32)]
+            return _concat(builder, halves)
         out = ir.Constant(ir.VectorType(i8, n), None)
         for i in range(n):
             lane = builder.extract_element(idx, _const_int(i))
             out = builder.insert_element(out, builder.extract_element(tab, lane), _const_int(i))
         return out
 
-    return Vec(types.int8, n)(table, index), codegen
+    return Vec(table.dtype, n)(table, index), codegen
+
+
+def lookup16_ir(builder, context, tab, idx):
+    """32 lanes of lookup16 with vpshufb (AVX2)."""
+    vt = ir.VectorType(ir.IntType(8), 32)
+    tab = builder.shuffle_vector(tab, tab, ir.Constant(ir.VectorType(_I32, 32), list(range(16)) * 2))
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt]),
+                                        "llvm.x86.avx2.pshuf.b")
+    return builder.call(fn, [tab, idx])
 
 
 @intrinsic
@@ -574,24 +574,6 @@ def hsum(typingctx, vec):
     return vec.dtype(vec), codegen
 
 
-@intrinsic
-def madd_pairs(typingctx, a, b):
-    """int16 lanes a, b -> int32 lanes: a[2i]*b[2i] + a[2i+1]*b[2i+1] (x86 pmaddwd)."""
-    if not (isinstance(a, Vec) and a == b and a.dtype == types.int16 and a.count % 2 == 0):
-        return None
-    n = a.count // 2
-
-    def codegen(context, builder, sig, args):
-        wide = ir.VectorType(_I32, 2 * n)
-        prod = builder.mul(builder.sext(args[0], wide), builder.sext(args[1], wide))
-        half = ir.VectorType(_I32, n)
-        even = builder.shuffle_vector(prod, prod, ir.Constant(half, list(range(0, 2 * n, 2))))
-        odd = builder.shuffle_vector(prod, prod, ir.Constant(half, list(range(1, 2 * n, 2))))
-        return builder.add(even, odd)
-
-    return Vec(types.int32, n)(a, b), codegen
-
-
 # -- lane-wise operators ------------------------------------------------------------------
 
 # Operators are registered as typing templates plus lowerings rather than @overload: an
@@ -636,7 +618,8 @@ def _binary_operator(op, float_op, int_op, uint_op=None):
 
 for _op, _names in ((operator.add, ("fadd", "add")), (operator.sub, ("fsub", "sub")),
                     (operator.mul, ("fmul", "mul")), (operator.and_, (None, "and_")),
-                    (operator.or_, (None, "or_")), (operator.rshift, (None, "ashr", "lshr")),
+                    (operator.or_, (None, "or_")), (operator.xor, (None, "xor")),
+                    (operator.rshift, (None, "ashr", "lshr")),
                     (operator.lshift, (None, "shl"))):
     _binary_operator(_op, *_names)
 
@@ -668,3 +651,120 @@ class _InvertTyping(AbstractTemplate):
 @lower_builtin(operator.invert, Vec)
 def _invert_lower(context, builder, sig, args):
     return builder.not_(args[0])
+
+
+# -- int8 dot products ------------------------------------------------------------------------
+
+def _pieces(builder, v, size):
+    """v cut into consecutive vectors of `size` lanes."""
+    n = v.type.count
+    return [builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(_I32, size),
+                                               list(range(i, i + size))))
+            for i in range(0, n, size)]
+
+
+def _concat(builder, parts):
+    """The inverse of _pieces."""
+    while len(parts) > 1:
+        pairs = []
+        for a, b in zip(parts[0::2], parts[1::2]):
+            m = a.type.count
+            pairs.append(builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 2 * m),
+                                                                  list(range(2 * m)))))
+        parts = pairs
+    return parts[0]
+
+
+def _call(builder, name, ret, args):
+    fnty = ir.FunctionType(ret, [a.type for a in args])
+    return builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+def _dot4_vnni(builder, acc, u, s, lanes):
+    i32 = ir.VectorType(_I32, lanes)
+    name = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}[lanes]
+    return _call(builder, name, i32, [acc, builder.bitcast(u, i32), builder.bitcast(s, i32)])
+
+
+def _dot4_maddubs(builder, acc, u, s, lanes, small):
+    """pmaddubsw adds two u8*s8 products into an int16 with saturation: exact while each
+    pair stays within +-32767, which holds for u < 128 (|s| <= 127). Larger u are split
+    into their low 7 bits and their top bit (0 or 128), each exact."""
+    i8, i16 = ir.IntType(8), ir.IntType(16)
+    if lanes == 16:
+        names = ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")
+    else:
+        names = ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")
+    pair_t = ir.VectorType(i16, 2 * lanes)
+    ones = ir.Constant(pair_t, [1] * (2 * lanes))
+    parts = [u] if small else [
+        builder.and_(u, ir.Constant(u.type, [0x7F] * (4 * lanes))),
+        builder.and_(u, ir.Constant(u.type, [0x80] * (4 * lanes)))]
+    for part_u in parts:
+        pairs = _call(builder, names[0], pair_t, [part_u, s])
+        acc = builder.add(acc, _call(builder, names[1], ir.VectorType(_I32, lanes),
+                                     [pairs, ones]))
+    del i8
+    return acc
+
+
+def _dot4_generic(builder, acc, u, s):
+    n = acc.type.count
+    wide = ir.VectorType(_I32, 4 * n)
+    prod = builder.mul(builder.zext(u, wide), builder.sext(s, wide))
+    for k in range(4):
+        acc = builder.add(acc, builder.shuffle_vector(
+            prod, ir.Constant(wide, ir.Undefined),
+            ir.Constant(ir.VectorType(_I32, n), list(range(k, 4 * n, 4)))))
+    return acc
+
+
+@intrinsic
+def dot4(typingctx, acc, u, s, small):
+    """acc[i] + sum(u[4i + k] * s[4i + k] for k < 4): int32 lanes acc, unsigned bytes u,
+    signed bytes s with |s| <= 127. `small` (a literal bool) promises u < 128, which the
+    pmaddubsw forms need to be exact in one step (isa.py lists the forms)."""
+    flag = getattr(small, "literal_value", None)
+    if not (isinstance(acc, Vec) and acc.dtype == types.int32 and isinstance(u, Vec)
+            and u.dtype == types.uint8 and isinstance(s, Vec) and s.dtype == types.int8
+            and u.count == s.count == 4 * acc.count and isinstance(flag, bool)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        from numatp.quant.isa import dot_isa, features_of
+        acc_v, u_v, s_v = args[0], args[1], args[2]
+        isa = dot_isa(features_of(context.codegen()))
+        width = {"vnni512": 16, "avx512bw": 16, "avxvnni": 8, "avx2": 8}.get(isa)
+        if width is None or acc.count % min(width, acc.count) or acc.count < 8:
+            return _dot4_generic(builder, acc_v, u_v, s_v)
+        if acc.count < width:   # 8 lanes on a 512-bit target: its 256-bit form
+            width = acc.count
+            isa = {"vnni512": "avxvnni", "avx512bw": "avx2"}.get(isa, isa)
+        out = []
+        for a, x, y in zip(_pieces(builder, acc_v, width), _pieces(builder, u_v, 4 * width),
+                           _pieces(builder, s_v, 4 * width)):
+            if isa in ("vnni512", "avxvnni"):
+                out.append(_dot4_vnni(builder, a, x, y, width))
+            else:
+                out.append(_dot4_maddubs(builder, a, x, y, width, flag))
+        return _concat(builder, out)
+
+    return acc(acc, u, s, small), codegen
+
+
+@intrinsic
+def bcast4(typingctx, arr, index, count):
+    """The 4 bytes at arr[index] (an int8 array) repeated `count` times, as int8 lanes:
+    one int32 broadcast, which x86 folds into the dot product's memory operand."""
+    n = _literal_int(count)
+    if not (isinstance(arr, types.Array) and arr.dtype == types.int8
+            and isinstance(index, types.Integer) and n):
+        return None
+
+    def codegen(context, builder, sig, args):
+        ptr = _data_pointer(context, builder, arr, args[0], args[1], None)
+        word = builder.load(builder.bitcast(ptr, ir.PointerType(_I32)), align=1)
+        return builder.bitcast(_splat(builder, word, n), ir.VectorType(ir.IntType(8), 4 * n))
+
+    return Vec(types.int8, 4 * n)(arr, index, count), codegen
