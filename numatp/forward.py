@@ -102,6 +102,23 @@ def _rmsnorm(x, w, eps, out):
         _rmsnorm_row(x[0], w, eps, out[0])
 
 
+@njit(parallel=True)
+def _add_rmsnorm_tokens(x, d, w, eps, out):
+    for t in prange(x.shape[0]):
+        x[t] += d[t]
+        _rmsnorm_row(x[t], w, eps, out[t])
+
+
+@njit
+def _add_rmsnorm(x, d, w, eps, out):
+    """x += d (the residual), then out = rmsnorm(x), in one pass."""
+    if x.shape[0] > 1:
+        _add_rmsnorm_tokens(x, d, w, eps, out)
+    else:
+        x[0] += d[0]
+        _rmsnorm_row(x[0], w, eps, out[0])
+
+
 @njit
 def _head_rmsnorm(v, n_heads, hd, w, eps):
     """In place, each head of each row separately (qwen3's q/k norm)."""
@@ -205,8 +222,8 @@ def _add_bias(v, b):
 def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache, x, pos0,
          logits, ar_ctl, ar_data, rank, n_ranks):
     """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
-    layers, updating x in place and the KV cache; write this shard's slice of the logits
-    of the last token into `logits`. Returns 0, or the all-reduce's non-zero status.
+    layers, updating the KV cache (x is overwritten: the residual stream); write this
+    shard's slice of the logits of the last token into `logits`. Returns 0, or the all-reduce's non-zero status.
     `kernels` is the KernelSet of the shard's matrix types (MATRIX_ROLES)."""
     T, hidden = x.shape
     L, hd, nq, nkv = dims[D_LAYERS], dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
@@ -220,11 +237,14 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
     gate = np.empty((T, ffn), dtype=np.float32)
     up = np.empty((T, ffn), dtype=np.float32)
     hbuf = np.zeros((T, dims[D_FFN_COLS]), dtype=np.float32)
-    flat = proj.reshape(T * hidden)
+    _rmsnorm(x, _vector(arena, index, ATTN_NORM), eps, xb)
     for layer in range(L):
         e = layer * N_ROLES
+        # The last layer's keys and values go into the cache for every token, but only the
+        # last token goes on: nothing reads the others' outputs (a prompt's logits are the
+        # last token's), so from its attention on the layer runs for rows s: alone.
+        s = T - 1 if layer == L - 1 else 0
         # Attention: my heads.
-        _rmsnorm(x, _vector(arena, index, e + ATTN_NORM), eps, xb)
         _qkv(kernels, arena, index, e, xb, q, k, v)
         if dims[D_QKV_BIAS]:
             _add_bias(q, _vector(arena, index, e + BQ))
@@ -240,27 +260,26 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
                 for j in range(hd):
                     k_cache[layer, h, pos0 + t, j] = k[t, h * hd + j]
                     v_cache[layer, h, pos0 + t, j] = v[t, h * hd + j]
-        _attention(q, k_cache, v_cache, layer, pos0, nq, hd, dims[D_GROUP], dims[D_Q0],
-                   dims[D_KV0], att, index[e + WO, PAD])
+        _attention(q[s:], k_cache, v_cache, layer, pos0 + s, nq, hd, dims[D_GROUP],
+                   dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
         # attn_output over my heads' columns: a partial sum of the full projection.
-        _linear(kernels, arena, index, e + WO, att, proj)
-        status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
+        _linear(kernels, arena, index, e + WO, att[s:], proj[s:])
+        status = allreduce(ar_ctl, ar_data, rank, n_ranks, proj[s:].reshape(-1))
         if status != 0:
             return status
-        x += proj
+        _add_rmsnorm(x[s:], proj[s:], _vector(arena, index, e + FFN_NORM), eps, xb[s:])
         # FFN: my rows of gate/up, my columns of down.
-        _rmsnorm(x, _vector(arena, index, e + FFN_NORM), eps, xb)
-        _gate_up(kernels, arena, index, e, xb, gate, up, hbuf)
-        _linear(kernels, arena, index, e + WDOWN, hbuf, proj)
-        status = allreduce(ar_ctl, ar_data, rank, n_ranks, flat)
+        _gate_up(kernels, arena, index, e, xb[s:], gate[s:], up[s:], hbuf[s:])
+        _linear(kernels, arena, index, e + WDOWN, hbuf[s:], proj[s:])
+        status = allreduce(ar_ctl, ar_data, rank, n_ranks, proj[s:].reshape(-1))
         if status != 0:
             return status
-        x += proj
+        # the residual, then the next layer's input norm (after the last: the output norm)
+        norm = e + N_ROLES + ATTN_NORM if layer < L - 1 else L * N_ROLES + OUT_NORM
+        _add_rmsnorm(x[s:], proj[s:], _vector(arena, index, norm), eps, xb[s:])
     # Output head: my vocabulary rows, last token only.
-    g = L * N_ROLES
-    last = np.empty((1, hidden), dtype=np.float32)
-    _rmsnorm(x[T - 1:T], _vector(arena, index, g + OUT_NORM), eps, last)
-    _linear(kernels, arena, index, g + OUTPUT, last, logits.reshape(1, logits.shape[0]))
+    _linear(kernels, arena, index, L * N_ROLES + OUTPUT, xb[T - 1:T],
+            logits.reshape(1, logits.shape[0]))
     return 0
 
 
