@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import numatp
-from models import STORIES, smollm2
+from models import DATA, STORIES, smollm2
 
 STORY = ", there was a little girl named Lily. She loved to play outside in the park"
 
@@ -81,11 +81,18 @@ def test_smollm2_paris():
 
 
 @pytest.mark.slow
-def test_smollm2_chat_paris():
+def test_smollm2_chat_prompt_is_llamacpps():
+    """--chat renders the model's template into the token ids llama.cpp was given for the
+    same question (tests/data/llamacpp_smollm2.npz), and generates from them. (What it
+    generates, SmolLM2-135M's greedy reply, is not "Paris" in llama.cpp either; the
+    replies are compared in test_llamacpp_agreement.py.)"""
+    reference = np.load(DATA / "llamacpp_smollm2.npz")
     r = run_cli("generate", "What is the capital of France?", "-m", str(smollm2()), "-n", "24",
-                "--temp", "0", "--chat")
+                "--temp", "0", "--chat", "--json")
     assert r.returncode == 0, r.stderr
-    assert "Paris" in r.stdout, r.stdout
+    out = json.loads(r.stdout)
+    assert out["prompt_tokens"] == reference["chat_ids"].tolist()
+    assert out["n_gen"] == 24
 
 
 def test_kernels_cached_is_per_kernel_set(tmp_path, monkeypatch):
