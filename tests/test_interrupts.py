@@ -141,6 +141,34 @@ def test_terminal_closed():
     assert_nothing_left(proc, workers)
 
 
+def test_terminal_hung_up_before_its_sighup():
+    """The kernel makes writes to a hung-up terminal fail (EIO) before it sends SIGHUP,
+    so numatp can learn of the hang-up from a failed write first. A terminal that is not
+    the controlling one gets hung up with no SIGHUP at all, which makes that order
+    certain: it ends as for the SIGHUP (it used to end as a write error, exit 1)."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "numatp", *map(str, LONG_RUN)],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    os.close(slave)
+    try:
+        shown = b""
+        while b"Lily" not in shown:  # generating
+            shown += os.read(master, 4096)
+        workers = workers_of(proc, 2)
+        os.close(master)
+        master = None
+        _, err = proc.communicate(timeout=EXIT_S)
+    finally:
+        if master is not None:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(EXIT_S)
+    _check_end("sighup", proc.returncode, err.decode())
+    assert_nothing_left(proc, workers)
+
+
 def test_segments_left_by_a_killed_process_group_are_reclaimed():
     proc = start_cli(*LONG_RUN)
     try:

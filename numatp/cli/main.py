@@ -94,7 +94,6 @@ def main():
     note = llamacpp_flag_note(sys.argv[1:])
     if note is not None:
         fail(note, 2)
-    cli_errors = _click_exceptions()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _on_stop_signal)
     try:
@@ -102,9 +101,38 @@ def main():
     except NumatpError as e:
         fail(str(e), e.exit_code)
     try:
+        # A stop signal can also arrive while an error is being reported: the outer
+        # handlers see it wherever it is raised.
+        try:
+            code = _run_app()
+        except (KeyboardInterrupt, typer.Abort):
+            _interrupted("interrupted", 130)
+        except Terminated as e:
+            if e.signum == signal.SIGHUP:
+                _interrupted("hangup", 128 + signal.SIGHUP)
+            _interrupted("terminated", 128 + signal.SIGTERM)
+    finally:
+        sys.stdout = stdout
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        _interrupted("interrupted", 130)
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _run_app():
+    """The app's exit code; its errors as one line and an exit code."""
+    from numatp.cli.output import TerminalHungUp
+    from numatp.errors import NumatpError
+    cli_errors = _click_exceptions()
+    try:
         # Not standalone: click's own handling would print bad flags as a framed block.
         code = app(standalone_mode=False)
         sys.stdout.flush()   # a buffered write that fails does so here, as one line
+        return code
+    except TerminalHungUp:
+        # The SIGHUP that follows must not break into the shutdown.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        _interrupted("hangup", 128 + signal.SIGHUP)
     except NumatpError as e:
         fail(str(e), e.exit_code)
     except getattr(cli_errors, "NoArgsIsHelpError", ()) as e:
@@ -114,17 +142,6 @@ def main():
         ctx = getattr(e, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         fail(e.format_message() + hint, e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        _interrupted("interrupted", 130)
-    except Terminated as e:
-        if e.signum == signal.SIGHUP:
-            _interrupted("hangup", 128 + signal.SIGHUP)
-        _interrupted("terminated", 128 + signal.SIGTERM)
-    finally:
-        sys.stdout = stdout
-    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
-        _interrupted("interrupted", 130)
-    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def _click_exceptions():
