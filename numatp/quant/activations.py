@@ -10,9 +10,10 @@ dot product with a weight row W is off by at most sum_j |W_j| * max|x| / 254. Gr
 32 divide every block size, and a column shard starts on a block boundary, so a shard
 quantizes its part of x exactly as the whole matrix would.
 
-Besides the integers and scales, the sums of each 16 and 32 quantized values (times d)
-are kept: formats whose weights are d*q + m (an offset per block or sub-block) add
-m * sum(x) once per block instead of once per element.
+Besides the integers and scales, the sums of each 16 and 32 quantized values are kept,
+as integers and times d: formats whose weights are d*q + m (an offset per block or
+sub-block) add m * sum(x) once per block instead of once per element, and formats with
+a fixed zero point z (Q4_0's q - 8) start the integer dot product at -z * sum(q).
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -27,10 +28,10 @@ _TINY = np.float32(1e-30)
 
 
 @njit(boundscheck=False)
-def quantize_vector(x, xq, xd, xs32, xs16):
+def quantize_vector(x, xq, xd, xs32, xs16, xi32, xi16):
     """x: float32 (n,), n a multiple of 32 -> xq int8 (n,), xd (n/32,) each group's
-    scale, xs32 (n/32,) and xs16 (n/16,) the sums of each 32 and 16 values as quantized,
-    times their scale."""
+    scale, xi32 (n/32,) and xi16 (n/16,) the int32 sums of each 32 and 16 values as
+    quantized, xs32 and xs16 those sums times their scale."""
     for g in range(x.size // GROUP):
         v = load(x, g * GROUP, GROUP)
         top = hmax(vabs(v))
@@ -43,18 +44,26 @@ def quantize_vector(x, xq, xd, xs32, xs16):
         q = convert(round_even(v * inv), np.int32)
         store(xq, g * GROUP, convert(q, np.int8))
         xd[g] = d
-        lo = d * np.float32(hsum(part(q, 0, 16)))
-        hi = d * np.float32(hsum(part(q, 16, 16)))
-        xs16[2 * g] = lo
-        xs16[2 * g + 1] = hi
-        xs32[g] = lo + hi
+        lo, hi = hsum(part(q, 0, 16)), hsum(part(q, 16, 16))
+        xi16[2 * g], xi16[2 * g + 1], xi32[g] = lo, hi, lo + hi
+        xs16[2 * g] = d * np.float32(lo)
+        xs16[2 * g + 1] = d * np.float32(hi)
+        xs32[g] = d * np.float32(lo + hi)
+
+
+@njit
+def empty_activations(T, n):
+    """(XQ, XD, XS32, XS16, XI32, XI16) for T rows of n values, as quantize_row fills them."""
+    return (np.empty((T, n), np.int8), np.empty((T, n // GROUP), np.float32),
+            np.empty((T, n // GROUP), np.float32), np.empty((T, 2 * n // GROUP), np.float32),
+            np.empty((T, n // GROUP), np.int32), np.empty((T, 2 * n // GROUP), np.int32))
 
 
 @njit(boundscheck=False)
-def quantize_rows(X, XQ, XD, XS32, XS16):
-    """Row t of X (T, n) -> row t of XQ (T, n), XD, XS32 (T, n // 32), XS16 (T, n // 16)."""
-    for t in range(X.shape[0]):
-        quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t])
+def quantize_row(X, acts, t):
+    """Row t of X (T, n) into row t of each array of acts (empty_activations)."""
+    XQ, XD, XS32, XS16, XI32, XI16 = acts
+    quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t], XI32[t], XI16[t])
 
 
 def dequantize_vector(xq, xd):

@@ -46,7 +46,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from numatp.quant import block32, floats, formats, kquants, packing
-from numatp.quant.activations import GROUP, quantize_vector
+from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
@@ -93,13 +93,16 @@ def _tile_source(q, tokens):
     per16 = fmt.unit == 16
     n_vec = fmt.unit // 4
     block_elems = formats.block_size(q)
-    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, "
-         "T, Y, r0, nvalid):",
+    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, "
+         "nvalid):",
+         "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
          "    zi = splat(np.int32(0), R)",
          "    zf = splat(np.float32(0), R)"]
     for t in range(tokens):
         L += [f"    t{t} = min(t0 + {t}, T - 1)",
-              f"    x{t}, d{t}, s{t} = XQ[t{t}], XD[t{t}], {'XS16' if per16 else 'XS32'}[t{t}]",
+              f"    x{t}, d{t} = XQ[t{t}], XD[t{t}]",
+              f"    s{t} = {'XI16' if per16 else 'XI32'}[t{t}]" if fmt.zero else
+              f"    s{t} = {'XS16' if per16 else 'XS32'}[t{t}]",
               f"    a{t} = zf", f"    f{t} = zf"]
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
@@ -125,14 +128,20 @@ def _tile_source(q, tokens):
         for t in range(tokens):
             for k in range(n_vec):
                 c = k % _CHAINS
-                src = "zi" if k < _CHAINS else f"i{c}"
+                if k >= _CHAINS:
+                    src = f"i{c}"
+                elif k == 0 and fmt.zero:  # weights q - zero: start at -zero * sum(x)
+                    src = f"splat(np.int32(s{t}[eu // {fmt.unit}] * {-fmt.zero}), R)"
+                else:
+                    src = "zi"
                 L.append(f"{ind}i{c} = dot4({src}, v[{k}], bcast4(x{t}, eu + {4 * k}, R), "
                          f"{fmt.small})")
             isum = " + ".join(f"i{c}" for c in range(_CHAINS))
-            L += [f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})",
-                  f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})"]
+            L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})")
+            if not fmt.zero:
+                L.append(f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})")
     for t in range(tokens):
-        L.append(f"    _store_rows(Y[t{t}], r0, nvalid, a{t} + f{t})")
+        L.append(f"    _store_rows(Y[t{t}], r0, nvalid, {f'a{t}' if fmt.zero else f'a{t} + f{t}'})")
     return "\n".join(L)
 
 
@@ -145,14 +154,14 @@ def _tile_name(q, tokens):
     return f"tile_{formats.type_name(q)}_x{tokens}"
 
 
-def tile(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+def tile(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """Y[t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted with
     token t, for r < nvalid and t in t0 .. t0 + tokens - 1 (clamped to T - 1: a repeated
     token stores the same value twice). qtype and tokens are literal ints."""
 
 
 @overload(tile, prefer_literal=True)
-def _tile_ov(qtype, tokens, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+def _tile_ov(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     q = getattr(qtype, "literal_value", None)
     n = getattr(tokens, "literal_value", None)
     if q not in FORMATS or not isinstance(n, int):
@@ -183,11 +192,11 @@ def _store_rows(y, r0, nvalid, v):
 # the kernel set it is compiled for (kernel_set.py says why not over all types) that
 # have a kernel of that kind.
 
-def _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+def _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """tile() for TOKENS tokens."""
 
 
-def _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid):
+def _tile1(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """tile() for one token."""
 
 
@@ -206,11 +215,11 @@ def _dequant_row(kernels, qtype, w, o, nblk, out):
 # Each family's call, per dispatcher; {q} is the type code.
 _CALLS = {
     _tiles: {
-        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)",
-        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)"},
+        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
     _tile1: {
-        _BLOCK32: "tile({q}, 1, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)",
-        _SUPER: "tile({q}, 1, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)"},
+        _BLOCK32: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
     _float_rows: {_FLOAT: "dot_float({q}, w, o, stride, n, cols, x, y)"},
     _float_rows_x4: {
         _FLOAT: "dot_float_x4({q}, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0)"},
@@ -283,28 +292,27 @@ def _check(kernels, qtype):
 # -- quantized: row groups --------------------------------------------------------------------
 
 @njit(boundscheck=False)
-def _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows):
+def _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows):
     """Row group g of a packed matrix of `rows` rows against every token."""
-    T = XQ.shape[0]
+    T = acts[0].shape[0]
     go = g * nblk * R * BLOCK_BYTES[qtype]
     r0 = g * R
     nvalid = min(R, rows - r0)
     full = T - T % TOKENS if T > 1 else 0
     for t0 in range(0, full, TOKENS):
-        _tiles(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t0, T, Y, r0, nvalid)
+        _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid)
     for t in range(full, T):
-        _tile1(kernels, qtype, w, go, nblk, XQ, XD, XS32, XS16, t, T, Y, r0, nvalid)
+        _tile1(kernels, qtype, w, go, nblk, acts, t, T, Y, r0, nvalid)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear(kernels, qtype, w, rows, nblk, XQ, XD, XS32, XS16, Y):
+def _packed_linear(kernels, qtype, w, rows, nblk, acts, Y):
     for g in prange((rows + R - 1) // R):
-        _group_rows(kernels, qtype, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+        _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, XQ, XD, XS32, XS16,
-                    Ya, Yb, Yc):
+def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, Ya, Yb, Yc):
     ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
     for j in prange(ga + gb + (rc + R - 1) // R):
         i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
@@ -315,12 +323,12 @@ def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, XQ, XD, X
             q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
         else:
             q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
-        _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+        _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, XQ, XD, XS32, XS16, G, U, H, pad):
-    T = XQ.shape[0]
+def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, G, U, H, pad):
+    T = acts[0].shape[0]
     for j in prange((rows + R - 1) // R):
         g = np.int64(j)
         for m in range(2):
@@ -328,7 +336,7 @@ def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, XQ, XD, XS32, XS16, G, U, H
                 q, w, Y = qg, wg, G
             else:
                 q, w, Y = qu, wu, U
-            _group_rows(kernels, q, w, nblk, XQ, XD, XS32, XS16, Y, g, rows)
+            _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
         for t in range(T):
             for r in range(g * R, min(rows, (g + 1) * R)):
                 H[t, pad + r] = _silu(G[t, r]) * U[t, r]
@@ -340,25 +348,20 @@ def _silu(x):
 
 
 @njit(parallel=True, boundscheck=False)
-def _quantize_tokens(X, XQ, XD, XS32, XS16):
+def _quantize_tokens(X, acts):
     for t in prange(X.shape[0]):
-        quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t])
+        quantize_row(X, acts, t)
 
 
 @njit
 def _quantize(X):
-    """(XQ, XD, XS32, XS16) of X (T, cols): activations.py's int8 form, tokens in parallel."""
-    T, cols = X.shape
-    groups = cols // GROUP
-    XQ = np.empty((T, cols), np.int8)
-    XD = np.empty((T, groups), np.float32)
-    XS32 = np.empty((T, groups), np.float32)
-    XS16 = np.empty((T, 2 * groups), np.float32)
-    if T > 1:
-        _quantize_tokens(X, XQ, XD, XS32, XS16)
+    """X (T, cols) in activations.py's int8 form (empty_activations), tokens in parallel."""
+    acts = empty_activations(X.shape[0], X.shape[1])
+    if X.shape[0] > 1:
+        _quantize_tokens(X, acts)
     else:
-        quantize_vector(X[0], XQ[0], XD[0], XS32[0], XS16[0])
-    return XQ, XD, XS32, XS16
+        quantize_row(X, acts, 0)
+    return acts
 
 
 # -- float formats: rows ----------------------------------------------------------------------
@@ -419,8 +422,7 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, q) != _FLOAT:
-        XQ, XD, XS32, XS16 = _quantize(X)
-        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], XQ, XD, XS32, XS16, Y)
+        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], _quantize(X), Y)
     elif X.shape[0] == 1:
         _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
     else:
@@ -435,9 +437,8 @@ def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
     qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
     fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
     if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
-        XQ, XD, XS32, XS16 = _quantize(X)
         _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
-                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], XQ, XD, XS32, XS16,
+                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], _quantize(X),
                         Ya, Yb, Yc)
     else:
         linear(kernels, qa, wa, ra, cols, X, Ya)
@@ -454,8 +455,7 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     qg, qu = np.int64(qg), np.int64(qu)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
-        XQ, XD, XS32, XS16 = _quantize(X)
-        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], XQ, XD, XS32, XS16,
+        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], _quantize(X),
                     G, U, H, np.int64(pad))
     else:
         linear(kernels, qg, wg, rows, cols, X, G)

@@ -339,25 +339,27 @@ def _sc_q2_k(w, ob, u):
 
 class Format:
     """What the kernel generator needs to know of a packed format: elements per unit,
-    units per block, whether q < 128, the decoders, and how many consecutive units make
-    the decoders' shifts and offsets constants (unit u as unroll * p + j, j constant)."""
+    units per block, whether q < 128, the decoders, how many consecutive units make the
+    decoders' shifts and offsets constants (unit u as unroll * p + j, j constant), and
+    the zero point z when the weights are S * (q - z) (M = -z S: the kernels then
+    subtract z * sum(x) in integers), else 0."""
 
-    def __init__(self, unit, units, small, vectors, scales, unroll):
+    def __init__(self, unit, units, small, vectors, scales, unroll, zero=0):
         self.unit, self.units, self.small = unit, units, small
-        self.vectors, self.scales, self.unroll = vectors, scales, unroll
+        self.vectors, self.scales, self.unroll, self.zero = vectors, scales, unroll, zero
 
 
 FORMATS = {
-    F.Q4_0: Format(32, 1, True, _vec_q4_0, _sc_q4_0, 1),
+    F.Q4_0: Format(32, 1, True, _vec_q4_0, _sc_q4_0, 1, zero=8),
     F.Q4_1: Format(32, 1, True, _vec_q4_1, _sc_q4_1, 1),
-    F.Q5_0: Format(32, 1, True, _vec_q5_0, _sc_q5_0, 1),
+    F.Q5_0: Format(32, 1, True, _vec_q5_0, _sc_q5_0, 1, zero=16),
     F.Q5_1: Format(32, 1, True, _vec_q5_1, _sc_q5_1, 1),
-    F.Q8_0: Format(32, 1, False, _vec_q8_0, _sc_q8_0, 1),
-    F.IQ4_NL: Format(32, 1, False, _vec_iq4_nl, _sc_iq4_nl, 1),
+    F.Q8_0: Format(32, 1, False, _vec_q8_0, _sc_q8_0, 1, zero=128),
+    F.IQ4_NL: Format(32, 1, False, _vec_iq4_nl, _sc_iq4_nl, 1, zero=128),
     F.Q4_K: Format(32, 8, True, _vec_q4_k, _sc_k4, 2),       # low/high nibbles of a pair
     F.Q5_K: Format(32, 8, True, _vec_q5_k, _sc_k4, 2),
-    F.IQ4_XS: Format(32, 8, False, _vec_iq4_xs, _sc_iq4_xs, 2),
-    F.Q6_K: Format(16, 16, True, _vec_q6_k, _sc_q6_k, 8),     # 128 elements: shift 2s
-    F.Q3_K: Format(16, 16, True, _vec_q3_k, _sc_q3_k, 8),
+    F.IQ4_XS: Format(32, 8, False, _vec_iq4_xs, _sc_iq4_xs, 2, zero=128),
+    F.Q6_K: Format(16, 16, True, _vec_q6_k, _sc_q6_k, 8, zero=32),  # 128 elements: shift 2s
+    F.Q3_K: Format(16, 16, True, _vec_q3_k, _sc_q3_k, 8, zero=4),
     F.Q2_K: Format(16, 16, True, _vec_q2_k, _sc_q2_k, 8),
 }
