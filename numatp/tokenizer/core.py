@@ -194,8 +194,11 @@ class StreamDecoder:
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
+    """The tokenizer of a GGUF file (a full model or a vocabulary-only file), or of a
+    model named as -m names one (a known name, hf://...)."""
     from numatp.model.gguf_file import read_metadata
+    from numatp.registry import resolve_model
+    path = resolve_model(path)
     meta = read_metadata(path)
     return Tokenizer.from_metadata(meta, where=str(path))
 

@@ -1,0 +1,179 @@
+"""Models by name from the Hugging Face Hub (hf://OWNER/REPO/FILE.gguf, -hf OWNER/REPO[:QUANT]):
+the real huggingface_hub client downloads from a stand-in Hub on loopback (tests/hub_server.py)
+that HF_ENDPOINT points to."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import numatp
+from numatp.errors import NumatpError
+from numatp.hub import pick_gguf
+
+from hub_server import StandInHub
+from synth import write_model
+
+TOKEN = "hf_standin_secret"
+SHAPE = dict(qtype="F32", n_layers=1, vocab=300)   # 12 tensors
+CHUNK = 10 << 20   # huggingface_hub writes what it receives in pieces of 10 MiB
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hubfiles")
+    single = write_model(d / "tiny.gguf", **SHAPE)
+    first = write_model(d / "tiny-F32.gguf", **SHAPE, split_tensors=5)
+    splits = {f"split/{p.name}": p.read_bytes() for p in sorted(d.glob("tiny-F32-*.gguf"))}
+    big = hashlib.shake_256(b"numatp").digest(CHUNK + (2 << 20))
+    return {"single": single, "first": first, "splits": splits, "big": big}
+
+
+@pytest.fixture()
+def hub(files):
+    data = files["single"].read_bytes()
+    repos = {
+        "owner/tiny-GGUF": {"README.md": b"# tiny\n", "tiny-Q8_0.gguf": data,
+                            "mmproj-tiny-Q4_K_M.gguf": data, "tiny-Q4_K_M.gguf": data},
+        "owner/split-GGUF": {"README.md": b"# split\n", **files["splits"]},
+        "owner/big": {"big.gguf": files["big"]},
+    }
+    with StandInHub(repos) as server:
+        yield server
+
+
+@pytest.fixture()
+def env(hub, tmp_path):
+    """The environment of a numatp run that uses the stand-in Hub and a fresh cache."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_TOKEN=TOKEN,
+             HF_HUB_DISABLE_TELEMETRY="1")
+    return e
+
+
+def numatp_run(*args, env):
+    r = subprocess.run([sys.executable, "-m", "numatp", *map(str, args)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    return r.returncode, r.stdout, r.stderr
+
+
+def generate(model_args, env):
+    code, out, err = numatp_run("generate", "Once upon a time", *model_args, "-n", "8",
+                                "--temp", "0", "--nodes", "1", "--json", env=env)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def error_of(stderr):
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("numatp: error: "), stderr
+    return lines[0].removeprefix("numatp: error: ")
+
+
+def test_hf_url_downloads_into_the_hub_cache_and_generates(files, hub, env):
+    local = generate(["-m", files["single"]], env)
+    got = generate(["-m", "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"], env)
+    assert got["tokens"] == local["tokens"] and len(local["tokens"]) == 8
+    assert "/hub/models--owner--tiny-GGUF/snapshots/" in got["model"]
+    assert got["model"].startswith(env["HF_HOME"])
+    fetched = hub.gets("tiny-Q8_0.gguf")
+    assert len(fetched) == 1
+    # HF_TOKEN goes with every request, as a bearer token.
+    assert {h.get("authorization") for _, _, h in hub.requests} == {f"Bearer {TOKEN}"}
+    # From the cache, with the Hub out of reach.
+    asked = len(hub.requests)
+    again = generate(["-m", "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"], {**env, "HF_HUB_OFFLINE": "1"})
+    assert again["tokens"] == local["tokens"] and len(hub.requests) == asked
+
+
+def test_hf_repo_picks_the_quant_as_llama_cpp_does(hub, env):
+    for args, chosen in [(["-hf", "owner/tiny-GGUF"], "tiny-Q4_K_M.gguf"),
+                         (["--hf-repo", "owner/tiny-GGUF:q8_0"], "tiny-Q8_0.gguf"),
+                         (["hf://owner/tiny-GGUF:Q4_K_M"], "tiny-Q4_K_M.gguf")]:
+        code, out, err = numatp_run("info", *args, "--json", env=env)
+        assert code == 0, err
+        assert json.loads(out)["path"].endswith("/" + chosen)
+    code, _, err = numatp_run("info", "-hf", "owner/tiny-GGUF:Q2_K", env=env)
+    assert code == 1
+    assert error_of(err) == ("hf://owner/tiny-GGUF:Q2_K: no Q2_K GGUF file in the repository "
+                             "(GGUF files: tiny-Q8_0.gguf, mmproj-tiny-Q4_K_M.gguf, tiny-Q4_K_M.gguf)")
+
+
+@pytest.mark.parametrize("files_, quant, chosen", [
+    (["a/m-Q8_0.gguf", "a/m-Q4_K_M.gguf"], None, "a/m-Q4_K_M.gguf"),
+    (["m-Q8_0.gguf", "m-q4_0.gguf"], None, "m-Q8_0.gguf"),
+    (["x.txt", "m-IQ4_XS.gguf", "m-Q6_K.gguf"], None, "m-IQ4_XS.gguf"),
+    (["mmproj-Q8_0.gguf", "m-q8_0.gguf"], "Q8_0", "m-q8_0.gguf"),
+    (["m.Q5_K_M.gguf", "m-Q5_K_S.gguf"], "q5_k_m", "m.Q5_K_M.gguf"),
+    (["m-Q4_K_M-00002-of-00002.gguf", "m-Q4_K_M-00001-of-00002.gguf"], "Q4_K_M",
+     "m-Q4_K_M-00001-of-00002.gguf"),
+    (["imatrix.gguf", "m-BF16.gguf"], None, "m-BF16.gguf"),
+])
+def test_pick_gguf(files_, quant, chosen):
+    assert pick_gguf(files_, quant, "hf://o/r") == chosen
+
+
+def test_pick_gguf_without_a_model():
+    with pytest.raises(NumatpError, match=r"^hf://o/r: no GGUF model file in the repository "
+                                          r"\(GGUF files: mmproj-F16.gguf\)$"):
+        pick_gguf(["README.md", "mmproj-F16.gguf"], None, "hf://o/r")
+
+
+def test_interrupted_download_resumes(files, hub, env):
+    hub.cut_once["big.gguf"] = CHUNK + (1 << 20)
+    code = "from numatp.hub import resolve; print(resolve('hf://owner/big/big.gguf'))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(r.stdout.strip(), "rb") as f:
+        assert f.read() == files["big"]
+    first, second = hub.gets("big.gguf")
+    assert "range" not in first and second["range"] == f"bytes={CHUNK}-"
+
+
+@pytest.mark.parametrize("ref, error", [
+    ("hf://owner/nothing/x.gguf", "hf://owner/nothing/x.gguf: no such repository on the Hub (or it "
+                                  "is private: set HF_TOKEN)"),
+    ("hf://owner/tiny-GGUF/missing.gguf", "hf://owner/tiny-GGUF/missing.gguf: no such file in the "
+                                          "repository ({url}/owner/tiny-GGUF/resolve/main/missing.gguf)"),
+    ("hf://owner/nothing", "hf://owner/nothing: no such repository on the Hub (or it is private: "
+                           "set HF_TOKEN)"),
+    ("hf://owner", "hf://owner: give hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO[:QUANT]"),
+])
+def test_not_found_is_one_line(hub, env, ref, error):
+    code, _, err = numatp_run("info", ref, env=env)
+    assert code in (1, 2) and error_of(err) == error.format(url=hub.url)
+
+
+def test_split_model_downloads_every_split_and_generates_like_one_file(files, hub, env):
+    local = generate(["-m", files["single"]], env)
+    got = generate(["-hf", "owner/split-GGUF:F32"], env)
+    assert got["tokens"] == local["tokens"]
+    assert got["model"].endswith("/split/tiny-F32-00001-of-00003.gguf")
+    for name in files["splits"]:
+        assert len(hub.gets(name)) == 1
+    by_url = generate(["-m", "hf://owner/split-GGUF/split/tiny-F32-00001-of-00003.gguf"], env)
+    assert by_url["tokens"] == local["tokens"]
+    code, _, err = numatp_run("info", "hf://owner/split-GGUF/split/tiny-F32-00002-of-00003.gguf",
+                              env=env)
+    assert code == 2 and error_of(err) == (
+        "hf://owner/split-GGUF/split/tiny-F32-00002-of-00003.gguf: this is split 2 of 3 of a "
+        "model; name its first split, split/tiny-F32-00001-of-00003.gguf")
+
+
+def test_library_takes_hub_names(files, hub, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    tok = numatp.load_tokenizer("hf://owner/tiny-GGUF:Q8_0")
+    assert tok.encode("Once upon a time") == numatp.load_tokenizer(files["single"]).encode(
+        "Once upon a time")
+    with numatp.load("hf://owner/split-GGUF:F32", nodes=1) as llm:
+        assert llm.path.startswith(str(tmp_path / "cache"))
+        assert len(llm.gguf.tensors) == 12
+    assert all("authorization" not in h for _, _, h in hub.requests)
