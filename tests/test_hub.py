@@ -4,7 +4,6 @@ that HF_ENDPOINT points to."""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -177,3 +176,18 @@ def test_library_takes_hub_names(files, hub, tmp_path, monkeypatch):
         assert llm.path.startswith(str(tmp_path / "cache"))
         assert len(llm.gguf.tensors) == 12
     assert all("authorization" not in h for _, _, h in hub.requests)
+
+
+def test_bench_decode_takes_hf(hub, env):
+    code, out, err = numatp_run("bench", "decode", "-hf", "owner/tiny-GGUF:Q8_0", "-p", "4", "-n", "2",
+                                "-r", "1", "--no-warmup", "--read-mb", "0", "--nodes", "1",
+                                "-o", "json", env=env)
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["model"].endswith("/tiny-Q8_0.gguf") for r in rows)
+
+
+def test_info_without_a_model(env):
+    code, _, err = numatp_run("info", env=env)
+    assert code == 2 and error_of(err) == ("no model: give a GGUF file, a known model name, "
+                                           "or -hf OWNER/REPO")
