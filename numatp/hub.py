@@ -44,11 +44,38 @@ def resolve(ref: str) -> Path:
         return _download_model(ref, repo, filename, _split_names(ref, filename))
     if m := _REPO_REF.match(body):
         repo = m["repo"]
-        files = _call(ref, lambda api: api.list_repo_files(repo))
+        files = _list_files(ref, repo)
         filename = pick_gguf(files, m["quant"], ref)
         parts = _split_parts(ref, files, filename)
         return _download_model(ref, repo, filename, parts)
     raise UsageError(f"{ref}: give hf://OWNER/REPO/FILE.gguf or hf://OWNER/REPO[:QUANT]")
+
+
+def _list_files(ref, repo):
+    """The repository's files; when the Hub cannot say (offline, unreachable), those of
+    its main branch in the cache, as llama.cpp does."""
+    try:
+        return _call(ref, lambda api: api.list_repo_files(repo))
+    except NumatpError:
+        cached = _cached_files(repo)
+        if not cached:
+            raise
+        return cached
+
+
+def _cached_files(repo):
+    from huggingface_hub import scan_cache_dir
+    try:
+        cache = scan_cache_dir()
+    except Exception:  # noqa: BLE001  no cache yet, or one that cannot be read
+        return []
+    for entry in cache.repos:
+        if entry.repo_id == repo and entry.repo_type == "model":
+            for revision in entry.revisions:
+                if "main" in revision.refs:
+                    return sorted(f.file_path.relative_to(revision.snapshot_path).as_posix()
+                                  for f in revision.files)
+    return []
 
 
 def is_model_file(path: str) -> bool:
@@ -131,6 +158,8 @@ def _call(ref, fn):
     except hf.LocalEntryNotFoundError:
         raise NumatpError(f"{ref}: cannot reach the Hub, and the file is not in the cache "
                           "(HF_HUB_OFFLINE set, or no network)") from None
+    except ValueError as e:   # a repository or file name the Hub would refuse
+        raise UsageError(f"{ref}: {_first_line(e)}") from None
     except hf.HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         raise NumatpError(f"{ref}: the Hub answered HTTP {status} ({_url_of(e)})") from None

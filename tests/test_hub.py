@@ -95,6 +95,12 @@ def test_hf_repo_picks_the_quant_as_llama_cpp_does(hub, env):
         code, out, err = numatp_run("info", *args, "--json", env=env)
         assert code == 0, err
         assert json.loads(out)["path"].endswith("/" + chosen)
+    # Offline, the choice is made among the files in the cache.
+    asked = len(hub.requests)
+    code, out, err = numatp_run("info", "-hf", "owner/tiny-GGUF:Q8_0", "--json",
+                                env={**env, "HF_HUB_OFFLINE": "1"})
+    assert code == 0, err
+    assert json.loads(out)["path"].endswith("/tiny-Q8_0.gguf") and len(hub.requests) == asked
     code, _, err = numatp_run("info", "-hf", "owner/tiny-GGUF:Q2_K", env=env)
     assert code == 1
     assert error_of(err) == ("hf://owner/tiny-GGUF:Q2_K: no Q2_K GGUF file in the repository "
