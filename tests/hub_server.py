@@ -5,7 +5,9 @@ downloads call, as the Hub answers it:
 - HEAD and GET /OWNER/REPO/resolve/REVISION/PATH: a file, with the headers hf_hub_download
   checks (ETag, X-Repo-Commit, Content-Length) and byte ranges (Range: bytes=N-, answered
   206 with Content-Range) for resuming;
-- 404 with X-Error-Code RepoNotFound or EntryNotFound, as the Hub says which is missing.
+- 404 with X-Error-Code RepoNotFound or EntryNotFound, as the Hub says which is missing;
+- for a gated repository, 401 (no token) or 403 (a token not granted access) with X-Error-Code
+  GatedRepo, unless the request carries a granted token as "Authorization: Bearer TOKEN".
 
 Every request is recorded (method, path, headers). `cut_once` maps files to a byte count:
 their first GET stops after that many bytes of the body and drops the connection, as a
@@ -19,9 +21,11 @@ from urllib.parse import unquote, urlsplit
 
 
 class StandInHub:
-    def __init__(self, repos):
-        """repos: {"owner/name": {"path/in/repo": bytes}}."""
+    def __init__(self, repos, gated=None):
+        """repos: {"owner/name": {"path/in/repo": bytes}}; gated: {"owner/name": token}, the
+        gated repositories and the token that has been granted access to each."""
         self.repos = repos
+        self.gated = gated or {}
         self.requests = []
         self.cut_once = {}
         self._lock = threading.Lock()
@@ -75,17 +79,35 @@ def _handler(hub):
             hub.record(self.command, path, dict(self.headers))
             parts = path.strip("/").split("/")
             if parts[:2] == ["api", "models"] and len(parts) >= 6 and parts[4] == "tree":
-                return self._tree("/".join(parts[2:4]), body)
-            if len(parts) >= 5 and parts[2] == "resolve":
-                return self._file("/".join(parts[:2]), "/".join(parts[4:]), body)
-            self._error(404, None)
+                repo, name = "/".join(parts[2:4]), None
+            elif len(parts) >= 5 and parts[2] == "resolve":
+                repo, name = "/".join(parts[:2]), "/".join(parts[4:])
+            else:
+                return self._error(404, None)
+            if repo in hub.gated and not self._granted(hub.gated[repo]):
+                return
+            if name is None:
+                return self._tree(repo, body)
+            self._file(repo, name, body)
+
+        def _granted(self, token):
+            """Whether the request may read a gated repository; if not, answers it."""
+            given = self.headers.get("Authorization")
+            if given == f"Bearer {token}":
+                return True
+            self._error(401 if given is None else 403, "GatedRepo")
+            return False
 
         def _tree(self, repo, body):
             if repo not in hub.repos:
                 return self._error(404, "RepoNotFound")
-            listing = [{"type": "file", "path": p, "size": len(data),
-                        "oid": hashlib.sha1(data).hexdigest()}
-                       for p, data in hub.repos[repo].items()]
+            files = hub.repos[repo]
+            # A recursive listing names the folders too, as the Hub's does.
+            folders = sorted({"/".join(p.split("/")[:depth]) for p in files
+                              for depth in range(1, p.count("/") + 1)})
+            listing = [{"type": "directory", "path": p, "oid": commit_of(p)} for p in folders]
+            listing += [{"type": "file", "path": p, "size": len(data),
+                         "oid": hashlib.sha1(data).hexdigest()} for p, data in files.items()]
             self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"},
                        body)
 

@@ -14,6 +14,7 @@ from numatp.errors import NumatpError
 from numatp.hub import pick_gguf
 
 from hub_server import StandInHub
+from models import STORIES
 from synth import write_model
 
 TOKEN = "hf_standin_secret"
@@ -28,19 +29,21 @@ def files(tmp_path_factory):
     first = write_model(d / "tiny-F32.gguf", **SHAPE, split_tensors=5)
     splits = {f"split/{p.name}": p.read_bytes() for p in sorted(d.glob("tiny-F32-*.gguf"))}
     big = hashlib.shake_256(b"numatp").digest(CHUNK + (2 << 20))
-    return {"single": single, "first": first, "splits": splits, "big": big}
+    return {"single": single, "first": first, "splits": splits, "big": big,
+            "stories": STORIES.read_bytes()}
 
 
 @pytest.fixture()
 def hub(files):
-    data = files["single"].read_bytes()
+    data = files["stories"]
     repos = {
         "owner/tiny-GGUF": {"README.md": b"# tiny\n", "tiny-Q8_0.gguf": data,
                             "mmproj-tiny-Q4_K_M.gguf": data, "tiny-Q4_K_M.gguf": data},
         "owner/split-GGUF": {"README.md": b"# split\n", **files["splits"]},
         "owner/big": {"big.gguf": files["big"]},
+        "owner/gated-GGUF": {"gated-Q8_0.gguf": data},
     }
-    with StandInHub(repos) as server:
+    with StandInHub(repos, gated={"owner/gated-GGUF": TOKEN}) as server:
         yield server
 
 
@@ -48,8 +51,8 @@ def hub(files):
 def env(hub, tmp_path):
     """The environment of a numatp run that uses the stand-in Hub and a fresh cache."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"), HF_TOKEN=TOKEN,
-             HF_HUB_DISABLE_TELEMETRY="1")
+    e.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf"),
+             HF_HUB_CACHE=str(tmp_path / "hub-cache"), HF_TOKEN=TOKEN, HF_HUB_DISABLE_TELEMETRY="1")
     return e
 
 
@@ -72,12 +75,11 @@ def error_of(stderr):
     return lines[0].removeprefix("numatp: error: ")
 
 
-def test_hf_url_downloads_into_the_hub_cache_and_generates(files, hub, env):
-    local = generate(["-m", files["single"]], env)
+def test_hf_url_downloads_into_the_hub_cache_and_generates(hub, env):
+    local = generate(["-m", STORIES], env)
     got = generate(["-m", "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"], env)
     assert got["tokens"] == local["tokens"] and len(local["tokens"]) == 8
-    assert "/hub/models--owner--tiny-GGUF/snapshots/" in got["model"]
-    assert got["model"].startswith(env["HF_HOME"])
+    assert got["model"].startswith(env["HF_HUB_CACHE"] + "/models--owner--tiny-GGUF/snapshots/")
     fetched = hub.gets("tiny-Q8_0.gguf")
     assert len(fetched) == 1
     # HF_TOKEN goes with every request, as a bearer token.
@@ -89,6 +91,9 @@ def test_hf_url_downloads_into_the_hub_cache_and_generates(files, hub, env):
 
 
 def test_hf_repo_picks_the_quant_as_llama_cpp_does(hub, env):
+    local = generate(["-m", STORIES], env)
+    got = generate(["-hf", "owner/tiny-GGUF:Q8_0"], env)
+    assert got["tokens"] == local["tokens"] and got["model"].endswith("/tiny-Q8_0.gguf")
     for args, chosen in [(["-hf", "owner/tiny-GGUF"], "tiny-Q4_K_M.gguf"),
                          (["--hf-repo", "owner/tiny-GGUF:q8_0"], "tiny-Q8_0.gguf"),
                          (["hf://owner/tiny-GGUF:Q4_K_M"], "tiny-Q4_K_M.gguf")]:
@@ -153,6 +158,23 @@ def test_not_found_is_one_line(hub, env, ref, error):
     assert code in (1, 2) and error_of(err) == error.format(url=hub.url)
 
 
+GATED = ("the repository is gated: accept its terms on the Hub and set HF_TOKEN to a token "
+         "of yours")
+
+
+@pytest.mark.parametrize("ref", ["hf://owner/gated-GGUF/gated-Q8_0.gguf", "hf://owner/gated-GGUF"])
+def test_gated_repository_needs_a_granted_token(hub, env, ref):
+    no_token = {k: v for k, v in env.items() if k != "HF_TOKEN"}
+    for run_env, status in [(no_token, 401), ({**env, "HF_TOKEN": "hf_not_granted"}, 403)]:
+        code, _, err = numatp_run("info", ref, env=run_env)
+        assert code == 1 and error_of(err) == f"{ref}: {GATED}"
+    assert not hub.gets("gated-Q8_0.gguf")
+    code, out, err = numatp_run("info", ref, "--json", env=env)
+    assert code == 0, err
+    assert json.loads(out)["path"].endswith("/gated-Q8_0.gguf")
+    assert hub.gets("gated-Q8_0.gguf")[-1]["authorization"] == f"Bearer {TOKEN}"
+
+
 def test_split_model_downloads_every_split_and_generates_like_one_file(files, hub, env):
     local = generate(["-m", files["single"]], env)
     got = generate(["-hf", "owner/split-GGUF:F32"], env)
@@ -176,7 +198,7 @@ def test_library_takes_hub_names(files, hub, tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     tok = numatp.load_tokenizer("hf://owner/tiny-GGUF:Q8_0")
-    assert tok.encode("Once upon a time") == numatp.load_tokenizer(files["single"]).encode(
+    assert tok.encode("Once upon a time") == numatp.load_tokenizer(STORIES).encode(
         "Once upon a time")
     with numatp.load("hf://owner/split-GGUF:F32", nodes=1) as llm:
         assert llm.path.startswith(str(tmp_path / "cache"))
