@@ -155,6 +155,9 @@ def _call(ref, fn):
         raise NumatpError(f"{ref}: the repository has no main branch") from None
     except hf.RemoteEntryNotFoundError as e:
         raise NumatpError(f"{ref}: no such file in the repository ({_url_of(e)})") from None
+    except hf.OfflineModeIsEnabled:
+        raise NumatpError(f"{ref}: HF_HUB_OFFLINE is set and the repository is not in the "
+                          "cache") from None
     except hf.LocalEntryNotFoundError:
         raise NumatpError(f"{ref}: cannot reach the Hub, and the file is not in the cache "
                           "(HF_HUB_OFFLINE set, or no network)") from None

@@ -175,6 +175,17 @@ def test_gated_repository_needs_a_granted_token(hub, env, ref):
     assert hub.gets("gated-Q8_0.gguf")[-1]["authorization"] == f"Bearer {TOKEN}"
 
 
+@pytest.mark.parametrize("ref, error", [
+    ("hf://owner/tiny-GGUF/tiny-Q8_0.gguf", "cannot reach the Hub, and the file is not in the "
+                                           "cache (HF_HUB_OFFLINE set, or no network)"),
+    ("hf://owner/tiny-GGUF:Q8_0", "HF_HUB_OFFLINE is set and the repository is not in the cache"),
+])
+def test_offline_and_not_in_the_cache_is_one_line(hub, env, ref, error):
+    code, _, err = numatp_run("generate", "Once", "-m", ref, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert code == 1 and error_of(err) == f"{ref}: {error}"
+    assert hub.requests == []
+
+
 def test_split_model_downloads_every_split_and_generates_like_one_file(files, hub, env):
     local = generate(["-m", files["single"]], env)
     got = generate(["-hf", "owner/split-GGUF:F32"], env)
