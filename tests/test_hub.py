@@ -4,6 +4,7 @@ that HF_ENDPOINT points to."""
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -184,6 +185,17 @@ def test_offline_and_not_in_the_cache_is_one_line(hub, env, ref, error):
     code, _, err = numatp_run("generate", "Once", "-m", ref, env={**env, "HF_HUB_OFFLINE": "1"})
     assert code == 1 and error_of(err) == f"{ref}: {error}"
     assert hub.requests == []
+
+
+def test_hub_out_of_reach_is_one_line(env):
+    # A socket bound but not listening: connections to it are refused at once.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        host, port = closed.getsockname()
+        ref = "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"
+        code, _, err = numatp_run("info", ref, env={**env, "HF_ENDPOINT": f"http://{host}:{port}"})
+    assert code == 1 and error_of(err) == (f"{ref}: cannot reach the Hub, and the file is not "
+                                           "in the cache (HF_HUB_OFFLINE set, or no network)")
 
 
 def test_split_model_downloads_every_split_and_generates_like_one_file(files, hub, env):
