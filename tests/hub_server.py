@@ -11,7 +11,8 @@ downloads call, as the Hub answers it:
 
 Every request is recorded (method, path, headers). `cut_once` maps files to a byte count:
 their first GET stops after that many bytes of the body and drops the connection, as a
-broken transfer would.
+broken transfer would. `stall_once` does the same but holds the connection open, sending
+nothing more, until `release` is set, as a slow network would while the user gives up.
 """
 import hashlib
 import json
@@ -28,6 +29,8 @@ class StandInHub:
         self.gated = gated or {}
         self.requests = []
         self.cut_once = {}
+        self.stall_once = {}
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -43,6 +46,7 @@ class StandInHub:
         return self
 
     def __exit__(self, *exc):
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -129,9 +133,11 @@ def _handler(hub):
             payload = data[start:]
             if body and start == 0 and name in hub.cut_once:
                 return self._cut(payload, headers, hub.cut_once.pop(name))
+            if body and start == 0 and name in hub.stall_once:
+                return self._cut(payload, headers, hub.stall_once.pop(name), hub.release)
             self._send(status, payload, headers, body)
 
-        def _cut(self, payload, headers, sent):
+        def _cut(self, payload, headers, sent, release=None):
             self.send_response(200)
             for k, v in headers.items():
                 self.send_header(k, v)
@@ -140,6 +146,8 @@ def _handler(hub):
             self.end_headers()
             self.wfile.write(payload[:sent])
             self.wfile.flush()
+            if release is not None:
+                release.wait()
             self.close_connection = True
 
         def _error(self, status, code, extra=None):

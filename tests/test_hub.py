@@ -1,12 +1,15 @@
 """Models by name from the Hugging Face Hub (hf://OWNER/REPO/FILE.gguf, -hf OWNER/REPO[:QUANT]):
 the real huggingface_hub client downloads from a stand-in Hub on loopback (tests/hub_server.py)
 that HF_ENDPOINT points to."""
+import glob
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -143,6 +146,40 @@ def test_interrupted_download_resumes(files, hub, env):
         assert f.read() == files["big"]
     first, second = hub.gets("big.gguf")
     assert "range" not in first and second["range"] == f"bytes={CHUNK}-"
+
+
+def test_ctrl_c_during_a_download_ends_in_one_line_and_the_next_run_completes(files, hub, env):
+    hub.stall_once["big.gguf"] = CHUNK + (1 << 20)
+    run = subprocess.Popen([sys.executable, "-m", "numatp", "info", "hf://owner/big/big.gguf"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    blobs = os.path.join(env["HF_HUB_CACHE"], "models--owner--big", "blobs")
+    _wait_for_partial_download(blobs, CHUNK, run)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and err.strip() == "numatp: interrupted"
+    # huggingface_hub (since its pull request 4228) writes a partial file of each process's
+    # own and removes it when that process gives up: the next run starts over.
+    assert not glob.glob(os.path.join(blobs, "*.incomplete"))
+    code = "from numatp.hub import resolve; print(resolve('hf://owner/big/big.gguf'))"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open(r.stdout.strip(), "rb") as f:
+        assert f.read() == files["big"]
+    assert not glob.glob(os.path.join(blobs, "*.incomplete"))
+
+
+def _wait_for_partial_download(blobs, size, run):
+    """The path of huggingface_hub's .incomplete file once it holds `size` bytes."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert run.poll() is None, run.stderr.read()
+        partial = glob.glob(os.path.join(blobs, "*.incomplete"))
+        if partial and os.path.getsize(partial[0]) >= size:
+            return partial[0]
+        time.sleep(0.05)
+    run.kill()
+    raise AssertionError("the download did not write its first chunk")
 
 
 @pytest.mark.parametrize("ref, error", [
