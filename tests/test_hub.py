@@ -1,14 +1,19 @@
 """Models by name from the Hugging Face Hub (hf://OWNER/REPO/FILE.gguf, -hf OWNER/REPO[:QUANT]):
 the real huggingface_hub client downloads from a stand-in Hub on loopback (tests/hub_server.py)
 that HF_ENDPOINT points to."""
+import fcntl
 import glob
 import hashlib
 import json
 import os
+import pty
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -92,6 +97,28 @@ def test_hf_url_downloads_into_the_hub_cache_and_generates(hub, env):
     asked = len(hub.requests)
     again = generate(["-m", "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"], {**env, "HF_HUB_OFFLINE": "1"})
     assert again["tokens"] == local["tokens"] and len(hub.requests) == asked
+
+
+def test_a_download_shows_huggingface_hubs_progress_bar_on_a_terminal(hub, env):
+    controller, terminal = pty.openpty()
+    # A terminal of 0 columns, as a new pty is, would get a bar of 0 characters.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    with subprocess.Popen([sys.executable, "-m", "numatp", "info",
+                           "hf://owner/tiny-GGUF/tiny-Q8_0.gguf"],
+                          env=env, stdout=subprocess.DEVNULL, stderr=terminal) as run:
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                data = os.read(controller, 4096)
+            except OSError:   # EIO: the program has exited and closed the terminal
+                break
+            if not data:
+                break
+            shown += data
+    os.close(controller)
+    assert run.returncode == 0, shown
+    assert re.search(rb"tiny-Q8_0\.gguf: *100%", shown), shown
 
 
 def test_hf_repo_picks_the_quant_as_llama_cpp_does(hub, env):
