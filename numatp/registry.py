@@ -155,9 +155,14 @@ def _alive(pid) -> bool:
 
 
 def resolve_model(path_or_name) -> Path:
-    """-m accepts a path or a known model name; None means the default model."""
+    """-m accepts a path, a known model name or a model on the Hugging Face Hub
+    (hf://OWNER/REPO/FILE.gguf, hf://OWNER/REPO[:QUANT]; see numatp/hub.py); None means
+    the default model."""
+    from numatp import hub
     if path_or_name is None:
         return pull(DEFAULT_MODEL)
+    if hub.is_hub_ref(path_or_name):
+        return hub.resolve(path_or_name)
     if str(path_or_name) in MODELS and not Path(path_or_name).exists():
         return pull(str(path_or_name))
     return Path(path_or_name)

@@ -169,19 +169,23 @@ def role_of(name: str) -> str | None:
 
 def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2,
                 ffn=128, vocab=512, tied=False, ctx=256, seed=0, rope_base=10000.0, head_dim=None,
-                norm_eps=1e-5, tokenizer="gpt2", tensor_types=None, chat_template=None) -> Path:
+                norm_eps=1e-5, tokenizer="gpt2", tensor_types=None, chat_template=None,
+                split_tensors=0) -> Path:
     """Write a synthetic model to `path` and return it as a Path.
 
     tensor_types: optional {role: qtype} overriding qtype per matrix role, role in ROLES
     ("token_embd", "output", "attn_q", ..., "ffn_down"), to build mixed files such as
     Q4_K_M-like ones. chat_template: written as tokenizer.chat_template when given.
+    split_tensors: if > 0, write llama.cpp's split format with at most that many tensors
+    per file (gguf's own split writer: PATHSTEM-00001-of-0000N.gguf, ...) and return the
+    first split's path.
     Raises ValueError for shapes that cannot be written as asked.
     """
     spec = ModelSpec(arch, qtype, hidden, n_layers, n_heads, n_kv_heads, ffn, vocab, tied, ctx,
                      seed, rope_base, head_dim, norm_eps, tokenizer,
                      tuple(sorted((tensor_types or {}).items())))
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), spec.arch)
+    writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=split_tensors)
     _write_hparams(writer, spec)
     _write_tokenizer(writer, spec)
     if chat_template is not None:
@@ -194,7 +198,7 @@ def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return writer.format_shard_names(path)[0]
 
 
 def _write_hparams(w: gguf.GGUFWriter, spec: ModelSpec):

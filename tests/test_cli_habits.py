@@ -56,8 +56,10 @@ NO_GPU = "numatp runs on the CPU; GPU offload is not available yet"
     (["bench", "decode", "-ngl", "99"], f"-ngl: {NO_GPU}"),
     (["generate", "hi", "-cnv"], "-cnv: use --chat"),
     (["generate", "hi", "-sys", "Be brief."], "-sys: use --system (with --chat)"),
-    (["generate", "hi", "-hf", "org/model-GGUF"], "-hf: use -m with a local file or a known model "
-                                                  "name (numatp pull --list)"),
+    (["topology", "-hf", "org/model-GGUF"], "-hf: only the commands that load a model take it: "
+                                            "generate, info and bench decode"),
+    (["generate", "hi", "-m", "a.gguf", "-hf", "org/model-GGUF"],
+     "give the model once: with -m or with -hf"),
     (["generate", "hi", "--numa", "distribute"],
      "--numa: numatp always places each worker's memory on its node; see --nodes"),
     (["generate", "hi", "-no-cnv"], "-no-cnv: numatp generate continues one prompt and has no "
@@ -71,6 +73,12 @@ def test_llamacpp_flags_get_the_numatp_equivalent(args, line, monkeypatch, capsy
 def test_llamacpp_flag_check_leaves_what_follows_double_dash_alone():
     assert llamacpp_flag_note(["generate", "--", "-ngl"]) is None
     assert llamacpp_flag_note(["generate", "-n", "16", "hi"]) is None
+
+
+@pytest.mark.parametrize("args", [["generate", "hi", "-hf", "o/r"], ["info", "--hf-repo=o/r"],
+                                  ["bench", "decode", "-hfr", "o/r:Q8_0"]])
+def test_hf_flag_is_left_to_the_commands_that_take_it(args):
+    assert llamacpp_flag_note(args) is None
 
 
 # ---- generation ----------------------------------------------------------------------

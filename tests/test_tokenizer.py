@@ -13,7 +13,27 @@ from numatp.model.gguf_file import read_metadata
 
 from models import STORIES, vocab_conformance, vocab_gguf
 
-VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3"]
+VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3", "command-r", "deepseek-coder",
+               "deepseek-llm", "falcon", "mpt", "qwen35", "refact", "starcoder"]
+
+# Every `tokenizer.ggml.pre` value llama.cpp's vocabulary loader accepts for a BPE
+# vocabulary (src/llama-vocab.cpp, the llama.cpp in llama-cpp-python 0.3.36).
+LLAMA_CPP_PRE_NAMES = {
+    "default", "minicpm5", "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1",
+    "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "deepseek-llm", "deepseek-coder",
+    "deepseek-v3", "spark2_5", "youtu", "falcon", "mpt", "starcoder", "gpt-2", "phi-2",
+    "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",
+    "modern-bert", "jais-2", "gemma4", "granite-embed-multi-311m", "sarvam-moe",
+    "jina-v1-en", "jina-v2-code", "roberta-bpe", "whitespace", "refact", "command-r",
+    "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "qwen35", "stablelm2", "olmo", "dbrx",
+    "smaug-bpe", "poro-chat", "chatglm-bpe", "glm4", "glm5", "viking", "jais", "tekken",
+    "smollm", "codeshell", "bloom", "gpt3-finnish", "exaone", "exaone4", "exaone-moe",
+    "chameleon", "minerva-7b", "megrez", "gpt-4o", "llama4", "kanana2", "talkie",
+    "granite-embed-multi-97m", "tiny_aya", "cohere2moe", "superbpe", "trillion",
+    "granite-docling", "bailingmoe", "bailingmoe2", "llada-moe", "seed-coder", "hunyuan",
+    "hunyuan-dense", "hy_v4", "joyai-llm", "kimi-k2", "ufakzeka", "grok-2", "afmoe",
+    "laguna", "minimax-m2", "solar-open", "mellum2",
+}
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
@@ -255,11 +275,66 @@ def test_pre_tokenizer_digit_rules():
     assert len(ids["qwen2"]) == 3
 
 
+def _utf8_bpe_meta(pre, merges):
+    """A SentencePiece-style BPE vocabulary: <0xNN> byte tokens, "▁" and a few letters."""
+    tokens = [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "b"]
+    tokens += [a + b for a, b in (m.split(" ") for m in merges)]
+    return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
+            "tokenizer.ggml.token_type": [6] * 256 + [1] * (len(tokens) - 256),
+            "tokenizer.ggml.add_bos_token": False}
+
+
+def test_every_llama_cpp_pre_tokenizer_name_is_known():
+    assert set(pretokenize.BY_NAME) | set(pretokenize.UNSUPPORTED) == LLAMA_CPP_PRE_NAMES
+
+
 @pytest.mark.parametrize("name", sorted(pretokenize.BY_NAME))
 def test_every_pre_tokenizer_builds_and_round_trips(name):
-    tok = Tokenizer.from_metadata(_byte_level_meta(name, ["1 2", "Ġ t"]))
-    text = "It's 2024: naïve café, 中文 ¿qué?\n\n  x\t!!"
+    if pretokenize.BY_NAME[name].byte_level:
+        meta = _byte_level_meta(name, ["1 2", "Ġ t"])
+    else:
+        meta = _utf8_bpe_meta(name, ["▁ a", "a b"])
+    tok = Tokenizer.from_metadata(meta)
+    text = "It's 2024: naïve café, 中文 ¿qué?\n\n  x\t!! <sentinel:7> ab a b"
     assert tok.decode(tok.encode(text)) == text
+
+
+def _words(pre, text):
+    """How the pre-tokenizer `pre` cuts `text` into words (before any merge)."""
+    from numatp.tokenizer.backend import build
+    from numatp.tokenizer.vocab import vocab_from_metadata
+    tk = build(vocab_from_metadata(_byte_level_meta(pre, [])), "test")
+    alphabet = {c: bytes([b]) for b, c in enumerate(byte_level_alphabet())}
+    return [b"".join(alphabet[c] for c in word).decode()
+            for word, _ in tk.pre_tokenizer.pre_tokenize_str(text)]
+
+
+@pytest.mark.parametrize("pre, text, words", [
+    # llama.cpp's hand-written digit splitter: groups of three from the right.
+    ("afmoe", "x1234567 12", ["x", "1", "234", "567", " ", "12"]),
+    ("tiny_aya", "1234567x", ["1", "234", "567", "x"]),
+    ("superbpe", "1234567 ab", ["1", "234", "567", " ab"]),
+    # Kimi K2: Han characters are words of their own, even after a space.
+    ("kimi-k2", "It's 中文abc 1234", ["It's", " ", "中文", "abc", " ", "123", "4"]),
+    # GPT-4o: upper-case letters then lower-case ones make one word, a contraction joins it.
+    ("gpt-4o", " HELLOWorld CamelCase we're", [" HELLOWorld", " Camel", "Case", " we're"]),
+    ("deepseek-v3", "ab12345 中文x", ["ab", "123", "45", " ", "中文", "x"]),
+    ("qwen35", "e\u0301a 12", ["e\u0301a", " ", "1", "2"]),
+    # Tabs and pairs of spaces are words, then every later expression splits further.
+    ("chameleon", "x  y\tz 12<s:3>", ["x", "  ", "y", "\t", "z", " ", "1", "2", "<", "s", ":",
+                                       "3", ">"]),
+    ("jais-2", "a" + " " * 7 + "b", ["a", " " * 4, " " * 2, " b"]),
+])
+def test_pre_tokenizer_words(pre, text, words):
+    assert _words(pre, text) == words
+
+
+def test_sentencepiece_style_bpe_escapes_spaces_and_falls_back_to_bytes():
+    tok = Tokenizer.from_metadata(_utf8_bpe_meta("sarvam-moe", ["▁ a", "a b"]))
+    ids = tok.encode("ab a é")
+    assert [tok.token_text(i) for i in ids] == ["ab", "▁a", "▁", "<0xC3>", "<0xA9>"]
+    assert tok.decode(ids) == "ab a é"
 
 
 def _spm_meta_with(extra_tokens, extra_types, **keys):
@@ -295,8 +370,12 @@ def test_harmony_end_token_does_not_stop():
 def test_metadata_errors():
     with pytest.raises(ModelFileError, match="tokenizer.ggml.model"):
         Tokenizer.from_metadata({"general.architecture": "llama"})
-    with pytest.raises(ModelFileError, match="pre-tokenizer 'no-such'"):
+    with pytest.raises(ModelFileError, match="pre-tokenizer 'no-such'") as e:
         Tokenizer.from_metadata(_byte_level_meta("no-such", []))
+    assert "\n" not in str(e.value) and "known: " in str(e.value)
+    assert set(str(e.value).split("known: ")[1].split(", ")) == set(pretokenize.BY_NAME)
+    with pytest.raises(ModelFileError, match="pre-tokenizer 'gemma4'.* not supported: "):
+        Tokenizer.from_metadata(_byte_level_meta("gemma4", []))
     with pytest.raises(ModelFileError, match="unsupported tokenizer model 't5'"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
     meta = _byte_level_meta("gpt-2", [])

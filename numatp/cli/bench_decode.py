@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from numatp.cli.generate import HF_REPO_HELP
 from numatp.cli.main import bench_app
 from numatp.errors import UsageError
 
@@ -16,7 +17,10 @@ FORMATS = ("md", "csv", "json")
 @bench_app.command("decode")
 def bench_decode(
         models: Optional[List[str]] = typer.Option(
-            None, "-m", "--model", help="GGUF file or known model name; repeat to compare models."),
+            None, "-m", "--model", help="GGUF file, known model name or hf://OWNER/REPO/FILE.gguf; "
+                                        "repeat to compare models."),
+        hf_repos: Optional[List[str]] = typer.Option(
+            None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP + " Repeat to compare models."),
         nodes: Optional[List[str]] = typer.Option(
             None, "--nodes", help="As for generate (auto, N, or a node list such as 0,1); "
                                   "repeat to compare: --nodes 1 --nodes 2. Default: auto."),
@@ -52,7 +56,8 @@ def bench_decode(
     from numatp.bench import decode_output
     from numatp.bench.decode import run
 
-    models = models or [None]
+    from numatp.hub import repo_ref
+    models = [*(models or []), *(repo_ref(r) for r in hf_repos or [])] or [None]
     nodes = nodes or ["auto"]
     thread_counts = int_list(threads, "-t/--threads", minimum=1) if threads else [None]
     prompts = int_list(n_prompt, "-p/--n-prompt", minimum=0)

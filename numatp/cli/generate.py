@@ -9,6 +9,20 @@ from numatp.cli.main import app
 from numatp.errors import UsageError
 
 
+HF_REPO_HELP = ("A model on the Hugging Face Hub, as llama.cpp's -hf: OWNER/REPO[:QUANT] "
+                "(default quant Q4_K_M, else Q8_0, else the first GGUF file).")
+
+
+def model_option(model, hf_repo):
+    """The model -m or -hf names (-hf OWNER/REPO[:QUANT] is hf://OWNER/REPO[:QUANT])."""
+    from numatp.hub import repo_ref
+    if hf_repo is None:
+        return model
+    if model is not None:
+        raise UsageError("give the model once: with -m or with -hf")
+    return repo_ref(hf_repo)
+
+
 # More than any context numatp can hold: the longest contexts of supported models are
 # about a million tokens, and no token in their vocabularies is longer than 256 bytes.
 # Reading `yes |` or /dev/zero to the end would otherwise take all memory.
@@ -58,7 +72,10 @@ def generate(
     prompt_opt: Optional[str] = typer.Option(None, "-p", "--prompt", help="The prompt."),
     file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
     model: Optional[str] = typer.Option(None, "-m", "--model",
-                                        help="GGUF file or known model name (default: smollm2-135m)."),
+                                        help="GGUF file, known model name or hf://OWNER/REPO/FILE.gguf "
+                                             "(default: smollm2-135m)."),
+    hf_repo: Optional[str] = typer.Option(None, "-hf", "-hfr", "--hf-repo",
+                                          help=HF_REPO_HELP),
     n_predict: int = typer.Option(128, "-n", "--n-predict", help="Tokens to generate (-1: until EOS or context full)."),
     temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy."),
     top_k: int = typer.Option(40, "--top-k"),
@@ -80,6 +97,7 @@ def generate(
     import numatp
     from numatp.sampling import SamplingParams
 
+    model = model_option(model, hf_repo)
     text = read_prompt(prompt, prompt_opt, file)
     if n_predict == 0 or n_predict < -1:
         raise UsageError(f"invalid -n {n_predict}: give a positive count, or -1 for no limit")

@@ -4,9 +4,11 @@ import json
 import math
 import re
 from collections import defaultdict
+from typing import Optional
 
 import typer
 
+from numatp.cli.generate import HF_REPO_HELP, model_option
 from numatp.cli.main import app
 
 
@@ -70,14 +72,19 @@ def file_contents(g) -> dict:
 
 
 @app.command()
-def info(model: str = typer.Argument(..., help="GGUF file or known model name "
-                                                "(numatp pull --list)."),
+def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known model name "
+                                                          "(numatp pull --list) or "
+                                                          "hf://OWNER/REPO/FILE.gguf."),
+         hf_repo: Optional[str] = typer.Option(None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP),
          nodes: int = typer.Option(1, "--nodes", help="Show the shard plan for this many nodes."),
          as_json: bool = typer.Option(False, "--json")):
     """Metadata, tensors, bytes read per token, the shard plan; or why numatp cannot run it."""
     from numatp.errors import UsageError
     from numatp.parallel.plan import MAX_RANKS
     from numatp.registry import resolve_model
+    model = model_option(model, hf_repo)
+    if model is None:
+        raise UsageError("no model: give a GGUF file, a known model name, or -hf OWNER/REPO")
     if not 1 <= nodes <= MAX_RANKS:
         raise UsageError(f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes "
                          "Linux supports)")

@@ -17,19 +17,24 @@ _INSTEAD = {
         "leave the flag out",
     ("-sys", "--system-prompt"): "use --system (with --chat)",
     ("-hf", "-hfr", "--hf-repo"):
-        "use -m with a local file or a known model name (numatp pull --list)",
+        "only the commands that load a model take it: generate, info and bench decode",
     ("--numa",): "numatp always places each worker's memory on its node; see --nodes",
 }
 _BY_FLAG = {flag: text for flags, text in _INSTEAD.items() for flag in flags}
+# Commands that have a flag of their own by the llama.cpp name.
+_OWN = {("generate",): {"-hf", "-hfr", "--hf-repo"}, ("info",): {"-hf", "-hfr", "--hf-repo"},
+        ("bench", "decode"): {"-hf", "-hfr", "--hf-repo"}}
 
 
 def llamacpp_flag_note(args) -> str | None:
     """The line "FLAG: what to do instead" for the first llama.cpp-only flag among the
     command-line arguments `args`, None when there is none."""
+    own = next((flags for command, flags in _OWN.items()
+                if tuple(args[:len(command)]) == command), set())
     for arg in args:
         if arg == "--":
             return None
         flag = arg.split("=", 1)[0]
-        if flag in _BY_FLAG:
+        if flag in _BY_FLAG and flag not in own:
             return f"{flag}: {_BY_FLAG[flag]}"
     return None

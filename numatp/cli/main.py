@@ -91,6 +91,9 @@ def main():
     from numatp.cli.llamacpp_flags import llamacpp_flag_note
     from numatp.cli.output import guard_stdout
     from numatp.errors import NumatpError
+    # huggingface_hub logs each retry of a failing request as a warning of several lines;
+    # a failure the user sees is numatp's one line. HF_HUB_VERBOSITY set by the user wins.
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
     note = llamacpp_flag_note(sys.argv[1:])
     if note is not None:
         fail(note, 2)

@@ -13,9 +13,16 @@ too: a key or tensor name given twice, arrays nested deeper than MAX_ARRAY_DEPTH
 would overflow Python's stack in every reader of the value), tensor data that is not
 aligned or that overlaps another tensor's (llama.cpp's reader refuses duplicate names,
 and any tensor data not packed in order).
+
+A model split with llama.cpp's gguf-split (`NAME-00001-of-00003.gguf`, ...) opens as one
+file: open the first split, and `tensors` holds the tensors of every split, each a view of
+its own file. Every split is a whole GGUF file whose header lists only its own tensors;
+the keys split.no (0 for the first), split.count and split.tensors.count say where it
+belongs, and the first split holds the model's metadata.
 """
 import mmap
 import os
+import re
 import stat
 import struct
 from dataclasses import dataclass
@@ -36,6 +43,15 @@ _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: n
           6: np.float32, 7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 STRING, ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
+
+SPLIT_NO, SPLIT_COUNT, SPLIT_TENSORS = "split.no", "split.count", "split.tensors.count"
+# llama.cpp's names for the splits of one model: PREFIX-00001-of-00003.gguf and so on.
+SPLIT_NAME = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_path(prefix: str, index: int, count: int) -> str:
+    """The path of split `index` (0-based) of `count` whose names start with `prefix`."""
+    return f"{prefix}-{index + 1:05d}-of-{count:05d}.gguf"
 
 
 @dataclass
@@ -132,10 +148,15 @@ class _Cursor:
 
 class GGUFFile:
     """An open GGUF file. `metadata` maps keys to Python values; `tensors` maps names to
-    TensorInfo whose `data` is a view into the file's mmap (nothing is copied)."""
+    TensorInfo whose `data` is a view into the file's mmap (nothing is copied). For a split
+    model, `path` is the first split's, `tensors` those of all splits and `file_size`
+    their total (see the module docstring)."""
 
-    def __init__(self, path):
+    def __init__(self, path, _split=None):
+        """`_split`: (index, count) when opening a split other than the first, as part of
+        the model its first split describes."""
         self.path = str(path)
+        self._parts = []   # the other splits' GGUFFiles, when this is a first split
         # stat first: opening a FIFO or a device for reading could block forever.
         try:
             mode = os.stat(self.path).st_mode
@@ -165,6 +186,56 @@ class GGUFFile:
                                      f"multiple of the file's alignment ({self.alignment})")
             self.tensors[name] = self._tensor_info(name, dims, qtype, data_start + rel)
         self._check_no_overlap()
+        try:
+            self._join_splits(_split)
+        except BaseException:
+            self.close()
+            raise
+
+    def _split_key(self, key):
+        value = self.metadata.get(key)
+        if value is not None and (type(value) is not int or value < 0):
+            raise ModelFileError(f"{self.path}: corrupt split metadata: {key} is {describe(value)}")
+        return value
+
+    def _join_splits(self, expected):
+        count = self._split_key(SPLIT_COUNT)
+        index = self._split_key(SPLIT_NO)
+        if expected is not None:
+            want_index, want_count = expected
+            if count != want_count or index != want_index:
+                raise ModelFileError(
+                    f"{self.path}: expected split {want_index + 1} of {want_count}, but the file "
+                    f"says split {_ordinal(index)} of {count if count is not None else 'none'}")
+            return
+        if count is None or count <= 1:
+            return
+        if index is None:
+            raise ModelFileError(f"{self.path}: a split model (split.count {count}) without split.no")
+        name = SPLIT_NAME.match(self.path)
+        if index != 0:
+            first = f": open {split_path(name['prefix'], 0, count)}" if name else ""
+            raise ModelFileError(f"{self.path}: this is split {index + 1} of {count} of a model; "
+                                 f"a split model is opened by its first split{first}")
+        if name is None or int(name["count"]) != count or int(name["no"]) != 1:
+            raise ModelFileError(f"{self.path}: the first of {count} splits, but its name does not end "
+                                 f"in -00001-of-{count:05d}.gguf, so the other splits cannot be found")
+        for i in range(1, count):
+            path = split_path(name["prefix"], i, count)
+            if not os.path.exists(path):
+                raise ModelFileError(f"{self.path}: split {i + 1} of {count} is missing ({path})")
+            part = GGUFFile(path, _split=(i, count))
+            self._parts.append(part)
+            for tname, info in part.tensors.items():
+                if tname in self.tensors:
+                    raise ModelFileError(f"{part.path}: corrupt split model: tensor {tname} is also "
+                                         "in an earlier split")
+                self.tensors[tname] = info
+        self.file_size += sum(p.file_size for p in self._parts)
+        total = self._split_key(SPLIT_TENSORS)
+        if total is not None and total != len(self.tensors):
+            raise ModelFileError(f"{self.path}: split.tensors.count says {total} tensors, but the "
+                                 f"{count} splits hold {len(self.tensors)}")
 
     def _parse_header(self):
         c = _Cursor(self._mmap, self.path)
@@ -249,6 +320,8 @@ class GGUFFile:
             return
         start = view.ctypes.data - self._bytes.ctypes.data
         if not 0 <= start <= len(self._bytes) - view.nbytes:
+            for part in self._parts:   # a tensor of another split
+                part.release_view(view)
             return
         first = start // mmap.PAGESIZE * mmap.PAGESIZE
         end = min(len(self._bytes), -(-(start + view.nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
@@ -258,6 +331,9 @@ class GGUFFile:
             pass
 
     def close(self):
+        for part in self._parts:
+            part.close()
+        self._parts = []
         self.tensors = {}
         self._bytes = None
         if self._mmap is not None:
@@ -266,6 +342,10 @@ class GGUFFile:
             except BufferError:
                 pass  # views still alive elsewhere; the mapping goes with them
             self._mmap = None
+
+
+def _ordinal(index):
+    return index + 1 if isinstance(index, int) else "none"
 
 
 def read_metadata(path) -> dict:

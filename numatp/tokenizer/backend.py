@@ -1,8 +1,9 @@
 """Builds a `tokenizers.Tokenizer` that encodes exactly as llama.cpp does for a Vocab.
 
 Two pipelines:
-- gpt2 (byte-level BPE): split words with the pre-tokenizer's regexes, map each byte to
-  GPT-2's printable alphabet, then apply the file's merges by rank.
+- gpt2 (BPE with the file's merges): split words with the pre-tokenizer's regexes, map
+  each byte to GPT-2's printable alphabet (or, for the few SentencePiece-style BPE
+  vocabularies, write spaces as "▁" and keep the text), then apply the merges by rank.
 - llama (SentencePiece BPE): spaces become "▁", a "▁" is put in front of the text and
   after every special token (add_space_prefix), and the whole text is merged pairwise,
   the pair whose result has the highest score first; characters that never become a
@@ -54,13 +55,20 @@ def _bpe_model(ids, merges, where, **kwargs):
 
 def build_gpt2(vocab, where) -> Tokenizer:
     ids = vocab.ids
-    # "left right": byte-level tokens never contain a space, so the first one separates
-    # the two parts. Entries without one are malformed; llama.cpp skips them too.
+    # "left right": tokens never contain a space (byte-level ones write it "Ġ", the others
+    # "▁"), so the first one separates the two parts. Entries without one are malformed;
+    # llama.cpp skips them too.
     merges = [tuple(pair) for pair in (m.split(" ", 1) for m in vocab.merges) if len(pair) == 2]
     pre = pretokenize.lookup(vocab.pre)
-    tk = Tokenizer(_bpe_model(ids, merges, where, ignore_merges=pre.ignore_merges))
+    # Without GPT-2's byte alphabet, a character no token covers is spelled with the
+    # <0xNN> tokens of its UTF-8 bytes, and left out where the vocabulary has none.
+    tk = Tokenizer(_bpe_model(ids, merges, where, ignore_merges=pre.ignore_merges,
+                              byte_fallback=not pre.byte_level))
+    if pre.escape_spaces:
+        tk.normalizer = normalizers.Replace(" ", SPACE_MARK)
     steps = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in pre.regexes]
-    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
+    if pre.byte_level:
+        steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False))
     tk.pre_tokenizer = pre_tokenizers.Sequence(steps)
     _add_specials(tk, vocab)
     return tk

@@ -7,7 +7,7 @@ llama.cpp's rules (control tokens print nothing, "▁" is a space, <0xNN> is one
 simpler to state directly than to configure.
 """
 from numatp.errors import UsageError
-from numatp.tokenizer import backend
+from numatp.tokenizer import backend, pretokenize
 from numatp.tokenizer.vocab import (BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, Vocab,
                                     vocab_from_metadata)
 
@@ -35,6 +35,9 @@ class Tokenizer:
         self.add_space_prefix = vocab.add_space_prefix
         self.vocab_size = len(vocab.tokens)
         self.chat_template = vocab.chat_template
+        pre = pretokenize.lookup(vocab.pre) if vocab.model == "gpt2" else None
+        self._byte_level = pre is not None and pre.byte_level   # GPT-2's byte alphabet
+        self._escape_spaces = pre is not None and pre.escape_spaces
         self._bytes = [None] * self.vocab_size      # token_bytes cache, filled on use
         self._unbyte = None                          # byte-level character -> byte value
         self._max_token_bytes = None                 # min_tokens' divisor, found on use
@@ -106,8 +109,10 @@ class Tokenizer:
             return bytes([int(text[3:5], 16)])  # "<0xNN>"
         if kind != NORMAL:
             return b""
-        if self.model == "llama":
+        if self.model == "llama" or self._escape_spaces:
             return text.replace(backend.SPACE_MARK, " ").encode()
+        if not self._byte_level:
+            return text.encode()
         if self._unbyte is None:
             self._unbyte = {c: b for b, c in enumerate(backend.byte_level_alphabet())}
         unbyte = self._unbyte
@@ -189,8 +194,11 @@ class StreamDecoder:
 
 
 def load_tokenizer(path) -> Tokenizer:
-    """The tokenizer of a GGUF file (a full model or a vocabulary-only file)."""
+    """The tokenizer of a GGUF file (a full model or a vocabulary-only file), or of a
+    model named as -m names one (a known name, hf://...)."""
     from numatp.model.gguf_file import read_metadata
+    from numatp.registry import resolve_model
+    path = resolve_model(path)
     meta = read_metadata(path)
     return Tokenizer.from_metadata(meta, where=str(path))
 

@@ -165,8 +165,12 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
             raise ModelFileError(f"{where}: BPE tokenizer without tokenizer.ggml.merges")
         _elements(merges, (str,), "strings", "tokenizer.ggml.merges", where)
         pre_tok = pretokenize.lookup(pre)
+        if pre in pretokenize.UNSUPPORTED:
+            raise ModelFileError(f"{where}: the pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not "
+                                 f"supported: {pretokenize.UNSUPPORTED[pre]}")
         if pre_tok is None:
-            raise ModelFileError(f"{where}: unsupported pre-tokenizer '{pre}' (tokenizer.ggml.pre)")
+            raise ModelFileError(f"{where}: unknown pre-tokenizer '{pre}' (tokenizer.ggml.pre); "
+                                 f"known: {', '.join(sorted(pretokenize.BY_NAME))}")
         add_bos_default, add_space_prefix_default = pre_tok.add_bos, False
     else:
         pre = "default"
