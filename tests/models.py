@@ -37,3 +37,29 @@ def smollm2() -> Path:
     """SmolLM2-135M-Instruct, fetched once into the cache by numatp's own registry."""
     from numatp.registry import pull
     return pull("smollm2-135m", quiet=True)
+
+
+# Synthetic Mixture-of-Experts models (tests/synth.py), one per architecture and a
+# K-quant mix (Q4_K with Q6_K expert downs and attn_v, as llama.cpp's Q4_K_M chooses).
+# llama.cpp's logits on them are kept in data/llamacpp_moe.npz with each file's sha256:
+# tools/llamacpp_moe_reference.py wrote both from these same definitions.
+_MOE_SMALL = dict(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, n_experts=8,
+                  n_experts_used=2, ffn=64)
+_MOE_KQUANT = dict(hidden=256, n_layers=2, n_heads=4, n_kv_heads=2, n_experts=8,
+                   n_experts_used=2, ffn=256, qtype="Q4_K",
+                   tensor_types={"ffn_down_exps": "Q6_K", "attn_v": "Q6_K", "output": "Q6_K"})
+MOE_MODELS = {
+    "qwen3moe-q8_0": dict(_MOE_SMALL, arch="qwen3moe", qtype="Q8_0", expert_ffn=32, head_dim=32),
+    "qwen2moe-q8_0": dict(_MOE_SMALL, arch="qwen2moe", qtype="Q8_0", expert_ffn=32,
+                          shared_ffn=96),
+    "mixtral-q8_0": dict(_MOE_SMALL, arch="llama", qtype="Q8_0"),
+    "qwen3moe-q4_k_m": dict(_MOE_KQUANT, arch="qwen3moe", head_dim=64),
+    "qwen2moe-q4_k_m": dict(_MOE_KQUANT, arch="qwen2moe", shared_ffn=512),
+    "mixtral-q4_k_m": dict(_MOE_KQUANT, arch="llama"),
+}
+
+
+def moe_model(name: str, directory) -> Path:
+    """The synthetic MoE model `name` written into `directory`."""
+    import synth
+    return synth.write_model(Path(directory) / f"{name}.gguf", **MOE_MODELS[name])

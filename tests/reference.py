@@ -1,4 +1,5 @@
-"""An independent float64 NumPy forward pass for llama, qwen2 and qwen3 GGUF models: the
+"""An independent float64 NumPy forward pass for llama, qwen2 and qwen3 GGUF models, and
+their Mixture-of-Experts kin qwen3moe, qwen2moe and llama with experts (Mixtral): the
 yardstick numatp's forward is checked against.
 
 Written plainly from llama.cpp's conventions and nothing of numatp's model code: the file
@@ -22,7 +23,13 @@ Conventions (as llama.cpp computes them):
   attn_k_norm, length head_dim) after the projection and before RoPE.
 - Grouped-query attention: query head h reads KV head h // (n_heads / n_kv_heads); scores
   scaled by 1/sqrt(head_dim); causal softmax.
-- SwiGLU FFN: down(silu(gate(x)) * up(x)). Output head = token_embd when output.weight
+- SwiGLU FFN: down(silu(gate(x)) * up(x)).
+- Mixture of experts (a block with ffn_gate_inp): the router's logits x . r_e (F32
+  weights), softmax over all experts, the expert_used_count most probable chosen; their
+  probabilities are the mixing weights, renormalised to sum 1 (qwen3moe, Mixtral) or not
+  (qwen2moe). Each expert is a SwiGLU FFN, the e-th slice of ffn_{gate,up,down}_exps.
+  qwen2moe adds a shared expert (ffn_*_shexp) scaled by sigmoid(x . ffn_gate_inp_shexp).
+- Output head = token_embd when output.weight
   is absent (tied embeddings).
 """
 from pathlib import Path
@@ -31,8 +38,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-ARCHS = ("llama", "qwen2", "qwen3")
-NEOX_ARCHS = ("qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "qwen3moe", "qwen2moe")
+NEOX_ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen2moe")
+UNNORMALISED_ROUTING = ("qwen2moe",)   # its top-k weights are the softmax's own
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 _TINY = 1e-30   # a group whose largest |x| is below this counts as zero (as numatp's)
 
@@ -78,6 +86,8 @@ class ReferenceModel:
             raise ValueError(f"{self.path}: reference forward does not do {scaling} rope scaling")
         self.freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
         self.neox = self.arch in NEOX_ARCHS
+        self.n_experts_used = meta(f"{a}.expert_used_count", 0)
+        self.renormalise = self.arch not in UNNORMALISED_ROUTING
 
         self.w, self.types = {}, {}
         for t in reader.tensors:
@@ -112,11 +122,13 @@ class ReferenceModel:
             out[..., 1:self.n_rot:2] = a * sin + b * cos
         return out
 
-    def matmul(self, x, weight):
-        """x @ W.T, with x rounded to int8 first for quantized W (see the module doc)."""
+    def matmul(self, x, weight, expert=None):
+        """x @ W.T (W the expert-th slice of a stacked tensor when expert is given), with x
+        rounded to int8 first for quantized W (see the module doc)."""
         if self.int8_activations and self.types[weight] not in FLOAT_TYPES:
             x = int8_rounded(x)
-        return x @ self.w[weight].T
+        w = self.w[weight] if expert is None else self.w[weight][expert]
+        return x @ w.T
 
     def linear(self, x, name):
         y = self.matmul(x, name + ".weight")
@@ -148,9 +160,39 @@ class ReferenceModel:
 
     def ffn(self, x, layer):
         p = f"blk.{layer}."
+        if p + "ffn_gate_inp.weight" in self.w:
+            return self.moe(x, p)
         gate = self.linear(x, p + "ffn_gate")
         up = self.linear(x, p + "ffn_up")
         return self.linear(gate / (1.0 + np.exp(-gate)) * up, p + "ffn_down")
+
+    def swiglu(self, x, gate, up, down, expert=None):
+        g = self.matmul(x, gate, expert)
+        return self.matmul(g / (1.0 + np.exp(-g)) * self.matmul(x, up, expert), down, expert)
+
+    def moe(self, x, p):
+        probs = self.matmul(x, p + "ffn_gate_inp.weight")
+        ranked = np.sort(probs, axis=1)
+        k = self.n_experts_used
+        self.router_margin = np.minimum(self.router_margin, ranked[:, -k] - ranked[:, -k - 1])
+        probs = np.exp(probs - probs.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
+        out = np.zeros_like(x)
+        for t in range(len(x)):
+            chosen = np.argsort(-probs[t], kind="stable")[:self.n_experts_used]
+            weights = probs[t, chosen]
+            if self.renormalise:
+                weights = weights / weights.sum()
+            for e, weight in zip(chosen, weights):
+                out[t] += weight * self.swiglu(x[t:t + 1], p + "ffn_gate_exps.weight",
+                                               p + "ffn_up_exps.weight",
+                                               p + "ffn_down_exps.weight", e)[0]
+        if p + "ffn_gate_inp_shexp.weight" in self.w:
+            gate = x @ self.w[p + "ffn_gate_inp_shexp.weight"]
+            shared = self.swiglu(x, p + "ffn_gate_shexp.weight", p + "ffn_up_shexp.weight",
+                                 p + "ffn_down_shexp.weight")
+            out += shared / (1.0 + np.exp(-gate))[:, None]
+        return out
 
     # --- the model --------------------------------------------------------------------------
 
@@ -159,6 +201,10 @@ class ReferenceModel:
         at position i."""
         ids = np.asarray(token_ids, dtype=np.int64)
         positions = np.arange(len(ids))
+        # For MoE models: each token's smallest gap, over the layers, between the router
+        # logits of the last expert chosen and the first one left out. Where it is small,
+        # another engine's rounding may choose the other expert.
+        self.router_margin = np.full(len(ids), np.inf)
         x = self.w["token_embd.weight"][ids]
         for layer in range(self.n_layers):
             p = f"blk.{layer}."

@@ -14,6 +14,11 @@ quantizer so the stored weights still approximate the random ones (random block 
 would give biased, non-zero-mean weights). The packing follows ggml's block layouts and
 is checked against gguf.quants.dequantize in tests/test_reference.py.
 
+Mixture-of-Experts models (qwen3moe, qwen2moe, and llama with experts as Mixtral is
+written) replace each block's FFN by a router (ffn_gate_inp, kept F32 as llama.cpp's
+quantizer keeps it) and stacked experts ffn_{gate,up,down}_exps of shape (experts, rows,
+cols); qwen2moe adds a shared expert ffn_*_shexp gated by ffn_gate_inp_shexp.
+
 A small but valid tokenizer goes into the metadata so the model loads end to end: a
 byte-level BPE ("gpt2") or a SentencePiece-style vocabulary ("llama"), both trained on
 the short built-in text below.
@@ -28,12 +33,15 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 ARCHS = ("llama", "qwen2", "qwen3")
+MOE_ARCHS = ("qwen3moe", "qwen2moe", "llama")   # llama with experts: Mixtral's layout
 QTYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 TOKENIZERS = ("gpt2", "llama")
 
 # Matrix roles of one block, and the role names `tensor_types` may override.
 BLOCK_MATRICES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-ROLES = ("token_embd", "output") + BLOCK_MATRICES
+EXPERT_MATRICES = ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps",
+                   "ffn_gate_shexp", "ffn_up_shexp", "ffn_down_shexp")
+ROLES = ("token_embd", "output") + BLOCK_MATRICES + EXPERT_MATRICES
 
 # llama.cpp's LLAMA_FTYPE values, written as general.file_type like its quantizer does.
 _FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
@@ -73,10 +81,22 @@ class ModelSpec:
     norm_eps: float = 1e-5
     tokenizer: str = "gpt2"
     tensor_types: tuple = ()   # ((role, qtype), ...) overriding qtype for some roles
+    n_experts: int = 0         # > 0: a Mixture-of-Experts model
+    n_experts_used: int = 0
+    expert_ffn: int = 0        # each expert's FFN length (0: ffn)
+    shared_ffn: int = 0        # qwen2moe's shared expert's FFN length
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch {self.arch!r} is not one of {ARCHS}")
+        archs = MOE_ARCHS if self.n_experts else ARCHS
+        if self.arch not in archs:
+            raise ValueError(f"arch {self.arch!r} is not one of {archs}"
+                             + (" (with experts)" if self.n_experts else ""))
+        if self.n_experts and not 0 < self.n_experts_used <= self.n_experts:
+            raise ValueError(f"n_experts_used={self.n_experts_used} must be 1..{self.n_experts}")
+        if self.n_experts and self.arch == "llama" and self.expert_ffn not in (0, self.ffn):
+            raise ValueError("llama's experts are ffn long (feed_forward_length): leave expert_ffn 0")
+        if (self.arch == "qwen2moe") != (self.shared_ffn > 0):
+            raise ValueError("shared_ffn (a shared expert) is qwen2moe's, and qwen2moe needs it")
         if self.tokenizer not in TOKENIZERS:
             raise ValueError(f"tokenizer {self.tokenizer!r} is not one of {TOKENIZERS}")
         for role, qt in ((None, self.qtype),) + tuple(self.tensor_types):
@@ -109,18 +129,36 @@ class ModelSpec:
     def writes_head_dim(self) -> bool:
         # llama.cpp's converter writes key_length/value_length whenever the HF config has
         # head_dim, which every Qwen3 config does.
-        return self.head_dim is not None or self.arch == "qwen3"
+        return self.head_dim is not None or self.arch in ("qwen3", "qwen3moe")
+
+    @property
+    def eff(self) -> int:
+        """An expert's FFN length."""
+        return self.expert_ffn or self.ffn
+
+    def block_matrices(self):
+        """The matrix roles of one block, with their column counts."""
+        q_width = self.n_heads * self.hd
+        yield from (("attn_q", self.hidden), ("attn_k", self.hidden), ("attn_v", self.hidden),
+                    ("attn_output", q_width))
+        if not self.n_experts:
+            yield from (("ffn_gate", self.hidden), ("ffn_up", self.hidden),
+                        ("ffn_down", self.ffn))
+            return
+        yield from (("ffn_gate_exps", self.hidden), ("ffn_up_exps", self.hidden),
+                    ("ffn_down_exps", self.eff))
+        if self.shared_ffn:
+            yield from (("ffn_gate_shexp", self.hidden), ("ffn_up_shexp", self.hidden),
+                        ("ffn_down_shexp", self.shared_ffn))
 
     def type_of(self, role: str) -> str:
         return dict(self.tensor_types).get(role, self.qtype)
 
     def _matrices_cols(self):
-        q_width = self.n_heads * self.hd
         yield "token_embd.weight", self.hidden, self.type_of("token_embd")
         if not self.tied:
             yield "output.weight", self.hidden, self.type_of("output")
-        for role in BLOCK_MATRICES:
-            cols = {"attn_output": q_width, "ffn_down": self.ffn}.get(role, self.hidden)
+        for role, cols in self.block_matrices():
             yield f"blk.N.{role}.weight", cols, self.type_of(role)
 
 
@@ -129,8 +167,9 @@ def intended_weights(spec: ModelSpec) -> dict:
     rng = np.random.default_rng(spec.seed)
     hd, q_width, kv_width = spec.hd, spec.n_heads * spec.hd, spec.n_kv_heads * spec.hd
 
-    def matrix(rows, cols):
-        return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    def matrix(rows, cols, experts=None):
+        shape = (rows, cols) if experts is None else (experts, rows, cols)
+        return (rng.standard_normal(shape) / np.sqrt(cols)).astype(np.float32)
 
     def norm(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -142,27 +181,45 @@ def intended_weights(spec: ModelSpec) -> dict:
         w[p + "attn_q.weight"] = matrix(q_width, spec.hidden)
         w[p + "attn_k.weight"] = matrix(kv_width, spec.hidden)
         w[p + "attn_v.weight"] = matrix(kv_width, spec.hidden)
-        if spec.arch == "qwen2":
+        if spec.arch in ("qwen2", "qwen2moe"):
             for t, n in (("q", q_width), ("k", kv_width), ("v", kv_width)):
                 w[p + f"attn_{t}.bias"] = (0.2 * rng.standard_normal(n)).astype(np.float32)
-        if spec.arch == "qwen3":
+        if spec.arch in ("qwen3", "qwen3moe"):
             w[p + "attn_q_norm.weight"] = norm(hd)
             w[p + "attn_k_norm.weight"] = norm(hd)
         w[p + "attn_output.weight"] = matrix(spec.hidden, q_width)
         w[p + "ffn_norm.weight"] = norm(spec.hidden)
-        w[p + "ffn_gate.weight"] = matrix(spec.ffn, spec.hidden)
-        w[p + "ffn_up.weight"] = matrix(spec.ffn, spec.hidden)
-        w[p + "ffn_down.weight"] = matrix(spec.hidden, spec.ffn)
+        if spec.n_experts:
+            _add_experts(w, p, spec, matrix)
+        else:
+            w[p + "ffn_gate.weight"] = matrix(spec.ffn, spec.hidden)
+            w[p + "ffn_up.weight"] = matrix(spec.ffn, spec.hidden)
+            w[p + "ffn_down.weight"] = matrix(spec.hidden, spec.ffn)
     w["output_norm.weight"] = norm(spec.hidden)
     if not spec.tied:
         w["output.weight"] = matrix(spec.vocab, spec.hidden)
     return w
 
 
+def _add_experts(w, p, spec, matrix):
+    """A MoE block's FFN: the router's rows are unit-scale like any matrix, so that its
+    logits spread over about one unit."""
+    n, hidden = spec.n_experts, spec.hidden
+    w[p + "ffn_gate_inp.weight"] = matrix(n, hidden)
+    w[p + "ffn_gate_exps.weight"] = matrix(spec.eff, hidden, experts=n)
+    w[p + "ffn_up_exps.weight"] = matrix(spec.eff, hidden, experts=n)
+    w[p + "ffn_down_exps.weight"] = matrix(hidden, spec.eff, experts=n)
+    if spec.shared_ffn:
+        w[p + "ffn_gate_inp_shexp.weight"] = matrix(1, hidden)[0]
+        w[p + "ffn_gate_shexp.weight"] = matrix(spec.shared_ffn, hidden)
+        w[p + "ffn_up_shexp.weight"] = matrix(spec.shared_ffn, hidden)
+        w[p + "ffn_down_shexp.weight"] = matrix(hidden, spec.shared_ffn)
+
+
 def role_of(name: str) -> str | None:
     """The matrix role of a tensor name ("blk.3.ffn_down.weight" -> "ffn_down"), None for
-    norms and biases (always F32)."""
-    if not name.endswith(".weight") or "norm" in name:
+    norms, biases and routers (always F32)."""
+    if not name.endswith(".weight") or "norm" in name or "ffn_gate_inp" in name:
         return None
     return name.split(".")[-2]
 
@@ -170,12 +227,16 @@ def role_of(name: str) -> str | None:
 def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads=4, n_kv_heads=2,
                 ffn=128, vocab=512, tied=False, ctx=256, seed=0, rope_base=10000.0, head_dim=None,
                 norm_eps=1e-5, tokenizer="gpt2", tensor_types=None, chat_template=None,
-                split_tensors=0) -> Path:
+                split_tensors=0, n_experts=0, n_experts_used=0, expert_ffn=0,
+                shared_ffn=0) -> Path:
     """Write a synthetic model to `path` and return it as a Path.
 
     tensor_types: optional {role: qtype} overriding qtype per matrix role, role in ROLES
     ("token_embd", "output", "attn_q", ..., "ffn_down"), to build mixed files such as
     Q4_K_M-like ones. chat_template: written as tokenizer.chat_template when given.
+    n_experts > 0 makes a Mixture-of-Experts model of arch qwen3moe, qwen2moe or llama
+    (Mixtral's layout): n_experts_used chosen per token, each expert's FFN expert_ffn long
+    (0: ffn), and qwen2moe's shared expert shared_ffn long.
     split_tensors: if > 0, write llama.cpp's split format with at most that many tensors
     per file (gguf's own split writer: PATHSTEM-00001-of-0000N.gguf, ...) and return the
     first split's path.
@@ -183,7 +244,8 @@ def write_model(path, arch="llama", qtype="Q8_0", hidden=64, n_layers=2, n_heads
     """
     spec = ModelSpec(arch, qtype, hidden, n_layers, n_heads, n_kv_heads, ffn, vocab, tied, ctx,
                      seed, rope_base, head_dim, norm_eps, tokenizer,
-                     tuple(sorted((tensor_types or {}).items())))
+                     tuple(sorted((tensor_types or {}).items())), n_experts, n_experts_used,
+                     expert_ffn, shared_ffn)
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=split_tensors)
     _write_hparams(writer, spec)
@@ -219,6 +281,13 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ModelSpec):
         w.add_value_length(spec.hd)
     if spec.arch == "llama":
         w.add_rope_dimension_count(spec.hd)
+    if spec.n_experts:
+        w.add_expert_count(spec.n_experts)
+        w.add_expert_used_count(spec.n_experts_used)
+        if spec.arch != "llama":   # Mixtral's experts are feed_forward_length long
+            w.add_expert_feed_forward_length(spec.eff)
+        if spec.shared_ffn:
+            w.add_expert_shared_feed_forward_length(spec.shared_ffn)
 
 
 # --- tensor encoding ---------------------------------------------------------------------

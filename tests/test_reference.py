@@ -10,7 +10,7 @@ from gguf.quants import dequantize
 import reference
 import synth
 
-from models import STORIES
+from models import MOE_MODELS, STORIES
 
 # Relative RMS error allowed for a round trip through each type, on Gaussian data. A
 # b-bit uniform quantizer over a block's range (about +-2.2 sigma for blocks of 32) has
@@ -62,6 +62,30 @@ def test_written_model_reads_back(tmp_path, qtype):
     f = GGUFFile(path)
     assert {n: ti.shape for n, ti in f.tensors.items()} == {n: w.shape for n, w in intended.items()}
     f.close()
+
+
+@pytest.mark.parametrize("name", ["qwen2moe-q8_0", "mixtral-q4_k_m"])
+def test_written_moe_model_reads_back(tmp_path, name):
+    """Experts are stacked (experts, rows, cols) tensors in the types asked for; routers
+    stay F32, as llama.cpp's quantizer leaves them."""
+    kwargs = MOE_MODELS[name]
+    path = synth.write_model(tmp_path / "m.gguf", **kwargs)
+    spec = synth.ModelSpec(**{k: v for k, v in kwargs.items() if k != "tensor_types"},
+                           tensor_types=tuple(sorted(kwargs.get("tensor_types", {}).items())))
+    intended = synth.intended_weights(spec)
+    reader = GGUFReader(str(path))
+    assert {t.name for t in reader.tensors} == set(intended)
+    for t in reader.tensors:
+        want = intended[t.name]
+        role = synth.role_of(t.name)
+        stored = spec.type_of(role) if role else "F32"
+        assert t.tensor_type.name == stored, t.name
+        got = dequantize(t.data, t.tensor_type).reshape(want.shape)
+        assert rel_rms(got, want) <= TOLERANCE[stored], t.name
+    assert intended["blk.0.ffn_down_exps.weight"].shape == (8, spec.hidden, spec.eff)
+    meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.")}
+    arch = spec.arch
+    assert meta[f"{arch}.expert_count"] == 8 and meta[f"{arch}.expert_used_count"] == 2
 
 
 def test_metadata_follows_llama_cpp_layout(tmp_path):
