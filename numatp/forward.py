@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from numatp import _env  # noqa: F401
-from numatp.parallel.allreduce import allreduce
+from numatp.shm.allreduce import allreduce
 from numatp.quant.kernels import glu, linear, linear3
 
 # Per-layer roles (index rows layer * N_ROLES + role).

@@ -20,9 +20,9 @@ import pytest
 
 from numatp.errors import WorkerError
 from numatp.parallel import control
-from numatp.parallel.allreduce import ABORTED, OK, AllReduceGroup, allreduce
 from numatp.parallel.control import NARGS, QUIT, STOPPED_LIMIT_S, ControlChannel, WorkerChannel
-from numatp.parallel.shm import SharedSegment, leftover_segments
+from numatp.shm.allreduce import ABORTED, OK, AllReduceGroup, allreduce
+from numatp.shm.segment import SharedSegment, leftover_segments
 
 SPAWN = mp.get_context("spawn")
 ECHO, SLEEP, FAIL, REDUCE_FOREVER = range(4)

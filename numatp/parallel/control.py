@@ -51,10 +51,10 @@ import psutil
 from numba import njit
 
 from numatp.errors import NumatpError, WorkerError
-from numatp.parallel.atomics import fence, fetch_add, load_acquire, store_release
-from numatp.parallel.futex import futex_wait, futex_wake
-from numatp.parallel.shm import SharedSegment
-from numatp.parallel.spin import ABORTED, READY, TIMED_OUT, now_ns, wait_until_ge
+from numatp.shm.atomics import fence, fetch_add, load_acquire, store_release
+from numatp.shm.futex import futex_wait, futex_wake
+from numatp.shm.segment import SharedSegment
+from numatp.shm.spin import ABORTED, READY, TIMED_OUT, now_ns, wait_until_ge
 
 QUIT = -1
 NARGS = 8

@@ -15,12 +15,12 @@ import numpy as np
 
 from numatp import forward as F
 from numatp.errors import WorkerError
-from numatp.parallel.allreduce import AllReduceGroup
 from numatp.parallel.control import ControlChannel, StopWatch, kill_stopped, stopped_message
 from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import ffn_unit
-from numatp.parallel.shm import SharedSegment, reclaim_stale_segments
 from numatp.parallel.worker import STEP, WORKER_IGNORED_SIGNALS, worker_main
+from numatp.shm.allreduce import AllReduceGroup
+from numatp.shm.segment import SharedSegment, reclaim_stale_segments
 
 
 @contextlib.contextmanager

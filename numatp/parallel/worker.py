@@ -77,10 +77,10 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
 
     from numatp.model.config import from_gguf
     from numatp.model.gguf_file import GGUFFile
-    from numatp.parallel.allreduce import AllReduceGroup
     from numatp.parallel.control import WorkerChannel
     from numatp.parallel.local import ShardState
-    from numatp.parallel.shm import SharedSegment
+    from numatp.shm.allreduce import AllReduceGroup
+    from numatp.shm.segment import SharedSegment
 
     numba.set_num_threads(len(placement.cpus))
     gguf = GGUFFile(model_path)
