@@ -24,6 +24,7 @@ class ShardState:
         self.rope_cos, self.rope_sin = F.rope_tables(ctx, cfg.rope_dim, cfg.rope_base,
                                                      cfg.rope_scale, cfg.rope_freq_factors)
         self.eps = np.float32(cfg.norm_eps)
+        self.hidden = cfg.hidden
         self.vocab = shard.vocab
         self._compiled = False
 
