@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from numatp.cli.main import bench_app
+from numatp.cli.app import bench_app
 from numatp.errors import UsageError
 
 FORMATS = ("md", "csv", "json")

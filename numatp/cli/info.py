@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import typer
 
-from numatp.cli.main import app
+from numatp.cli.app import app
 
 
 def describe(path, n_nodes=1) -> dict:
