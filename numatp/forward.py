@@ -7,7 +7,8 @@ once for a single shard.
 The whole step, all layers, is one jitted call: the per-token Python work is O(1).
 
 Weights of a shard live in one uint8 arena; `index[entry]` says where each tensor is:
-entry = layer * N_ROLES + role for per-layer tensors, GLOBAL + k for the others.
+entry = layer * LAYER_SLOTS + slot for per-layer tensors, n_layers * LAYER_SLOTS + slot
+for the others (numatp/model/slots.py).
 """
 import math
 
@@ -15,18 +16,10 @@ import numpy as np
 from numba import njit, prange
 
 from numatp import _env  # noqa: F401
+from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, FFN_NORM, K_NORM, LAYER_SLOTS, OUTPUT,
+                                OUTPUT_NORM, Q_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
 from numatp.shm.allreduce import allreduce
 from numatp.quant.kernels import glu, linear, linear3
-
-# Per-layer roles (index rows layer * N_ROLES + role).
-ATTN_NORM, WQ, WK, WV, BQ, BK, BV, QNORM, KNORM, WO, FFN_NORM, WGATE, WUP, WDOWN = range(14)
-N_ROLES = 14
-# Global roles (index rows n_layers * N_ROLES + role).
-OUT_NORM, OUTPUT = 0, 1
-N_GLOBAL = 2
-# The roles that go through `linear` (the others are vectors read as float32).
-MATRIX_ROLES = (WQ, WK, WV, WO, WGATE, WUP, WDOWN)
-MATRIX_GLOBALS = (OUTPUT,)
 
 # Columns of the index.
 OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
@@ -69,10 +62,10 @@ def _qkv(kernels, arena, index, e, X, q, k, v):
 @njit
 def _gate_up(kernels, arena, index, e, X, gate, up, hbuf):
     """hbuf[:, pad:] = silu(gate(X)) * up(X), pad as ffn_down wants its input."""
-    eg, eu = e + WGATE, e + WUP
+    eg, eu = e + W_GATE, e + W_UP
     glu(kernels, index[eg, QTYPE], _matrix(arena, index, eg), index[eu, QTYPE],
         _matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], X, gate, up, hbuf,
-        index[e + WDOWN, PAD])
+        index[e + W_DOWN, PAD])
 
 
 @njit
@@ -224,7 +217,7 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
     """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
     layers, updating the KV cache (x is overwritten: the residual stream); write this
     shard's slice of the logits of the last token into `logits`. Returns 0, or the all-reduce's non-zero status.
-    `kernels` is the KernelSet of the shard's matrix types (MATRIX_ROLES)."""
+    `kernels` is the KernelSet of the shard's matrix types (the matrices' types)."""
     T, hidden = x.shape
     L, hd, nq, nkv = dims[D_LAYERS], dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
     ffn = dims[D_FFN]
@@ -239,7 +232,7 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
     hbuf = np.zeros((T, dims[D_FFN_COLS]), dtype=np.float32)
     _rmsnorm(x, _vector(arena, index, ATTN_NORM), eps, xb)
     for layer in range(L):
-        e = layer * N_ROLES
+        e = layer * LAYER_SLOTS
         # The last layer's keys and values go into the cache for every token, but only the
         # last token goes on: nothing reads the others' outputs (a prompt's logits are the
         # last token's), so from its attention on the layer runs for rows s: alone.
@@ -251,8 +244,8 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
             _add_bias(k, _vector(arena, index, e + BK))
             _add_bias(v, _vector(arena, index, e + BV))
         if dims[D_QK_NORM]:
-            _head_rmsnorm(q, nq, hd, _vector(arena, index, e + QNORM), eps)
-            _head_rmsnorm(k, nkv, hd, _vector(arena, index, e + KNORM), eps)
+            _head_rmsnorm(q, nq, hd, _vector(arena, index, e + Q_NORM), eps)
+            _head_rmsnorm(k, nkv, hd, _vector(arena, index, e + K_NORM), eps)
         _rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cos, rope_sin, pos0)
         _rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cos, rope_sin, pos0)
         for t in range(T):
@@ -270,15 +263,15 @@ def step(kernels, arena, index, dims, eps, rope_cos, rope_sin, k_cache, v_cache,
         _add_rmsnorm(x[s:], proj[s:], _vector(arena, index, e + FFN_NORM), eps, xb[s:])
         # FFN: my rows of gate/up, my columns of down.
         _gate_up(kernels, arena, index, e, xb[s:], gate[s:], up[s:], hbuf[s:])
-        _linear(kernels, arena, index, e + WDOWN, hbuf[s:], proj[s:])
+        _linear(kernels, arena, index, e + W_DOWN, hbuf[s:], proj[s:])
         status = allreduce(ar_ctl, ar_data, rank, n_ranks, proj[s:].reshape(-1))
         if status != 0:
             return status
         # the residual, then the next layer's input norm (after the last: the output norm)
-        norm = e + N_ROLES + ATTN_NORM if layer < L - 1 else L * N_ROLES + OUT_NORM
+        norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
         _add_rmsnorm(x[s:], proj[s:], _vector(arena, index, norm), eps, xb[s:])
     # Output head: my vocabulary rows, last token only.
-    _linear(kernels, arena, index, L * N_ROLES + OUTPUT, xb[T - 1:T],
+    _linear(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - 1:T],
             logits.reshape(1, logits.shape[0]))
     return 0
 

@@ -94,11 +94,11 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     report = {"rank": rank, "pid": os.getpid(), "cpus": list(placement.cpus),
               "node": placement.node, "bound": placement.bind,
               "weight_bytes": int(state.weights.arena.nbytes),
-              "kv_bytes": int(state.k_cache.nbytes + state.v_cache.nbytes),
+              "kv_bytes": sum(int(c.nbytes) for c in state.caches),
               "threads": numba.get_num_threads()}
     if placement.bind:
         report["weights_local"] = local_fraction(state.weights.arena, placement.node)
-        report["kv_local"] = local_fraction(state.k_cache.reshape(-1).view(np.uint8), placement.node)
+        report["kv_local"] = local_fraction(state.caches[0].reshape(-1).view(np.uint8), placement.node)
     return state, channel, ar, io_seg, report
 
 
