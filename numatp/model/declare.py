@@ -85,9 +85,6 @@ class Arch:
     cache: tuple          # of Cache
     rope_neox: bool       # rotate (i, i + d/2) pairs; False: adjacent (2i, 2i+1) pairs
 
-    def has(self, slot) -> bool:
-        return any(t.slot == slot for t in self.tensors)
-
 
 def dims(shape, cfg, **extra) -> tuple:
     """A declared shape in numbers: each name a ModelConfig field or a keyword."""

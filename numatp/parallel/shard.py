@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numatp import forward as F
+from numatp.forward import layout
 from numatp.model.config import ModelConfig
 from numatp.model.declare import BY_FFN_COLUMN, STEP, extent, matrix_types, present
-from numatp.model.slots import BQ, LAYER_SLOTS, MODEL_SLOTS, Q_NORM, W_DOWN, WO, entry
+from numatp.model.slots import LAYER_SLOTS, MODEL_SLOTS, entry
 from numatp.parallel.plan import Shard
 from numatp.quant import formats
 from numatp.quant.kernel_set import KernelSet
@@ -31,9 +31,9 @@ ALIGN = 64  # every tensor starts on a cache line
 @dataclass
 class ShardWeights:
     arena: np.ndarray     # uint8, all of this shard's weights
-    index: np.ndarray     # int64 (n_entries, F.INDEX_COLS)
-    dims: np.ndarray      # int64 (F.N_DIMS,)
-    kernels: KernelSet    # the quant types of the matrices: what forward.step compiles for
+    index: np.ndarray     # int64 (n_entries, layout.INDEX_COLS)
+    dims: np.ndarray      # int64 (layout.N_DIMS,)
+    kernels: KernelSet    # the quant types of the matrices: what the step compiles for
 
 
 class _Piece:
@@ -94,20 +94,18 @@ def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
             for decl, layer, t in present(gguf, cfg) if decl.read == STEP}
 
 
-def shard_dims(cfg: ModelConfig, shard: Shard, pieces: dict, ctx: int) -> np.ndarray:
-    d = np.zeros(F.N_DIMS, dtype=np.int64)
+def shard_dims(cfg: ModelConfig, shard: Shard, ctx: int) -> np.ndarray:
+    """The dims vector of a shard (numatp/forward/layout.py)."""
+    L = layout
+    d = np.zeros(L.N_DIMS, dtype=np.int64)
     (h0, h1), (k0, k1) = shard.q_heads, shard.kv_heads
-    d[F.D_LAYERS], d[F.D_HIDDEN], d[F.D_HEAD_DIM] = cfg.n_layers, cfg.hidden, cfg.head_dim
-    d[F.D_NQ], d[F.D_NKV], d[F.D_Q0], d[F.D_KV0] = h1 - h0, k1 - k0, h0, k0
-    d[F.D_GROUP] = cfg.group
-    d[F.D_FFN] = shard.ffn[1] - shard.ffn[0]
-    d[F.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
-    d[F.D_ROPE_DIM], d[F.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
-    d[F.D_QKV_BIAS], d[F.D_QK_NORM] = cfg.arch.has(BQ), cfg.arch.has(Q_NORM)
-    d[F.D_CTX] = ctx
-    layers = range(cfg.n_layers)
-    d[F.D_ATT_COLS] = max(pieces[entry(cfg.n_layers, i, WO)].cols for i in layers)
-    d[F.D_FFN_COLS] = max(pieces[entry(cfg.n_layers, i, W_DOWN)].cols for i in layers)
+    d[L.D_LAYERS], d[L.D_HIDDEN], d[L.D_HEAD_DIM] = cfg.n_layers, cfg.hidden, cfg.head_dim
+    d[L.D_NQ], d[L.D_NKV], d[L.D_Q0], d[L.D_KV0] = h1 - h0, k1 - k0, h0, k0
+    d[L.D_GROUP] = cfg.group
+    d[L.D_FFN] = shard.ffn[1] - shard.ffn[0]
+    d[L.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
+    d[L.D_ROPE_DIM], d[L.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
+    d[L.D_CTX] = ctx
     return d
 
 
@@ -116,16 +114,16 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> S
     (node-local memory in a worker); pages are first touched by the copy."""
     pieces = plan_pieces(gguf, cfg, shard)
     n_entries = cfg.n_layers * LAYER_SLOTS + MODEL_SLOTS
-    index = np.full((n_entries, F.INDEX_COLS), -1, dtype=np.int64)
+    index = np.full((n_entries, layout.INDEX_COLS), -1, dtype=np.int64)
     offset = 0
     for e, p in pieces.items():
         index[e] = (offset, p.t.qtype, p.r1 - p.r0, p.cols, p.nbytes, p.pad)
         offset += -(-p.nbytes // ALIGN) * ALIGN
     arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
     for e, p in pieces.items():
-        p.copy_to(arena[index[e, F.OFFSET]:index[e, F.OFFSET] + p.nbytes])
+        p.copy_to(arena[index[e, layout.OFFSET]:index[e, layout.OFFSET] + p.nbytes])
         gguf.release_view(p.source())
-    return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx), kernel_set(pieces))
+    return ShardWeights(arena, index, shard_dims(cfg, shard, ctx), kernel_set(pieces))
 
 
 def kernel_set(pieces: dict) -> KernelSet:
