@@ -34,6 +34,7 @@ def tree_pss(root: psutil.Process) -> int:
 def kv_bytes(model: str, nodes: str, ctx: int) -> tuple:
     """(KV cache bytes over all workers, context size used)."""
     from numatp.model.config import from_gguf
+    from numatp.model.declare import cache_nbytes
     from numatp.model.gguf_file import GGUFFile
     from numatp.parallel.plan import make_plan
     from numatp.registry import resolve_model
@@ -41,8 +42,7 @@ def kv_bytes(model: str, nodes: str, ctx: int) -> tuple:
     cfg = from_gguf(g)
     ctx = ctx or min(cfg.ctx_train, 4096)   # generate's default (-c 0)
     n = 1 if nodes in ("auto", "1") else len(nodes.split(",")) if "," in nodes else int(nodes)
-    kv_heads = sum(s.kv_heads[1] - s.kv_heads[0] for s in make_plan(cfg, n))
-    return 2 * cfg.n_layers * kv_heads * ctx * cfg.head_dim * 4, ctx, str(g.path)
+    return sum(cache_nbytes(cfg, ctx, s) for s in make_plan(cfg, n)), ctx, str(g.path)
 
 
 def main():

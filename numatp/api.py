@@ -13,6 +13,7 @@ import numpy as np
 
 from numatp import _env  # noqa: F401
 from numatp.errors import ModelFileError, NumatpError, UsageError
+from numatp.model.archs.parts import TOKEN_EMBD
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.quant.formats import type_name
@@ -116,7 +117,7 @@ class LLM:
             raise UsageError(f"invalid context size {ctx_size!r}: must be a positive integer")
         self.ctx = ctx_size
         check_kv_fits(self.config, ctx_size)
-        self._embd = self.gguf.tensors["token_embd.weight"]
+        self._embd = self.gguf.tensors[TOKEN_EMBD.name]
         self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
@@ -335,19 +336,16 @@ class LLM:
 
 def weight_bytes_per_token(gguf, cfg) -> int:
     """Bytes of weights one decode step reads: every matrix once, one embedding row."""
-    total = 0
-    for name, t in gguf.tensors.items():
-        if name == "token_embd.weight":
-            total += t.nbytes // t.rows * (1 if not cfg.tied_output else t.rows)
-        elif name != "rope_freqs.weight":
-            total += t.nbytes
-    return total
+    from numatp.model.declare import bytes_per_token
+    return bytes_per_token(gguf, cfg)
 
 
 def check_kv_fits(cfg, ctx):
     """Refuse a context whose KV cache could never fit, before any of it is allocated."""
     import psutil
-    kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * ctx
+
+    from numatp.model.declare import cache_nbytes
+    kv = cache_nbytes(cfg, ctx)
     total = psutil.virtual_memory().total
     if kv > total:
         raise NumatpError(f"a context of {ctx} tokens needs {kv / 2**30:.1f} GiB of KV cache, more "

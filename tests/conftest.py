@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from numatp.parallel.shm import PREFIX, SHM_DIR, leftover_segments
+from numatp.shm.segment import PREFIX, SHM_DIR, leftover_segments
 
 SESSION_VAR = "NUMATP_TEST_SESSION"
 SETTLE_S = 10.0   # a stopped process may take a moment to exit on a loaded machine

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from numatp.parallel.shm import leftover_segments
+from numatp.shm.segment import leftover_segments
 
 WAIT_S = 600   # deadline for things that take seconds warm; a cold Numba cache compiles for minutes here
 HANG_S = 30    # what the guarded code does takes milliseconds; this is a hang detector

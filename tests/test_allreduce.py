@@ -18,10 +18,10 @@ import pytest
 
 from numba import njit
 
-from numatp.parallel.allreduce import (ABORTED, BAD_ARGS, OK, TIMED_OUT, AllReduceGroup,
+from numatp.shm.allreduce import (ABORTED, BAD_ARGS, OK, TIMED_OUT, AllReduceGroup,
                                        allreduce)
-from numatp.parallel.atomics import fetch_add, load_acquire, store_release
-from numatp.parallel.shm import SharedSegment, leftover_segments
+from numatp.shm.atomics import fetch_add, load_acquire, store_release
+from numatp.shm.segment import SharedSegment, leftover_segments
 
 SPAWN = mp.get_context("spawn")
 SIZES = [1, 7, 33, 576, 1001, 4099]
@@ -53,7 +53,7 @@ def test_jitted_spin_sees_a_flag_set_by_another_process():
     with SharedSegment.create("testflag", 64) as seg:
         flag = seg.array(np.int64, 0, 2)
         _spin_until_set(np.ones(2, np.int64), 1)  # compile now, not while the flag flips
-        code = ("import time, numpy as np\nfrom numatp.parallel.shm import SharedSegment\n"
+        code = ("import time, numpy as np\nfrom numatp.shm.segment import SharedSegment\n"
                 f"s = SharedSegment.attach({seg.name!r})\na = s.array(np.int64, 0, 2)\n"
                 "time.sleep(0.3)\na[1] = 7\na[0] = 1\ndel a\ns.close()\n")
         setter = subprocess.Popen([sys.executable, "-c", code])
@@ -245,7 +245,7 @@ def test_segment_survives_an_attaching_process_and_close_is_idempotent():
     seg = SharedSegment.create("testsurvive", 4096)
     try:
         view = seg.array(np.int64, 0, 4)
-        code = ("import numpy as np\nfrom numatp.parallel.shm import SharedSegment\n"
+        code = ("import numpy as np\nfrom numatp.shm.segment import SharedSegment\n"
                 f"s = SharedSegment.attach({seg.name!r})\n"
                 "a = s.array(np.int64, 0, 4)\na[1] = 42\ndel a\ns.close()\ns.close()\n")
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

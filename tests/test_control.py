@@ -19,10 +19,11 @@ import psutil
 import pytest
 
 from numatp.errors import WorkerError
-from numatp.parallel import control
-from numatp.parallel.allreduce import ABORTED, OK, AllReduceGroup, allreduce
-from numatp.parallel.control import NARGS, QUIT, STOPPED_LIMIT_S, ControlChannel, WorkerChannel
-from numatp.parallel.shm import SharedSegment, leftover_segments
+from numatp.parallel import supervision
+from numatp.parallel.control import NARGS, QUIT, ControlChannel, WorkerChannel
+from numatp.parallel.supervision import STOPPED_LIMIT_S
+from numatp.shm.allreduce import ABORTED, OK, AllReduceGroup, allreduce
+from numatp.shm.segment import SharedSegment, leftover_segments
 
 SPAWN = mp.get_context("spawn")
 ECHO, SLEEP, FAIL, REDUCE_FOREVER = range(4)
@@ -205,14 +206,14 @@ def test_stop_watch_does_not_count_time_it_was_not_watching(monkeypatch):
     """Stopped time counts only between checks close together: a gap means the watcher
     was itself stopped (Ctrl-Z stops the whole process group), and then it starts over."""
     clock = [1000.0]
-    monkeypatch.setattr(control, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(supervision, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     proc = SPAWN.Process(target=time.sleep, args=(WAIT_S,), daemon=True)
     proc.start()
     try:
         os.kill(proc.pid, signal.SIGSTOP)
         while psutil.Process(proc.pid).status() != psutil.STATUS_STOPPED:
             time.sleep(0.01)
-        watch = control.StopWatch(limit_s=5.0)
+        watch = supervision.StopWatch(limit_s=5.0)
         assert not watch.stopped_too_long(proc.pid)
         clock[0] += 600.0          # the watcher was away: no count
         assert not watch.stopped_too_long(proc.pid)

@@ -24,7 +24,7 @@ import pytest
 
 import numatp
 from models import STORIES
-from numatp.parallel.shm import leftover_segments
+from numatp.shm.segment import leftover_segments
 from robust import assert_nothing_left, finish, read_some, start_cli, workers_of
 
 STORY = ", there was a little girl named Lily. She loved to play outside in the park"

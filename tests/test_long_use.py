@@ -15,7 +15,7 @@ import pytest
 import numatp
 from models import STORIES
 from numatp.errors import NumatpError
-from numatp.parallel.shm import leftover_segments
+from numatp.shm.segment import leftover_segments
 from numatp.sampling import SamplingParams
 
 CTX = 24

@@ -15,8 +15,8 @@ import pytest
 import numatp
 from models import STORIES
 from numatp.errors import NumatpError
-from numatp.parallel.allreduce import AllReduceGroup
-from numatp.parallel.shm import (PREFIX, SHM_DIR, SharedSegment, leftover_segments,
+from numatp.shm.allreduce import AllReduceGroup
+from numatp.shm.segment import (PREFIX, SHM_DIR, SharedSegment, leftover_segments,
                                  reclaim_stale_segments)
 from robust import error_line, run_main
 
@@ -73,7 +73,7 @@ def test_full_shared_memory_at_load(shm_full, monkeypatch, capsys):
 
 _MAKE_SEGMENT = """
 import sys, time
-from numatp.parallel.shm import SharedSegment
+from numatp.shm.segment import SharedSegment
 seg = SharedSegment.create("stale", 4096)
 print(seg.name, flush=True)
 time.sleep(600)

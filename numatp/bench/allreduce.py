@@ -16,10 +16,10 @@ from numatp import _env  # noqa: F401
 import numpy as np
 from numba import njit
 
-from numatp.parallel.allreduce import OK, AllReduceGroup, allreduce
 from numatp.parallel.control import QUIT, ControlChannel, WorkerChannel
-from numatp.parallel.shm import SharedSegment
-from numatp.parallel.spin import now_ns
+from numatp.shm.allreduce import OK, AllReduceGroup, allreduce
+from numatp.shm.segment import SharedSegment
+from numatp.shm.spin import now_ns
 
 DEFAULT_FLOATS = (576, 896, 2048, 4096, 8192)  # hidden sizes of common small/large models
 DEFAULT_ITERS = 2000

@@ -4,7 +4,7 @@ import sys
 
 import typer
 
-from numatp.cli.main import bench_app
+from numatp.cli.app import bench_app
 from numatp.errors import UsageError
 
 # Each worker records one 8-byte time per call in shared memory: 80 MB at this count,

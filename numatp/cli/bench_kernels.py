@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from numatp.cli.main import bench_app
+from numatp.cli.app import bench_app
 
 
 @bench_app.command("kernels")

@@ -3,7 +3,7 @@ import json
 
 import typer
 
-from numatp.cli.main import bench_app
+from numatp.cli.app import bench_app
 
 
 @bench_app.command("memory")

@@ -5,7 +5,7 @@ from typing import Optional
 
 import typer
 
-from numatp.cli.main import app
+from numatp.cli.app import app
 from numatp.errors import UsageError
 
 

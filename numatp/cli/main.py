@@ -1,5 +1,6 @@
-"""The `numatp` command. Each command lives in its own module under numatp/cli/;
-this one builds the typer app and turns numatp errors into one line and an exit code."""
+"""The `numatp` command. Each command lives in its own module under numatp/cli/ and
+registers on the app of cli/app.py; this one runs the app and turns numatp errors into
+one line and an exit code."""
 import os
 import signal
 import sys
@@ -8,32 +9,10 @@ import threading
 import typer
 
 from numatp import _env  # noqa: F401
-
-# -h as well as --help, as in llama.cpp; subcommands inherit it from the app's context.
-HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  context_settings=HELP_OPTIONS,
-                  help="NUMA-aware tensor-parallel CPU inference for GGUF models.")
-bench_app = typer.Typer(no_args_is_help=True, context_settings=HELP_OPTIONS,
-                        help="Benchmarks: memory, kernels, allreduce, decode.")
-app.add_typer(bench_app, name="bench")
-
-
-def _print_version(wanted: bool):
-    if wanted:
-        from numatp import __version__
-        print(f"numatp {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version,
-                                          is_eager=True, help="Print the version and exit.")):
-    """Options of `numatp` itself, given before the command."""
-
 # Importing a command module registers its commands on `app` / `bench_app`.
-from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: E402,F401
+from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: F401
                         generate, info, topology)
+from numatp.cli.app import app
 
 
 def fail(message: str, code: int = 1):

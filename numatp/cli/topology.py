@@ -4,7 +4,7 @@ from dataclasses import asdict
 
 import typer
 
-from numatp.cli.main import app
+from numatp.cli.app import app
 
 
 def _gib(nbytes: int) -> str:

@@ -1,15 +1,14 @@
-"""The model's hyperparameters, read from GGUF metadata and checked against the tensors."""
+"""The model's hyperparameters, read from GGUF metadata and checked against the tensors
+its architecture declares (numatp/model/archs/)."""
 from dataclasses import dataclass
 
 import numpy as np
 
 from numatp.errors import ModelFileError
-from numatp.model.archs import Arch, get_arch
+from numatp.model.archs import get_arch
+from numatp.model.archs.parts import OUTPUT_HEAD, ROPE_FREQS, TOKEN_EMBD
+from numatp.model.declare import Arch, check_tensors
 from numatp.model.gguf_file import describe
-from numatp.quant import formats
-
-LAYER_TENSORS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
-                 "ffn_gate", "ffn_up", "ffn_down")
 
 
 @dataclass
@@ -33,6 +32,19 @@ class ModelConfig:
     @property
     def group(self) -> int:
         return self.n_heads // self.n_kv_heads
+
+    # Sizes the architecture declarations name (numatp/model/archs/parts.py).
+    @property
+    def q_dim(self) -> int:
+        return self.n_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def rope_pairs(self) -> int:
+        return self.rope_dim // 2
 
 
 def _meta(gguf, key, kind, default=None, required=True):
@@ -102,67 +114,20 @@ def from_gguf(gguf) -> ModelConfig:
     elif scaling != "none":
         raise ModelFileError(f"{gguf.path}: rope scaling {scaling!r} is not supported (supported: none, linear)")
 
-    if "token_embd.weight" not in gguf.tensors:
-        raise ModelFileError(f"{gguf.path}: missing tensor token_embd.weight")
-    vocab = gguf.tensors["token_embd.weight"].shape[0]
+    if TOKEN_EMBD.name not in gguf.tensors:
+        raise ModelFileError(f"{gguf.path}: missing tensor {TOKEN_EMBD.name}")
+    vocab = gguf.tensors[TOKEN_EMBD.name].shape[0]
     ffn = _meta(gguf, p + "feed_forward_length", int)
-    freq = gguf.tensors.get("rope_freqs.weight")
     cfg = ModelConfig(
         arch=arch, n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv,
         head_dim=head_dim, ffn=ffn, vocab=vocab,
         ctx_train=_meta(gguf, p + "context_length", int, default=4096),
         norm_eps=_meta(gguf, p + "attention.layer_norm_rms_epsilon", float, default=1e-5),
         rope_base=_meta(gguf, p + "rope.freq_base", float, default=10000.0),
-        rope_dim=rope_dim, rope_scale=rope_scale,
-        rope_freq_factors=None if freq is None else _f32(gguf, freq, (rope_dim // 2,)),
-        tied_output="output.weight" not in gguf.tensors,
+        rope_dim=rope_dim, rope_scale=rope_scale, rope_freq_factors=None,
+        tied_output=OUTPUT_HEAD.name not in gguf.tensors,
     )
     check_tensors(gguf, cfg)
+    if ROPE_FREQS.name in gguf.tensors:
+        cfg.rope_freq_factors = gguf.tensors[ROPE_FREQS.name].data.view(np.float32)
     return cfg
-
-
-def _f32(gguf, t, shape):
-    if t.qtype != formats.F32 or t.shape != shape:
-        raise ModelFileError(f"{gguf.path}: tensor {t.name} should be F32 of shape {shape}, "
-                             f"is {formats.type_name(t.qtype)} {t.shape}")
-    return t.data.view(np.float32)
-
-
-def expected_shapes(cfg: ModelConfig) -> dict:
-    """Row-major shape of every tensor the model needs."""
-    h, hd, f = cfg.hidden, cfg.head_dim, cfg.ffn
-    q, kv = cfg.n_heads * hd, cfg.n_kv_heads * hd
-    shapes = {"token_embd.weight": (cfg.vocab, h), "output_norm.weight": (h,)}
-    if not cfg.tied_output:
-        shapes["output.weight"] = (cfg.vocab, h)
-    for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        shapes.update({b + "attn_norm.weight": (h,), b + "attn_q.weight": (q, h),
-                       b + "attn_k.weight": (kv, h), b + "attn_v.weight": (kv, h),
-                       b + "attn_output.weight": (h, q), b + "ffn_norm.weight": (h,),
-                       b + "ffn_gate.weight": (f, h), b + "ffn_up.weight": (f, h),
-                       b + "ffn_down.weight": (h, f)})
-        if cfg.arch.qkv_bias:
-            shapes.update({b + "attn_q.bias": (q,), b + "attn_k.bias": (kv,), b + "attn_v.bias": (kv,)})
-        if cfg.arch.qk_norm:
-            shapes.update({b + "attn_q_norm.weight": (hd,), b + "attn_k_norm.weight": (hd,)})
-    return shapes
-
-
-def check_tensors(gguf, cfg: ModelConfig):
-    """Every tensor present, with the shape the metadata implies and a type we can run."""
-    for name, shape in expected_shapes(cfg).items():
-        t = gguf.tensors.get(name)
-        if t is None:
-            raise ModelFileError(f"{gguf.path}: missing tensor {name}")
-        if t.shape != shape:
-            raise ModelFileError(f"{gguf.path}: tensor {name} has shape {t.shape}, the metadata "
-                                 f"implies {shape}")
-        vector = len(shape) == 1
-        if vector and t.qtype != formats.F32:
-            raise ModelFileError(f"{gguf.path}: tensor {name} is {formats.type_name(t.qtype)}; "
-                                 "norm weights and biases must be F32")
-        if not vector and t.qtype not in formats.SUPPORTED:
-            raise ModelFileError(f"{gguf.path}: tensor {name} has quant type "
-                                 f"{formats.type_name(t.qtype)}, which numatp cannot run "
-                                 f"(supported: {formats.supported_names()})")

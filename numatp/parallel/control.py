@@ -36,25 +36,24 @@ workers (their wait() returns QUIT) and raises WorkerError naming the worker's r
 A worker that is stopped (SIGSTOP) is alive but never answers, and its peers would wait
 for it in the all-reduce until they time out and take the blame: once a wait has lasted
 STOP_CHECK_AFTER_S, the coordinator also looks for stopped workers, and one seen stopped
-for STOPPED_LIMIT_S is killed and named the same way.
+for STOPPED_LIMIT_S is killed and named the same way (supervision.py watches them).
 Workers check every poll_ms that the coordinator is alive, and quit if it is not.
 The abort word used by allreduce() lives in the all-reduce group's own segment;
 ControlChannel.abort() sets it along with this channel's.
 """
 import os
-import signal
 import time
 
 from numatp import _env  # noqa: F401
 import numpy as np
-import psutil
 from numba import njit
 
 from numatp.errors import NumatpError, WorkerError
-from numatp.parallel.atomics import fence, fetch_add, load_acquire, store_release
-from numatp.parallel.futex import futex_wait, futex_wake
-from numatp.parallel.shm import SharedSegment
-from numatp.parallel.spin import ABORTED, READY, TIMED_OUT, now_ns, wait_until_ge
+from numatp.parallel.supervision import STOP_CHECK_AFTER_S, WatchedWorkers, death
+from numatp.shm.atomics import fence, fetch_add, load_acquire, store_release
+from numatp.shm.futex import futex_wait, futex_wake
+from numatp.shm.segment import SharedSegment
+from numatp.shm.spin import ABORTED, READY, TIMED_OUT, now_ns, wait_until_ge
 
 QUIT = -1
 NARGS = 8
@@ -153,102 +152,6 @@ def _layout(nworkers):
     return words, words * 8, words * 8 + MESSAGE_BYTES * nworkers
 
 
-# ---- process liveness (multiprocessing.Process objects or plain pids) ----
-
-def _death(proc):
-    """None while `proc` runs, else how it ended, in words."""
-    if isinstance(proc, (int, np.integer)):
-        try:
-            if psutil.Process(int(proc)).status() != psutil.STATUS_ZOMBIE:
-                return None
-        except psutil.NoSuchProcess:
-            pass
-        return "exited"
-    if proc.is_alive():
-        return None
-    code = proc.exitcode
-    if code is None:
-        return "exited"
-    return f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-
-
-def _pid(proc):
-    return int(proc) if isinstance(proc, (int, np.integer)) else proc.pid
-
-
-STOPPED_LIMIT_S = 5.0     # a worker stopped this long is given up on
-STOP_CHECK_AFTER_S = 1.0  # waits shorter than this (every step) read nothing from /proc
-
-
-class StopWatch:
-    """Tells when a process has stayed stopped (state T: SIGSTOP, or SIGTSTP sent to it
-    alone) for `limit_s`. Stopped time counts only between checks at most GAP_S apart: a
-    longer gap means the watcher itself was not running (a whole process group stopped
-    with Ctrl-Z and resumed), and then the count starts again. A tracing stop (a
-    debugger attached) does not count."""
-
-    GAP_S = 2.0
-
-    def __init__(self, limit_s=STOPPED_LIMIT_S):
-        self.limit_s = limit_s
-        self._since = {}   # pid -> (seen stopped since, last check)
-
-    def stopped_too_long(self, pid):
-        now = time.monotonic()
-        try:
-            stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
-        except psutil.Error:  # gone: the liveness check reports that
-            stopped = False
-        if not stopped:
-            self._since.pop(pid, None)
-            return False
-        since, last = self._since.get(pid, (now, now))
-        if now - last > self.GAP_S:
-            since = now
-        self._since[pid] = (since, now)
-        return now - since >= self.limit_s
-
-
-def _stop(proc, deadline):
-    """Wait for `proc` until the deadline, then terminate it, then kill it."""
-    if isinstance(proc, (int, np.integer)):
-        try:
-            p = psutil.Process(int(proc))
-            try:
-                p.wait(max(deadline - time.monotonic(), 0))
-            except psutil.TimeoutExpired:
-                p.terminate()
-                try:
-                    p.wait(1.0)
-                except psutil.TimeoutExpired:
-                    p.kill()
-        except psutil.NoSuchProcess:
-            pass
-        return
-    if proc.pid is None:  # never started
-        return
-    proc.join(max(deadline - time.monotonic(), 0))
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(1.0)
-    if proc.is_alive():
-        proc.kill()
-        proc.join(1.0)
-
-
-def kill_stopped(proc):
-    """A stopped process cannot act on a request to quit (SIGTERM waits for SIGCONT)."""
-    try:
-        os.kill(_pid(proc), signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def stopped_message(who, limit_s):
-    return (f"{who} was stopped (SIGSTOP or SIGTSTP sent to it) and did not run for "
-            f"{limit_s:g} s; it was killed")
-
-
 class ControlChannel:
     """The coordinator's end. create() makes the shared memory; workers attach by name."""
 
@@ -261,15 +164,13 @@ class ControlChannel:
         self._args = self._ctl[ARGS:ARGS + NARGS]
         self._statuses = self._ctl[DONE0 + _STATUS::LINE]
         self._groups = list(groups)
-        self._processes = []
-        self._labels = []
+        self._workers = WatchedWorkers()
         self._spin_ns = int(spin_us * 1e3)
         self._pause_ns = min(self._spin_ns, _PAUSE_NS)
         self._poll_s = poll_ms / 1e3
         self._seq = 0              # last command sent
         self._waited = 0           # last command all workers were seen to finish
         self._aborted = False
-        self._stops = StopWatch()
 
     @classmethod
     def create(cls, nworkers, *, processes=(), groups=(), spin_us=100.0, poll_ms=25.0):
@@ -293,13 +194,10 @@ class ControlChannel:
     def watch(self, processes, labels=()):
         """The worker processes in rank order: Process objects or pids; labels (where
         each runs, e.g. "node 1") go into the error messages."""
-        self._processes = list(processes)
-        self._labels = list(labels)
+        self._workers = WatchedWorkers(processes, labels)
 
     def _who(self, rank):
-        if rank < len(self._labels):
-            return f"worker {rank} ({self._labels[rank]})"
-        return f"worker {rank}"
+        return self._workers.who(rank)
 
     def send(self, cmd, *args):
         """Publish a command; returns at once. Waits for the previous one first."""
@@ -357,18 +255,17 @@ class ControlChannel:
             w = _wait_all_done(ctl, self.nworkers, seq, 0, 0)
 
     def _check_alive(self):
-        for rank, proc in enumerate(self._processes):
-            how = _death(proc)
-            if how is not None:
-                self.abort()
-                raise WorkerError(f"{self._who(rank)} died ({how})")
+        dead = self._workers.first_dead()
+        if dead is not None:
+            self.abort()
+            rank, how = dead
+            raise WorkerError(f"{self._who(rank)} died ({how})")
 
     def _check_running(self):
-        for rank, proc in enumerate(self._processes):
-            if self._stops.stopped_too_long(_pid(proc)):
-                self.abort()
-                kill_stopped(proc)
-                raise WorkerError(stopped_message(self._who(rank), self._stops.limit_s))
+        stopped = self._workers.first_stopped_too_long()
+        if stopped is not None:
+            self.abort()
+            raise WorkerError(stopped)
 
     def _raise_failure(self):
         for rank in range(self.nworkers):
@@ -412,9 +309,7 @@ class ControlChannel:
                 self._ctl[CMD] = QUIT
                 if _publish(self._ctl, CMD_SEQ, self._seq, SLEEPERS):
                     futex_wake(self._ctl, CMD_SEQ)
-            deadline = time.monotonic() + timeout
-            for proc in self._processes:
-                _stop(proc, deadline)
+            self._workers.stop_all(timeout)
         finally:
             self._ctl = self._args = self._statuses = self._messages = None
             self._segment.close()
@@ -501,7 +396,7 @@ class WorkerChannel:
     def _coordinator_alive(self):
         if self._coordinator_is_parent:
             return os.getppid() == self._coordinator  # re-parented when it dies
-        return _death(self._coordinator) is None
+        return death(self._coordinator) is None
 
     def close(self):
         self._ctl = self._args = self._message = None

@@ -11,16 +11,15 @@ import sys
 import time
 import types
 
-import numpy as np
-
-from numatp import forward as F
 from numatp.errors import WorkerError
-from numatp.parallel.allreduce import AllReduceGroup
-from numatp.parallel.control import ControlChannel, StopWatch, kill_stopped, stopped_message
+from numatp.parallel.control import ControlChannel
 from numatp.parallel.plan import make_plan
+from numatp.parallel.protocol import STEP, WORKER_IGNORED_SIGNALS, io_nbytes, io_views
 from numatp.parallel.shard import ffn_unit
-from numatp.parallel.shm import SharedSegment, reclaim_stale_segments
-from numatp.parallel.worker import STEP, WORKER_IGNORED_SIGNALS, worker_main
+from numatp.parallel.supervision import StopWatch, kill_stopped, stopped_message
+from numatp.parallel.worker import worker_main
+from numatp.shm.allreduce import AllReduceGroup
+from numatp.shm.segment import SharedSegment, reclaim_stale_segments
 
 
 @contextlib.contextmanager
@@ -36,22 +35,6 @@ def _user_main_hidden():
         yield
     finally:
         sys.modules["__main__"] = main
-
-
-def io_nbytes(max_tokens, hidden, vocab):
-    return 4 * (max_tokens * hidden + vocab)
-
-
-def io_views(seg, max_tokens, dims_or_hidden, vocab=None):
-    """(input embeddings (max_tokens, hidden), logits (vocab,)) in the io segment."""
-    if vocab is None:  # a worker: it knows hidden from its dims, vocab from the segment
-        hidden = int(dims_or_hidden[F.D_HIDDEN])
-        vocab = seg.size // 4 - max_tokens * hidden
-    else:
-        hidden = dims_or_hidden
-    x = seg.array(np.float32, 0, max_tokens * hidden).reshape(max_tokens, hidden)
-    logits = seg.array(np.float32, 4 * max_tokens * hidden, vocab)
-    return x, logits
 
 
 class ProcessGroupModel:

@@ -3,6 +3,8 @@ import numpy as np
 
 from numatp import forward as F
 from numatp._env import mark_kernels_cached
+from numatp.forward.layout import D_HIDDEN
+from numatp.model.declare import cache_shape
 from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import build_shard, ffn_unit
 
@@ -11,19 +13,19 @@ NO_AR_CTL, NO_AR_DATA = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float3
 
 
 class ShardState:
-    """One shard's weights, KV cache and RoPE tables: everything `forward.step` needs."""
+    """One shard's weights, caches (attention's keys and values) and RoPE tables:
+    everything its family's step (numatp.forward.STEPS) needs."""
 
     def __init__(self, gguf, cfg, shard, ctx, alloc=None):
         self.weights = build_shard(gguf, cfg, shard, ctx, alloc)
-        nkv = shard.kv_heads[1] - shard.kv_heads[0]
-        kv_shape = (cfg.n_layers, nkv, ctx, cfg.head_dim)
         alloc_f32 = (lambda shape: np.zeros(shape, dtype=np.float32)) if alloc is None else \
             (lambda shape: alloc(int(np.prod(shape)) * 4).view(np.float32).reshape(shape))
-        self.k_cache = alloc_f32(kv_shape)
-        self.v_cache = alloc_f32(kv_shape)
-        self.rope_cos, self.rope_sin = F.rope_tables(ctx, cfg.rope_dim, cfg.rope_base,
-                                                     cfg.rope_scale, cfg.rope_freq_factors)
+        self.caches = tuple(alloc_f32(cache_shape(c, cfg, ctx, shard)) for c in cfg.arch.cache)
+        self._step = F.STEPS[cfg.arch.family]
+        self.rope_cs = F.rope_tables(ctx, cfg.rope_dim, cfg.rope_base, cfg.rope_scale,
+                                     cfg.rope_freq_factors)
         self.eps = np.float32(cfg.norm_eps)
+        self.hidden = cfg.hidden
         self.vocab = shard.vocab
         self._compiled = False
 
@@ -31,14 +33,13 @@ class ShardState:
         """Compile the step (or load it from Numba's cache) by running it on a zero
         embedding at position 0, without the all-reduce (n_ranks=1: no rank waits on a
         slower one's compile). A prompt overwrites what this leaves in the KV cache."""
-        x = np.zeros((1, int(self.weights.dims[F.D_HIDDEN])), dtype=np.float32)
+        x = np.zeros((1, int(self.weights.dims[D_HIDDEN])), dtype=np.float32)
         self.step(x, 0, np.empty(self.vocab[1] - self.vocab[0], dtype=np.float32))
 
     def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
         w = self.weights
-        status = F.step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cos,
-                        self.rope_sin, self.k_cache, self.v_cache, x, pos0, logits, ar_ctl,
-                        ar_data, rank, n_ranks)
+        status = self._step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cs,
+                            self.caches, x, pos0, logits, (ar_ctl, ar_data, rank, n_ranks))
         if not self._compiled:
             mark_kernels_cached(w.kernels.key)
             self._compiled = True

@@ -1,5 +1,7 @@
 """Cut one shard's tensors out of the mmapped GGUF into a single arena (one allocation,
-one index), the layout numatp.forward.step reads.
+one index), the layout numatp.forward's steps read. Which rows or columns of each tensor
+a shard holds, and at which index row (slot) it goes, is the architecture's declaration
+(numatp/model/declare.py) applied to the shard plan.
 
 Row shards (Q/K/V, gate/up, output head) are contiguous byte ranges of the file. Column
 shards (attn_output, ffn_down) keep whole quant blocks: the blocks that cover my columns,
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from numatp import forward as F
+from numatp.forward import layout
 from numatp.model.config import ModelConfig
+from numatp.model.declare import BY_FFN_COLUMN, STEP, extent, matrix_types, present
+from numatp.model.slots import LAYER_SLOTS, MODEL_SLOTS, entry
 from numatp.parallel.plan import Shard
 from numatp.quant import formats
 from numatp.quant.kernel_set import KernelSet
@@ -27,9 +31,9 @@ ALIGN = 64  # every tensor starts on a cache line
 @dataclass
 class ShardWeights:
     arena: np.ndarray     # uint8, all of this shard's weights
-    index: np.ndarray     # int64 (n_entries, F.INDEX_COLS)
-    dims: np.ndarray      # int64 (F.N_DIMS,)
-    kernels: KernelSet    # the quant types of the matrices: what forward.step compiles for
+    index: np.ndarray     # int64 (n_entries, layout.INDEX_COLS)
+    dims: np.ndarray      # int64 (layout.N_DIMS,)
+    kernels: KernelSet    # the quant types of the matrices: what the step compiles for
 
 
 class _Piece:
@@ -65,61 +69,43 @@ class _Piece:
 
 
 def ffn_unit(gguf, cfg: ModelConfig) -> int:
-    """FFN split granularity: the largest ffn_down block size over all layers."""
-    return max(formats.block_size(gguf.tensors[f"blk.{i}.ffn_down.weight"].qtype)
-               for i in range(cfg.n_layers))
+    """FFN split granularity: the largest block size among the tensors whose input
+    columns the FFN split cuts (ffn_down), so that no quant block straddles two ranks."""
+    return max((formats.block_size(t.qtype) for decl, _, t in present(gguf, cfg)
+                if decl.split == BY_FFN_COLUMN), default=1)
+
+
+def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
+    """This shard's piece of tensor t, as its declaration splits it."""
+    matrix = len(decl.shape) == 2
+    if decl.split is None:
+        return _Piece(t, 0, t.rows, matrix=matrix)
+    lo, hi = extent(decl.split, t.shape[decl.split.axis], cfg, shard)
+    if not matrix:   # a vector is one row: slice its columns
+        return _Piece(t, 0, 1, lo, hi)
+    if decl.split.axis == 0:
+        return _Piece(t, lo, hi, matrix=True)
+    return _Piece(t, 0, t.rows, lo, hi, matrix=True)
 
 
 def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
     """{index entry: _Piece} for every tensor of this shard."""
-    hd = cfg.head_dim
-    (h0, h1), (k0, k1), (f0, f1), (v0, v1) = shard.q_heads, shard.kv_heads, shard.ffn, shard.vocab
-    T = gguf.tensors
-    pieces = {}
-    for i in range(cfg.n_layers):
-        b, e = f"blk.{i}.", i * F.N_ROLES
-        full = lambda name: _Piece(T[b + name], 0, T[b + name].rows)  # noqa: E731
-        pieces[e + F.ATTN_NORM] = full("attn_norm.weight")
-        pieces[e + F.FFN_NORM] = full("ffn_norm.weight")
-        matrix = lambda name, *span: _Piece(T[b + name], *span, matrix=True)  # noqa: E731
-        pieces[e + F.WQ] = matrix("attn_q.weight", h0 * hd, h1 * hd)
-        pieces[e + F.WK] = matrix("attn_k.weight", k0 * hd, k1 * hd)
-        pieces[e + F.WV] = matrix("attn_v.weight", k0 * hd, k1 * hd)
-        if cfg.arch.qkv_bias:
-            # A bias is one row: slice its columns.
-            pieces[e + F.BQ] = _Piece(T[b + "attn_q.bias"], 0, 1, h0 * hd, h1 * hd)
-            pieces[e + F.BK] = _Piece(T[b + "attn_k.bias"], 0, 1, k0 * hd, k1 * hd)
-            pieces[e + F.BV] = _Piece(T[b + "attn_v.bias"], 0, 1, k0 * hd, k1 * hd)
-        if cfg.arch.qk_norm:
-            pieces[e + F.QNORM] = full("attn_q_norm.weight")
-            pieces[e + F.KNORM] = full("attn_k_norm.weight")
-        wo = T[b + "attn_output.weight"]
-        pieces[e + F.WO] = matrix("attn_output.weight", 0, wo.rows, h0 * hd, h1 * hd)
-        pieces[e + F.WGATE] = matrix("ffn_gate.weight", f0, f1)
-        pieces[e + F.WUP] = matrix("ffn_up.weight", f0, f1)
-        wd = T[b + "ffn_down.weight"]
-        pieces[e + F.WDOWN] = matrix("ffn_down.weight", 0, wd.rows, f0, f1)
-    g = cfg.n_layers * F.N_ROLES
-    pieces[g + F.OUT_NORM] = _Piece(T["output_norm.weight"], 0, 1)
-    out = T["token_embd.weight"] if cfg.tied_output else T["output.weight"]
-    pieces[g + F.OUTPUT] = _Piece(out, v0, v1, matrix=True)
-    return pieces
+    return {entry(cfg.n_layers, layer, decl.slot): _cut(decl, t, cfg, shard)
+            for decl, layer, t in present(gguf, cfg) if decl.read == STEP}
 
 
-def shard_dims(cfg: ModelConfig, shard: Shard, pieces: dict, ctx: int) -> np.ndarray:
-    d = np.zeros(F.N_DIMS, dtype=np.int64)
+def shard_dims(cfg: ModelConfig, shard: Shard, ctx: int) -> np.ndarray:
+    """The dims vector of a shard (numatp/forward/layout.py)."""
+    L = layout
+    d = np.zeros(L.N_DIMS, dtype=np.int64)
     (h0, h1), (k0, k1) = shard.q_heads, shard.kv_heads
-    d[F.D_LAYERS], d[F.D_HIDDEN], d[F.D_HEAD_DIM] = cfg.n_layers, cfg.hidden, cfg.head_dim
-    d[F.D_NQ], d[F.D_NKV], d[F.D_Q0], d[F.D_KV0] = h1 - h0, k1 - k0, h0, k0
-    d[F.D_GROUP] = cfg.group
-    d[F.D_FFN] = shard.ffn[1] - shard.ffn[0]
-    d[F.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
-    d[F.D_ROPE_DIM], d[F.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
-    d[F.D_QKV_BIAS], d[F.D_QK_NORM] = cfg.arch.qkv_bias, cfg.arch.qk_norm
-    d[F.D_CTX] = ctx
-    layers = range(cfg.n_layers)
-    d[F.D_ATT_COLS] = max(pieces[i * F.N_ROLES + F.WO].cols for i in layers)
-    d[F.D_FFN_COLS] = max(pieces[i * F.N_ROLES + F.WDOWN].cols for i in layers)
+    d[L.D_LAYERS], d[L.D_HIDDEN], d[L.D_HEAD_DIM] = cfg.n_layers, cfg.hidden, cfg.head_dim
+    d[L.D_NQ], d[L.D_NKV], d[L.D_Q0], d[L.D_KV0] = h1 - h0, k1 - k0, h0, k0
+    d[L.D_GROUP] = cfg.group
+    d[L.D_FFN] = shard.ffn[1] - shard.ffn[0]
+    d[L.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
+    d[L.D_ROPE_DIM], d[L.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
+    d[L.D_CTX] = ctx
     return d
 
 
@@ -127,32 +113,27 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> S
     """Copy this shard's tensors into one arena. `alloc(nbytes)` returns the uint8 arena
     (node-local memory in a worker); pages are first touched by the copy."""
     pieces = plan_pieces(gguf, cfg, shard)
-    n_entries = cfg.n_layers * F.N_ROLES + F.N_GLOBAL
-    index = np.full((n_entries, F.INDEX_COLS), -1, dtype=np.int64)
+    n_entries = cfg.n_layers * LAYER_SLOTS + MODEL_SLOTS
+    index = np.full((n_entries, layout.INDEX_COLS), -1, dtype=np.int64)
     offset = 0
     for e, p in pieces.items():
         index[e] = (offset, p.t.qtype, p.r1 - p.r0, p.cols, p.nbytes, p.pad)
         offset += -(-p.nbytes // ALIGN) * ALIGN
     arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
     for e, p in pieces.items():
-        p.copy_to(arena[index[e, F.OFFSET]:index[e, F.OFFSET] + p.nbytes])
+        p.copy_to(arena[index[e, layout.OFFSET]:index[e, layout.OFFSET] + p.nbytes])
         gguf.release_view(p.source())
-    return ShardWeights(arena, index, shard_dims(cfg, shard, pieces, ctx),
-                        kernel_set(cfg, pieces))
+    return ShardWeights(arena, index, shard_dims(cfg, shard, ctx), kernel_set(pieces))
 
 
-def kernel_set(cfg: ModelConfig, pieces: dict) -> KernelSet:
+def kernel_set(pieces: dict) -> KernelSet:
     """The quant types of the matrices among a shard's pieces."""
-    g = cfg.n_layers * F.N_ROLES
-    entries = [i * F.N_ROLES + r for i in range(cfg.n_layers) for r in F.MATRIX_ROLES]
-    entries += [g + r for r in F.MATRIX_GLOBALS]
-    return KernelSet(pieces[e].t.qtype for e in entries)
+    return KernelSet(p.t.qtype for p in pieces.values() if p.matrix)
 
 
 def model_kernel_set(gguf, cfg: ModelConfig) -> KernelSet:
     """The kernel set every shard of the model compiles for (all hold the same tensors)."""
-    from numatp.parallel.plan import make_plan
-    return kernel_set(cfg, plan_pieces(gguf, cfg, make_plan(cfg, 1, ffn_unit(gguf, cfg))[0]))
+    return KernelSet(matrix_types(gguf, cfg))
 
 
 def shard_bytes(gguf, cfg: ModelConfig, shard: Shard) -> int:

@@ -4,8 +4,8 @@ It pins itself to its node's CPUs, binds its memory policy to the node before al
 copies its shard out of the mmapped GGUF into node-local memory, verifies where the pages
 landed, then runs transformer steps on command until told to quit.
 
-This module imports nothing heavy at the top: Numba's thread count must be set in the
-environment before Numba is first imported in the child.
+This module imports nothing at the top that loads Numba: its thread count must be set in
+the environment before Numba is first imported in the child.
 """
 import os
 import signal
@@ -13,10 +13,7 @@ import sys
 import threading
 import traceback
 
-STEP = 1
-# Sent to the whole process group by a terminal (Ctrl-C, hang-up); the coordinator
-# handles them and stops us through the control channel.
-WORKER_IGNORED_SIGNALS = {signal.SIGINT, signal.SIGHUP}
+from numatp.parallel.protocol import STEP, WORKER_IGNORED_SIGNALS, io_views
 
 
 def _exit_with_coordinator(lifeline):
@@ -77,10 +74,10 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
 
     from numatp.model.config import from_gguf
     from numatp.model.gguf_file import GGUFFile
-    from numatp.parallel.allreduce import AllReduceGroup
     from numatp.parallel.control import WorkerChannel
     from numatp.parallel.local import ShardState
-    from numatp.parallel.shm import SharedSegment
+    from numatp.shm.allreduce import AllReduceGroup
+    from numatp.shm.segment import SharedSegment
 
     numba.set_num_threads(len(placement.cpus))
     gguf = GGUFFile(model_path)
@@ -97,11 +94,11 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     report = {"rank": rank, "pid": os.getpid(), "cpus": list(placement.cpus),
               "node": placement.node, "bound": placement.bind,
               "weight_bytes": int(state.weights.arena.nbytes),
-              "kv_bytes": int(state.k_cache.nbytes + state.v_cache.nbytes),
+              "kv_bytes": sum(int(c.nbytes) for c in state.caches),
               "threads": numba.get_num_threads()}
     if placement.bind:
         report["weights_local"] = local_fraction(state.weights.arena, placement.node)
-        report["kv_local"] = local_fraction(state.k_cache.reshape(-1).view(np.uint8), placement.node)
+        report["kv_local"] = local_fraction(state.caches[0].reshape(-1).view(np.uint8), placement.node)
     return state, channel, ar, io_seg, report
 
 
@@ -109,8 +106,7 @@ def _serve(state, channel, ar, io_seg, rank, shard, max_tokens):
     import numpy as np
 
     from numatp.parallel.control import QUIT
-    from numatp.parallel.coordinator import io_views
-    x_in, logits = io_views(io_seg, max_tokens, state.weights.dims)
+    x_in, logits = io_views(io_seg, max_tokens, state.hidden)
     my_logits = logits[shard.vocab[0]:shard.vocab[1]]
     ctl, data = ar.arrays()
     while True:

@@ -1,23 +1,25 @@
-"""Supported architectures. Each module describes how one family differs from the common
-transformer step: which optional tensors it has and which RoPE layout its GGUF uses."""
-from dataclasses import dataclass
+"""The supported architectures: each module of this package declares one, as ARCH (see
+numatp/model/declare.py); parts.py holds the declarations they share. Adding a module
+here is all it takes to add an architecture whose step family and blocks exist."""
+import importlib
+import pkgutil
+
+from numatp.model.declare import Arch
 
 
-@dataclass(frozen=True)
-class Arch:
-    name: str
-    rope_neox: bool       # rotate (i, i + d/2) pairs; False: adjacent (2i, 2i+1) pairs
-    qkv_bias: bool        # attn_{q,k,v}.bias tensors
-    qk_norm: bool         # per-head RMSNorm of q and k before RoPE
+def all_archs() -> dict:
+    """{name: Arch} of every module here that declares an ARCH."""
+    archs = {}
+    for module in pkgutil.iter_modules(__path__):
+        arch = getattr(importlib.import_module(f"{__name__}.{module.name}"), "ARCH", None)
+        if isinstance(arch, Arch):
+            archs[arch.name] = arch
+    return archs
 
 
 def get_arch(name: str) -> Arch:
-    from numatp.model.archs import llama, qwen2, qwen3
-    archs = {a.name: a for a in (llama.ARCH, qwen2.ARCH, qwen3.ARCH)}
+    archs = all_archs()
     if name not in archs:
         from numatp.errors import ModelFileError
         raise ModelFileError(f"unsupported architecture {name!r} (supported: {', '.join(sorted(archs))})")
     return archs[name]
-
-
-SUPPORTED = ("llama", "qwen2", "qwen3")

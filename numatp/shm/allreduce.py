@@ -54,9 +54,9 @@ import numpy as np
 from numba import njit
 
 from numatp.errors import NumatpError
-from numatp.parallel.atomics import store_release
-from numatp.parallel.shm import SharedSegment
-from numatp.parallel.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
+from numatp.shm.atomics import store_release
+from numatp.shm.segment import SharedSegment
+from numatp.shm.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
 
 OK = READY
 BAD_ARGS = 3

@@ -21,7 +21,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from numatp.parallel.atomics import cpu_relax, load_acquire
+from numatp.shm.atomics import cpu_relax, load_acquire
 
 READY = 0
 ABORTED = 1

@@ -1,0 +1,49 @@
+"""The step of dense transformers (llama, qwen2, qwen3): every layer is attention, then
+one SwiGLU FFN, each followed by the reduce of its partial sums and the residual."""
+import numpy as np
+from numba import njit
+
+from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, dense_ffn,
+                                   dense_ffn_work, matmul, reduce, rmsnorm, vector)
+from numatp.forward.layout import D_LAYERS
+from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_NORM
+
+
+# nogil: a worker's lifeline thread (parallel/worker.py) must be able to run, and end the
+# process, while a step waits in the all-reduce on a peer that died with the coordinator.
+@njit(cache=True, nogil=True)
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, group):
+    """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
+    layers, updating the KV cache (x is overwritten: the residual stream); write this
+    shard's slice of the logits of the last token into `logits`. Returns 0, or the
+    reduce's non-zero status. The arguments: see numatp/forward/__init__.py."""
+    T, hidden = x.shape
+    L = dims[D_LAYERS]
+    xb = np.empty((T, hidden), dtype=np.float32)     # the normed residual: a block's input
+    proj = np.empty((T, hidden), dtype=np.float32)   # a block's output, to be reduced
+    att_work = attention_work(index, dims, T)
+    ffn_work = dense_ffn_work(index, dims, T)
+    rmsnorm(x, vector(arena, index, ATTN_NORM), eps, xb)
+    for layer in range(L):
+        e = layer * LAYER_SLOTS
+        # The last layer's keys and values go into the cache for every token, but only the
+        # last token goes on: nothing reads the others' outputs (a prompt's logits are the
+        # last token's), so from its attention on the layer runs for rows s: alone.
+        s = T - 1 if layer == L - 1 else 0
+        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos0, s,
+                  att_work, proj)
+        status = reduce(group, proj[s:])
+        if status != 0:
+            return status
+        add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
+        dense_ffn(kernels, arena, index, e, xb, s, ffn_work, proj)
+        status = reduce(group, proj[s:])
+        if status != 0:
+            return status
+        # the residual, then the next layer's input norm (after the last: the output norm)
+        norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
+        add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
+    # Output head: my vocabulary rows, last token only.
+    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - 1:T],
+           logits.reshape(1, logits.shape[0]))
+    return 0

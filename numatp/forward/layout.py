@@ -1,0 +1,14 @@
+"""How a shard is handed to a step: where each tensor is in its arena (the index) and
+the sizes of its share of the model (the dims vector). numatp/parallel/shard.py writes
+both; the blocks read them. Plain numbers, no Numba: the loader imports this too."""
+
+# Columns of the index: one row per slot (numatp/model/slots.py). A slot the shard has
+# no tensor for keeps offset -1.
+OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
+INDEX_COLS = 6
+
+# Fields of the int64 dims vector: the model's sizes, and the heads, FFN rows and
+# vocabulary rows of this shard (q0/kv0: its first query and KV head).
+(D_LAYERS, D_HIDDEN, D_HEAD_DIM, D_NQ, D_NKV, D_Q0, D_KV0, D_GROUP, D_FFN, D_VOCAB,
+ D_ROPE_DIM, D_ROPE_NEOX, D_CTX) = range(13)
+N_DIMS = 13
