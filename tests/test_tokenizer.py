@@ -14,7 +14,7 @@ from numatp.model.gguf_file import read_metadata
 from models import STORIES, vocab_conformance, vocab_gguf
 
 VOCAB_NAMES = ["gpt-2", "llama-bpe", "qwen2", "llama-spm", "phi-3", "command-r", "deepseek-coder",
-               "deepseek-llm", "falcon", "mpt", "qwen35", "refact", "starcoder"]
+               "deepseek-llm", "falcon", "gemma-4", "mpt", "qwen35", "refact", "starcoder"]
 
 # Every `tokenizer.ggml.pre` value llama.cpp's vocabulary loader accepts for a BPE
 # vocabulary (src/llama-vocab.cpp, the llama.cpp in llama-cpp-python 0.3.36).
@@ -172,7 +172,7 @@ def test_sentencepiece_space_prefix_after_special_tokens():
 
 @pytest.mark.parametrize("name, bos, adds", [("gpt-2", 50256, False), ("qwen2", 151643, False),
                                              ("llama-bpe", 128000, True), ("llama-spm", 1, True),
-                                             ("phi-3", 1, True)])
+                                             ("phi-3", 1, True), ("gemma-4", 2, True)])
 def test_bos_rules(name, bos, adds):
     tok = tokenizer(name)
     assert tok.bos_id == bos and tok.add_bos is adds
@@ -275,18 +275,19 @@ def test_pre_tokenizer_digit_rules():
     assert len(ids["qwen2"]) == 3
 
 
-def _utf8_bpe_meta(pre, merges):
-    """A SentencePiece-style BPE vocabulary: <0xNN> byte tokens, "▁" and a few letters."""
-    tokens = [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "b"]
-    tokens += [a + b for a, b in (m.split(" ") for m in merges)]
+def _utf8_bpe_meta(pre, merges, extra_tokens=()):
+    """A SentencePiece-style BPE vocabulary: <0xNN> byte tokens, a <bos> control token,
+    "▁", a few letters, `extra_tokens` and the results of `merges`."""
+    tokens = [f"<0x{b:02X}>" for b in range(256)] + ["<bos>", "▁", "a", "b", *extra_tokens]
+    tokens += [a + b for a, b in (m.split(" ") for m in merges) if a + b not in tokens]
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
             "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges,
-            "tokenizer.ggml.token_type": [6] * 256 + [1] * (len(tokens) - 256),
-            "tokenizer.ggml.add_bos_token": False}
+            "tokenizer.ggml.token_type": [6] * 256 + [3] + [1] * (len(tokens) - 257),
+            "tokenizer.ggml.bos_token_id": 256, "tokenizer.ggml.add_bos_token": False}
 
 
 def test_every_llama_cpp_pre_tokenizer_name_is_known():
-    assert set(pretokenize.BY_NAME) | set(pretokenize.UNSUPPORTED) == LLAMA_CPP_PRE_NAMES
+    assert set(pretokenize.BY_NAME) == LLAMA_CPP_PRE_NAMES
 
 
 @pytest.mark.parametrize("name", sorted(pretokenize.BY_NAME))
@@ -337,6 +338,42 @@ def test_sentencepiece_style_bpe_escapes_spaces_and_falls_back_to_bytes():
     assert tok.decode(ids) == "ab a é"
 
 
+# Gemma 4's rules, as llama.cpp's BPE session applies them (no conformance file
+# exercises them: in llama.cpp's gemma-4 vocabulary the merges build every run of
+# newlines that is a token anyway). The expected tokens are worked out by hand: the text
+# is cut into lines and runs of newlines, spaces are written "▁"; a run of newlines that
+# is a token is taken whole, every other piece is merged by rank (leftmost first on a
+# tie), and what stays outside the vocabulary is spelled in <0xNN> byte tokens.
+_GEMMA4_MERGES = ["\n \n"]            # "\n\n\n" is a token, but no merge builds it
+_GEMMA4_TOKENS = ["\n", "\n\n", "\n\n\n", "ab"]   # nor "ab" (no "a b" merge)
+_GEMMA4_TEXT = "ab\n\n\na b\n\n\n\né\n\n<bos>\n"
+_GEMMA4_EXPECTED = ["<bos>", "a", "b", "\n\n\n", "a", "▁", "b", "\n\n", "\n\n", "<0xC3>",
+                    "<0xA9>", "\n\n", "<bos>", "\n"]
+
+
+@pytest.mark.parametrize("model, pre", [("gpt2", "gemma4"), ("gpt2", "granite-embed-multi-311m"),
+                                        # the model name alone stands for Gemma 4's rules
+                                        ("gemma4", "gpt-2"), ("gemma4", None)])
+def test_gemma4_takes_newline_runs_whole_and_merges_the_rest(model, pre):
+    meta = _utf8_bpe_meta(pre, _GEMMA4_MERGES, _GEMMA4_TOKENS)
+    meta["tokenizer.ggml.model"] = model
+    if pre is None:
+        del meta["tokenizer.ggml.pre"]
+    tok = Tokenizer.from_metadata(meta)
+    assert tok.add_bos          # llama.cpp adds BOS although the file says not to
+    ids = tok.encode(_GEMMA4_TEXT)
+    assert [tok.token_text(i) for i in ids] == _GEMMA4_EXPECTED
+    assert tok.decode(ids, special=True) == "<bos>" + _GEMMA4_TEXT
+
+
+def test_gemma4_without_bos_token():
+    meta = _utf8_bpe_meta("gemma4", [])
+    del meta["tokenizer.ggml.bos_token_id"]
+    meta["tokenizer.ggml.token_type"][256] = 1     # and no <bos> by its type either
+    with pytest.raises(ModelFileError, match="'gemma4' always adds a BOS token, but there is no BOS"):
+        Tokenizer.from_metadata(meta)
+
+
 def _spm_meta_with(extra_tokens, extra_types, **keys):
     """A small SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, a few words."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["▁", "a", "▁a"]
@@ -374,9 +411,7 @@ def test_metadata_errors():
         Tokenizer.from_metadata(_byte_level_meta("no-such", []))
     assert "\n" not in str(e.value) and "known: " in str(e.value)
     assert set(str(e.value).split("known: ")[1].split(", ")) == set(pretokenize.BY_NAME)
-    with pytest.raises(ModelFileError, match="pre-tokenizer 'gemma4'.* not supported: "):
-        Tokenizer.from_metadata(_byte_level_meta("gemma4", []))
-    with pytest.raises(ModelFileError, match="unsupported tokenizer model 't5'"):
+    with pytest.raises(ModelFileError, match=r"unsupported tokenizer model 't5' \(supported: gemma4, gpt2, llama\)"):
         Tokenizer.from_metadata({"tokenizer.ggml.model": "t5", "tokenizer.ggml.tokens": ["a"]})
     meta = _byte_level_meta("gpt-2", [])
     meta["tokenizer.ggml.tokens"] = meta["tokenizer.ggml.tokens"] + ["a"]

@@ -74,6 +74,44 @@ def build_gpt2(vocab, where) -> Tokenizer:
     return tk
 
 
+class NewlineRuns:
+    """Gemma 4's rule for runs of newlines, which `tokenizers` cannot be configured for:
+    llama.cpp takes a run whole when the run is a token and merges it otherwise, while
+    every other piece is always merged. The pipeline merges every piece; `join` then
+    replaces the tokens of each merged run by the run's own token where there is one.
+
+    The regexes cut every run of newlines into a piece of its own, and only such a piece
+    yields tokens made of newlines (or the <0x0A> byte token), so a maximal stretch of
+    such tokens in the output is exactly one run. Special tokens are left out: they are
+    matched in the raw text before any splitting."""
+
+    def __init__(self, vocab):
+        special = set(vocab.special_ids())
+        self._newlines = {i: len(t) for i, t in enumerate(vocab.tokens)
+                          if i not in special and not t.strip("\n")}
+        newline_byte = vocab.ids.get("<0x0A>")
+        if newline_byte is not None and newline_byte not in special:
+            self._newlines[newline_byte] = 1
+        self._run_token = {n: i for i, n in self._newlines.items()
+                           if vocab.tokens[i] == "\n" * n}
+
+    def join(self, ids: list) -> list:
+        out, i, end = [], 0, len(ids)
+        while i < end:
+            if ids[i] not in self._newlines:
+                out.append(ids[i])
+                i += 1
+                continue
+            stop, length = i, 0
+            while stop < end and ids[stop] in self._newlines:
+                length += self._newlines[ids[stop]]
+                stop += 1
+            whole = self._run_token.get(length)
+            out.extend(ids[i:stop] if whole is None else [whole])
+            i = stop
+        return out
+
+
 def spm_merges(tokens, scores, ids) -> list:
     """Merges equivalent to SentencePiece's score-driven pairing.
 

@@ -38,6 +38,7 @@ class Tokenizer:
         pre = pretokenize.lookup(vocab.pre) if vocab.model == "gpt2" else None
         self._byte_level = pre is not None and pre.byte_level   # GPT-2's byte alphabet
         self._escape_spaces = pre is not None and pre.escape_spaces
+        self._newline_runs = backend.NewlineRuns(vocab) if pre and pre.newline_runs_whole else None
         self._bytes = [None] * self.vocab_size      # token_bytes cache, filled on use
         self._unbyte = None                          # byte-level character -> byte value
         self._max_token_bytes = None                 # min_tokens' divisor, found on use
@@ -58,6 +59,8 @@ class Tokenizer:
         except TypeError:
             _check_unicode(text)
             raise
+        if self._newline_runs is not None and "\n\n" in text:   # a lone newline needs no rule
+            ids = self._newline_runs.join(ids)
         if add_special:
             if self.add_bos and not (ids and ids[0] == self.bos_id):
                 ids.insert(0, self.bos_id)

@@ -22,6 +22,9 @@ what llama.cpp actually does:
   tiny_aya), and Kimi-K2's words, which are letters other than Han characters, Han
   characters forming words of their own. Those are given here as the expressions that
   split the same way.
+- Gemma 4 (and granite-embed-multi-311m, which llama.cpp reads as Gemma 4) merges each
+  line whole, but takes a run of newlines whole when that run is itself a token, merging
+  only the runs that are not (newline_runs_whole).
 """
 from dataclasses import dataclass
 
@@ -148,6 +151,10 @@ class PreTokenizer:
     # of GPT-2's byte alphabet.
     byte_level: bool = True
     escape_spaces: bool = False   # spaces are written "▁" (SentencePiece style)
+    # A piece made only of newlines is taken whole when it is a token; every other piece
+    # is merged (ignore_merges for newline runs alone).
+    newline_runs_whole: bool = False
+    force_bos: bool = False       # BOS is added even when the file says not to
 
 
 _DEFAULT = PreTokenizer((r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", r"[0-9][0-9][0-9]"))
@@ -211,18 +218,14 @@ BY_NAME = {
     "kimi-k2": PreTokenizer((KIMI_K2,)),
     # SentencePiece-style BPE: no word splitting beyond lines, spaces written "▁".
     "sarvam-moe": PreTokenizer((LINES,), byte_level=False, escape_spaces=True),
+    **_same(PreTokenizer((LINES,), byte_level=False, escape_spaces=True,
+                         newline_runs_whole=True, add_bos=True, force_bos=True),
+            "gemma4", "granite-embed-multi-311m"),
     "whitespace": PreTokenizer((r"\S+",), byte_level=False),
-}
-
-# Names llama.cpp knows whose tokenization numatp does not reproduce, and why.
-UNSUPPORTED = {
-    name: "llama.cpp takes a run of newlines whole when it is a token and merges every "
-          "other piece, which numatp's BPE cannot express"
-    for name in ("gemma4", "granite-embed-multi-311m")
 }
 
 
 def lookup(name):
     """The pre-tokenizer for a `tokenizer.ggml.pre` value (None or missing: "default"),
-    or None when the name is not supported."""
+    or None for a name llama.cpp does not know."""
     return BY_NAME.get(name or "default")

@@ -46,12 +46,13 @@ FIM_MARKER_TEXTS = frozenset({
 _DEFAULT_IDS = {
     "llama": {"bos": 1, "eos": 2, "unk": 0},
     "gpt2": {},
+    "gemma4": {},
 }
 
 
 @dataclass
 class Vocab:
-    model: str                 # "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+    model: str                 # "llama" (SentencePiece) or "gpt2" (BPE with merges)
     pre: str                   # tokenizer.ggml.pre ("default" when missing)
     tokens: list               # id -> token text as stored in the file
     ids: dict                  # token text -> id
@@ -158,6 +159,10 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
                              f"{tokens[bad_byte][:40]!r} is not of the form <0xNN>")
 
     pre = _typed(meta, "tokenizer.ggml.pre", str, where) or "default"
+    if model == "gemma4":
+        # llama.cpp reads this model name as a BPE vocabulary with Gemma 4's
+        # pre-tokenizer, whatever tokenizer.ggml.pre says.
+        model, pre = "gpt2", "gemma4"
     merges = None
     if model == "gpt2":
         merges = _typed(meta, "tokenizer.ggml.merges", list, where)
@@ -165,16 +170,15 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
             raise ModelFileError(f"{where}: BPE tokenizer without tokenizer.ggml.merges")
         _elements(merges, (str,), "strings", "tokenizer.ggml.merges", where)
         pre_tok = pretokenize.lookup(pre)
-        if pre in pretokenize.UNSUPPORTED:
-            raise ModelFileError(f"{where}: the pre-tokenizer '{pre}' (tokenizer.ggml.pre) is not "
-                                 f"supported: {pretokenize.UNSUPPORTED[pre]}")
         if pre_tok is None:
             raise ModelFileError(f"{where}: unknown pre-tokenizer '{pre}' (tokenizer.ggml.pre); "
                                  f"known: {', '.join(sorted(pretokenize.BY_NAME))}")
         add_bos_default, add_space_prefix_default = pre_tok.add_bos, False
+        force_bos = pre_tok.force_bos
     else:
         pre = "default"
         add_bos_default, add_space_prefix_default = True, True
+        force_bos = False
         if scores is None:
             scores = [0.0] * n
 
@@ -194,6 +198,11 @@ def vocab_from_metadata(meta: dict, where: str = "GGUF file") -> Vocab:
     eom = _token_id(meta, "tokenizer.ggml.eom_token_id", n, None)
 
     add_bos = _typed(meta, "tokenizer.ggml.add_bos_token", bool, where, add_bos_default)
+    if force_bos and not add_bos:
+        if bos is None:
+            raise ModelFileError(f"{where}: the pre-tokenizer '{pre}' always adds a BOS token, "
+                                 f"but there is no BOS token")
+        add_bos = True
     add_eos = _typed(meta, "tokenizer.ggml.add_eos_token", bool, where, False)
     add_space_prefix = _typed(meta, "tokenizer.ggml.add_space_prefix", bool, where,
                               add_space_prefix_default)
