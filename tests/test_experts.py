@@ -1,0 +1,82 @@
+"""The MoE expert kernels (numatp/quant/experts.py) against NumPy: stacked quantized
+experts, tokens routed to k of them with weights, for one token (decode) and a chunk of
+tokens (prompt), with every expert held here and with half of them (the others on
+another node).
+
+The NumPy side dequantizes the weights with gguf and rounds the kernel's two inputs to
+int8 per 32 values as the kernels do (reference.int8_rounded): X before gate/up, and the
+SwiGLU output before down. What remains is float32 arithmetic against float64, and a
+SwiGLU value within float32 rounding of halfway between two int8 steps that the kernel
+rounds the other way: one step of d = max|h| / 127 on one input of down, which moves an
+output by |W_down[r, c]| * d, a few thousandths of the output's scale here. TOLERANCE,
+relative to the output's scale, allows that (measured: at most 4e-7, no such flip in
+these cases); a wrong expert, weight or row would be off by order 1.
+"""
+import gguf
+import numpy as np
+import pytest
+from gguf.quants import dequantize
+
+import synth
+from reference import int8_rounded
+from numatp.quant import formats as F
+from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert
+from numatp.quant.kernels import KernelSet
+
+TOLERANCE = 5e-3
+
+CASES = {  # name: gate/up type, down type, experts, expert FFN, hidden, tokens, chosen
+    "q8_0-decode": ("Q8_0", "Q8_0", 8, 96, 64, 1, 2),
+    "q4_k-q6_k-prompt": ("Q4_K", "Q6_K", 6, 256, 256, 11, 3),
+    "q8_0-q4_0-prompt-16-experts": ("Q8_0", "Q4_0", 16, 64, 128, 19, 4),
+}
+
+
+def stacked(rng, qtype, experts, rows, cols):
+    x = (rng.standard_normal((experts, rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    data = np.stack([synth.encode_tensor(x[e], qtype)[0] for e in range(experts)])
+    values = dequantize(data, gguf.GGMLQuantizationType[qtype]).reshape(x.shape)
+    return data, values.astype(np.float64)
+
+
+def numpy_experts(Wg, Wu, Wd, X, sel, wt, held):
+    Y = np.zeros((len(X), Wd.shape[1]))
+    x8 = int8_rounded(X.astype(np.float64))
+    for t in range(len(X)):
+        for e, w in zip(sel[t], wt[t]):
+            if e in held:
+                g, u = Wg[e] @ x8[t], Wu[e] @ x8[t]
+                Y[t] += w * (Wd[e] @ int8_rounded(g / (1 + np.exp(-g)) * u))
+    return Y
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("held", ["all", "even"])
+def test_expert_ffn_matches_numpy(case, held):
+    qg, qd, E, n_ff, hidden, T, k = CASES[case]
+    rng = np.random.default_rng(sum(map(ord, case)))
+    G, Wg = stacked(rng, qg, E, n_ff, hidden)
+    U, Wu = stacked(rng, qg, E, n_ff, hidden)
+    D, Wd = stacked(rng, qd, E, hidden, n_ff)
+    X = rng.standard_normal((T, hidden)).astype(np.float32)
+    sel = np.stack([rng.choice(E, k, replace=False) for _ in range(T)]).astype(np.int64)
+    wt = rng.random((T, k)).astype(np.float32)
+    mine = [e for e in range(E) if held == "all" or e % 2 == 0]
+    local = np.full(E, -1, np.int64)
+    local[mine] = np.arange(len(mine))
+    q_gu, q_d = F.parse_type(qg), F.parse_type(qd)
+    Y = np.full((T, hidden), np.nan, np.float32)
+    expert_ffn(KernelSet([q_gu, q_d]), q_gu, prepare_experts(q_gu, G[mine]), q_gu,
+               prepare_experts(q_gu, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
+               hidden, hidden, local, X, sel, wt, Y)
+    want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine))
+    assert np.abs(Y - want).max() <= TOLERANCE * np.abs(want).max()
+
+
+def test_pairs_are_grouped_by_expert():
+    sel = np.array([[3, 0], [0, 2], [3, 1]])
+    local = np.array([0, -1, 1, 2])          # expert 1 is held elsewhere
+    order, start, expert = route_by_expert(sel, local)
+    assert list(expert) == [0, 1, 2]         # local indices of experts 0, 2, 3
+    groups = [sorted(order[start[a]:start[a + 1]]) for a in range(len(expert))]
+    assert groups == [[1, 2], [3], [0, 4]]   # flat t * k + j of the pairs of each
