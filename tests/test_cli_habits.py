@@ -54,8 +54,8 @@ NO_GPU = "numatp runs on the CPU; GPU offload is not available yet"
     (["generate", "hi", "-ngl", "99"], f"-ngl: {NO_GPU}"),
     (["generate", "hi", "--n-gpu-layers=99"], f"--n-gpu-layers: {NO_GPU}"),
     (["bench", "decode", "-ngl", "99"], f"-ngl: {NO_GPU}"),
-    (["generate", "hi", "-cnv"], "-cnv: use --chat"),
-    (["generate", "hi", "-sys", "Be brief."], "-sys: use --system (with --chat)"),
+    (["generate", "hi", "-cnv"], "-cnv: use `numatp chat` (or generate --chat for one turn)"),
+    (["chat", "-sys", "Be brief."], "-sys: use --system (with chat, or generate --chat)"),
     (["generate", "hi", "-hf", "org/model-GGUF"], "-hf: use -m with a local file or a known model "
                                                   "name (numatp pull --list)"),
     (["generate", "hi", "--numa", "distribute"],

@@ -11,11 +11,11 @@ everything after a bare "--" is left alone (it is not an option there).
 _INSTEAD = {
     ("-ngl", "--gpu-layers", "--n-gpu-layers"):
         "numatp runs on the CPU; GPU offload is not available yet",
-    ("-cnv", "--conversation"): "use --chat",
+    ("-cnv", "--conversation"): "use `numatp chat` (or generate --chat for one turn)",
     ("-no-cnv", "--no-conversation"):
         "numatp generate continues one prompt and has no conversation mode to turn off; "
         "leave the flag out",
-    ("-sys", "--system-prompt"): "use --system (with --chat)",
+    ("-sys", "--system-prompt"): "use --system (with chat, or generate --chat)",
     ("-hf", "-hfr", "--hf-repo"):
         "use -m with a local file or a known model name (numatp pull --list)",
     ("--numa",): "numatp always places each worker's memory on its node; see --nodes",

@@ -33,7 +33,7 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 # Importing a command module registers its commands on `app` / `bench_app`.
 from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: E402,F401
-                        generate, info, topology)
+                        chat, generate, info, topology)
 
 
 def fail(message: str, code: int = 1):
