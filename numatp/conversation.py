@@ -8,8 +8,9 @@ model's own tokens are kept even where tokenizing the reply's text would give ot
 (BPE does not always split a text as the model wrote it). The KV cache holds that
 sequence from the last turn, so only the new turn's tokens are processed (LLM's prompt
 reuse). Where the template does not reproduce the history as the model saw it (some
-templates strip or reformat earlier replies), the rendered text is tokenized whole, and
-the cache is still used as far as the tokens agree.
+templates strip or reformat earlier replies), or where the tokens so joined would not
+read as the rendered text (a SentencePiece dummy space in front of the new part), the
+rendered text is tokenized whole, and the cache is still used as far as the tokens agree.
 """
 from numatp.chat import messages_prompt, template_stops
 from numatp.sampling import SamplingParams
@@ -51,9 +52,15 @@ class Conversation:
         self.llm.check_could_fit(text)
         seen = self._seen
         # With add_eos, a prompt's tokens end with an EOS that the next turn's must not have.
+        whole = tokenizer.encode(text, add_special=True)
         if seen is not None and text.startswith(seen[0]) and not tokenizer.add_eos:
-            return text, seen[1] + tokenizer.encode(text[len(seen[0]):], add_special=False)
-        return text, tokenizer.encode(text, add_special=True)
+            spliced = seen[1] + tokenizer.encode(text[len(seen[0]):], add_special=False)
+            # The spliced tokens must read as the text: SentencePiece puts its dummy space
+            # in front of a continuation that does not begin with a special token, which
+            # the model would read as a space the template never wrote.
+            if tokenizer.decode(spliced, special=True) == tokenizer.decode(whole, special=True):
+                return text, spliced
+        return text, whole
 
     def _stream(self, pieces, messages, prompt, ids, stats):
         shown, ended = [], False
