@@ -17,7 +17,8 @@ import synth
 from numatp.conversation import Conversation
 
 REPORT = re.compile(r"numatp: prompt (\d+) tokens: (\d+) cached, (\d+) processed, [\d.]+ tok/s"
-                    r" \| generated (\d+) tokens, [\d.]+ tok/s([^\r\n]*)\r?\n")
+                    r" \| generated (\d+) tokens?(?:, [\d.]+ tok/s| \(no decode step\))"
+                    r"([^\r\n]*)\r?\n")
 MAX_TOKENS = 8
 SYSTEM = "Be brief."
 QUESTIONS = [f"question number {turn}?" for turn in range(10)]

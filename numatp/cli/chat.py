@@ -135,9 +135,12 @@ def report(s, stopped, ctx):
     end = ("stopped (Ctrl-C)" if stopped else
            f"the context of {ctx} tokens is full ({CLEAR} starts over)"
            if s.stop_reason == "context" else None)
+    # As in generate: the first token comes out of the prompt pass, so with one token
+    # there was no decode step to time.
+    generated = (f"generated {s.n_gen} tokens, {s.decode_tps:.1f} tok/s" if s.n_gen > 1 else
+                 f"generated {s.n_gen} token{'' if s.n_gen == 1 else 's'} (no decode step)")
     say(f"prompt {s.n_prompt} tokens: {s.n_prompt_cached} cached, {s.n_prompt_processed} "
-        f"processed, {s.prompt_tps:.1f} tok/s | generated {s.n_gen} tokens, "
-        f"{s.decode_tps:.1f} tok/s" + (f" | {end}" if end else ""))
+        f"processed, {s.prompt_tps:.1f} tok/s | {generated}" + (f" | {end}" if end else ""))
 
 
 def say(line):
