@@ -78,6 +78,17 @@ def test_end_of_input_leaves(model):
     assert len(reports(r.stderr)) == 1
 
 
+def test_a_turn_that_does_not_fit_ends_a_piped_chat_in_one_line(model):
+    r = subprocess.run([sys.executable, "-m", "numatp", "chat", "-m", str(model), "--nodes", "1",
+                        "-c", "64", "--temp", "0", "-n", "2"],
+                       input="hi\n" + "many words " * 100 + "\nnever read\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert len(reports(r.stderr)) == 1
+    assert r.stderr.splitlines()[-1].startswith("numatp: error: prompt of ")
+    assert "does not fit the context of 64 tokens" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_bad_options_fail_in_one_line_before_loading(model):
     for args, match in ((["-n", "0"], "invalid -n 0"), (["--temp", "-1"], "temperature"),
                         (["--stop", ""], "stop")):
@@ -163,6 +174,21 @@ def test_ctrl_c_at_the_prompt_leaves(model):
         term.read_until(r"> ")
         term.type("\x03")
         assert term.proc.wait(EXIT_S) == 130
+        assert "Traceback" not in term.seen
+    finally:
+        term.close()
+
+
+def test_a_turn_that_does_not_fit_is_reported_and_the_chat_goes_on(model):
+    term = Terminal(["chat", "-m", str(model), "--nodes", "1", "-c", "64"])
+    try:
+        term.read_until(r"> ")
+        term.type("many words " * 30 + "\n")
+        term.read_until(r"numatp: error: prompt of .* does not fit the context of 64 tokens"
+                        r".*\(/clear starts a new conversation\)\r?\n")
+        term.read_until(r"> ")
+        term.type("/exit\n")
+        assert term.proc.wait(EXIT_S) == 0
         assert "Traceback" not in term.seen
     finally:
         term.close()
