@@ -135,6 +135,29 @@ class Terminal:
     def type(self, text):
         os.write(self.master, text.encode())
 
+    def wait_until_reading(self, timeout=60):
+        """Wait until numatp sleeps in the kernel waiting for the terminal. A Ctrl-C that
+        comes between readline printing the prompt and its select() is caught by
+        Python's handler but does not wake the select() (a race in CPython's readline
+        loop): a person pressing it then presses it again; a test must not be that fast."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(f"/proc/{self.proc.pid}/wchan") as f:
+                where = f.read()
+            if any(w in where for w in ("poll", "select", "tty_read", "wait_woken")):
+                return
+            assert time.monotonic() < deadline, f"numatp is not reading the terminal ({where})"
+            time.sleep(0.01)
+
+    def exit_code(self):
+        """The exit status, once the output has been read to its end."""
+        try:
+            self.read_until(r"(?!)", timeout=EXIT_S)   # matches nothing: reads to the end
+        except AssertionError as e:
+            if "ended without" not in str(e):
+                raise
+        return self.proc.wait(EXIT_S)
+
     def close(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -171,9 +194,11 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(model):
 def test_ctrl_c_at_the_prompt_leaves(model):
     term = Terminal(["chat", "-m", str(model), "--nodes", "1"])
     try:
+        term.read_until(r"Ctrl-C stops a reply\r?\n")
         term.read_until(r"> ")
+        term.wait_until_reading()
         term.type("\x03")
-        assert term.proc.wait(EXIT_S) == 130
+        assert term.exit_code() == 130, term.seen
         assert "Traceback" not in term.seen
     finally:
         term.close()
