@@ -36,11 +36,12 @@ class NumatpEngine:
         self.llm = numatp.load(path, nodes=1, threads=threads, ctx_size=ctx)
 
     def prefill(self, ids):
-        """Logits after `ids`, from an empty cache."""
+        """Logits after `ids`, from an empty cache (no prompt reuse: the time is all of it)."""
+        self.llm.reset()
         return self.llm.logits(ids)
 
     def step(self, tok, pos):
-        return self.llm.model.forward(self.llm.embed([tok]), pos)
+        return self.llm.model.forward(self.llm.token_embeddings([tok]), pos)
 
     def close(self):
         self.llm.close()

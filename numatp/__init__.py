@@ -1,6 +1,6 @@
 """numatp: NUMA-aware tensor-parallel CPU inference for GGUF models."""
 from numatp import _env  # noqa: F401  (must run before numba is imported)
-from numatp.errors import NumatpError, UsageError, ModelFileError, WorkerError
+from numatp.errors import ContextError, NumatpError, UsageError, ModelFileError, WorkerError
 
 __version__ = "0.1.0"
 
@@ -17,5 +17,5 @@ def load_tokenizer(path):
     return _lt(path)
 
 
-__all__ = ["load", "load_tokenizer", "NumatpError", "UsageError", "ModelFileError",
-           "WorkerError", "__version__"]
+__all__ = ["load", "load_tokenizer", "NumatpError", "UsageError", "ContextError",
+           "ModelFileError", "WorkerError", "__version__"]

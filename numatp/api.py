@@ -4,20 +4,27 @@
     with numatp.load("model.gguf", nodes="auto") as llm:
         for piece in llm.generate("Once upon a time", max_tokens=64, temperature=0.8, seed=1):
             print(piece, end="", flush=True)
+
+OpenAI-shaped completions (create_completion, create_chat_completion) are in
+numatp/completions.py, a multi-turn chat in numatp/conversation.py; both run on the
+generation here.
 """
+import operator
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from numatp import _env  # noqa: F401
-from numatp.errors import ModelFileError, NumatpError, UsageError
+from numatp.errors import ContextError, ModelFileError, NumatpError, UsageError
 from numatp.model.archs.parts import TOKEN_EMBD
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.quant.formats import type_name
 from numatp.sampling import Sampler, SamplingParams
+from numatp.text_stream import TextStream, checked_stops, text_pieces
 
 # Prompt tokens per forward call: each call streams every weight once from memory and
 # enters each parallel region once, so larger chunks spread that over more tokens; 128
@@ -28,8 +35,11 @@ DEFAULT_CTX = 4096
 
 @dataclass
 class GenerationStats:
+    """What the last call did. stop_reason: "eos" (an end-of-generation token), "stop" (a
+    stop string), "length" (max_tokens), "context" (the context is full)."""
     prompt_tokens: list = field(default_factory=list)
     tokens: list = field(default_factory=list)
+    n_prompt_cached: int = 0     # prompt tokens whose keys and values the cache already held
     prompt_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""
@@ -39,12 +49,17 @@ class GenerationStats:
         return len(self.prompt_tokens)
 
     @property
+    def n_prompt_processed(self):
+        return self.n_prompt - self.n_prompt_cached
+
+    @property
     def n_gen(self):
         return len(self.tokens)
 
     @property
     def prompt_tps(self):
-        return self.n_prompt / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+        n = self.n_prompt_processed
+        return n / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
 
     @property
     def decode_tps(self):
@@ -91,13 +106,30 @@ class _Turns:
 class LLM:
     """A loaded model. Use as a context manager, or call close().
 
-    One LLM may be shared by threads: logits(), warm_up() and each generation take turns
-    on the model (it has one KV cache), each running whole while the others wait, so each
-    gets the result it would get alone. A generation holds the model from its first token
-    until it is exhausted or closed (a for loop that stops early closes it when the
-    generator is dropped). Starting another call in the thread where a generation is still
-    open raises NumatpError, at that call's first use, rather than wait for itself: close()
-    the first generation, or finish it, before starting the next."""
+    Prompt reuse: the model keeps the keys and values of the last sequence it ran (the
+    last prompt and the tokens generated after it) in its KV cache. A new prompt that
+    begins with part of that sequence is processed from where they differ; the cache
+    beyond is overwritten. stats.n_prompt_cached and n_prompt_processed say how much each
+    call reused. The results are those of processing the prompt from scratch: bitwise
+    the same logits for the same tokens, because each token's keys and values do not
+    depend on how the tokens were grouped into forward passes (a prompt is processed in
+    chunks of up to PREFILL_CHUNK tokens, never a lone token where it has more; at least
+    its last 2 tokens are processed again). One exception: a token processed alone (a
+    generated token, fed back in a decode step) goes through the one-token kernels, which
+    for F32, F16 and BF16 matrices add up in another order than the batched ones (for
+    quantized matrices the order is the same); when such a token is reused as part of a
+    later prompt, the logits differ from a from-scratch pass by float round-off (~1e-6
+    relative). reset() forgets the cached sequence (benchmarks of prompt processing).
+
+    Threads: one LLM may be shared by threads: logits(), warm_up(), reset() and each
+    generation take turns on the model (it has one KV cache), each running whole while
+    the others wait, so each gets the result it would get alone. A generation holds the
+    model from its first token until it is exhausted or closed (a for loop that stops
+    early closes it when the generator is dropped). Starting another call in the thread
+    where a generation is still open raises NumatpError, at that call's first use, rather
+    than wait for itself: close() the first generation, or finish it, before starting the
+    next. Arguments are checked when a generation is created: a bad one raises there,
+    not at the first next()."""
 
     def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None):
         from numatp.registry import resolve_model
@@ -122,6 +154,9 @@ class LLM:
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
         self._turns = _Turns()
+        # The tokens whose keys and values fill the KV cache from position 0, in order
+        # (read and changed only by the holder of the turn).
+        self._cached = []
         self._step = threading.Lock()   # close() from another thread waits out a running step
         self.model = None
         try:
@@ -165,7 +200,9 @@ class LLM:
     def detokenize(self, ids) -> str:
         return self.tokenizer.decode(list(ids))
 
-    def embed(self, ids) -> np.ndarray:
+    def token_embeddings(self, ids) -> np.ndarray:
+        """The rows of the token-embedding matrix for `ids` (float32, len(ids) x hidden):
+        what the first layer reads."""
         from numatp.quant.kernels import KernelSet, dequantize_rows
         if self._embd_kernels is None:
             self._embd_kernels = KernelSet([self._embd.qtype])
@@ -177,28 +214,61 @@ class LLM:
                         self.config.hidden, ids, out)
         return out
 
-    def _prefill(self, ids) -> np.ndarray:
-        """Run the prompt from position 0 in chunks; logits after its last token."""
+    def _checked_ids(self, ids) -> list:
+        """A prompt of token ids as a list of ints, or the UsageError/ContextError it is."""
+        if isinstance(ids, (str, bytes)):
+            raise UsageError("prompt token ids must be a list of integers, not text")
+        try:
+            ids = [operator.index(t) for t in ids]
+        except TypeError:
+            raise UsageError("prompt token ids must be a list of integers") from None
         if not ids:
             raise UsageError("empty prompt: nothing to continue from")
         if len(ids) > self.ctx:
-            raise NumatpError(f"prompt of {len(ids)} tokens does not fit the context of {self.ctx} "
-                              "tokens (raise -c/--ctx-size)")
+            raise ContextError(f"prompt of {len(ids)} tokens does not fit the context of "
+                               f"{self.ctx} tokens (raise -c/--ctx-size)")
+        bad = next((t for t in ids if not 0 <= t < self.config.vocab), None)
+        if bad is not None:
+            raise UsageError(f"token id {bad} out of range [0, {self.config.vocab})")
+        return ids
+
+    def _prefill(self, ids, stats, each_logits=None) -> np.ndarray:
+        """Logits after the last of `ids`, processing what the KV cache does not already
+        hold (see LLM); stats.n_prompt_cached records what was reused. each_logits(i,
+        logits) instead runs every token alone from position 0 and sees the logits after
+        each (the prompt's own logprobs)."""
+        if each_logits is None:
+            # At least the last 2 tokens are run, so that the last chunk is never a lone
+            # token where the prompt has more (the one-token kernels: see LLM).
+            reuse = min(_common_prefix(self._cached, ids), len(ids) - min(len(ids), 2))
+            spans = _chunks(reuse, len(ids))
+        else:
+            reuse = 0
+            spans = ((i, i + 1) for i in range(len(ids)))
+        stats.n_prompt_cached = reuse
         logits = None
-        for start in range(0, len(ids), PREFILL_CHUNK):
-            logits = self._forward(ids[start:start + PREFILL_CHUNK], start)
+        for start, end in spans:
+            logits = self._forward(ids[start:end], start)
+            if each_logits is not None:
+                each_logits(start, logits)
         return logits
 
     def _forward(self, ids, pos0):
+        """Run `ids` at positions pos0.. (which must follow what the cache holds or replace
+        part of it); returns the logits after the last."""
         # The jitted step does not check bounds: a position past the KV cache would
         # write outside it.
         if pos0 + len(ids) > self.ctx:
             raise NumatpError(f"position {pos0 + len(ids) - 1} is past the context of {self.ctx} tokens")
-        x = self.embed(ids)
+        x = self.token_embeddings(ids)
         with self._step:
             if self.model is None:
                 raise NumatpError("this model is closed")
-            return self.model.forward(x, pos0)
+            # Until the step has finished, nothing from pos0 on is known to be there.
+            del self._cached[pos0:]
+            logits = self.model.forward(x, pos0)
+            self._cached.extend(ids)
+            return logits
 
     def warm_up(self):
         """Load the compiled kernels now (compiling them on a first run), so that the
@@ -206,87 +276,117 @@ class LLM:
         it runs in this process."""
         self._turns.take()
         try:
-            self.embed([0])
+            self.token_embeddings([0])
             with self._step:
                 if self.model is None:
                     raise NumatpError("this model is closed")
+                self._cached = []   # the step wrote position 0
                 self.model.warm_up()
         finally:
             self._turns.give_back()
 
-    def logits(self, ids) -> np.ndarray:
-        """Logits (float32, vocab) after the last of `ids`, from an empty cache."""
+    def reset(self):
+        """Forget the cached sequence: the next prompt is processed whole, from position 0.
+        Results do not change (see LLM); a benchmark of prompt processing needs it."""
         self._turns.take()
         try:
-            return np.array(self._prefill(list(ids)), dtype=np.float32)
+            self._cached = []
+        finally:
+            self._turns.give_back()
+
+    def logits(self, ids) -> np.ndarray:
+        """Logits (float32, vocab) after the last of `ids`. The part of `ids` that the KV
+        cache already holds is not processed again (see LLM); self.stats says how much."""
+        ids = self._checked_ids(ids)
+        stats = GenerationStats(prompt_tokens=ids)
+        self._turns.take()
+        try:
+            self.stats = stats
+            t0 = time.perf_counter()
+            out = np.array(self._prefill(ids, stats), dtype=np.float32)
+            stats.prompt_seconds = time.perf_counter() - t0
+            return out
         finally:
             self._turns.give_back()
 
     # --- generation -------------------------------------------------------------------
     def generate_ids(self, prompt_ids, max_tokens=128, params: SamplingParams | None = None,
                      stop_at_eog=True):
-        """Yield generated token ids; statistics land in self.stats. The generation holds
-        the model from its first token until it is exhausted or closed (see LLM)."""
-        params = params or SamplingParams()
-        sampler = Sampler(params)
-        if max_tokens is None or max_tokens < 0:
-            max_tokens = self.ctx
+        """An iterator of generated token ids; statistics land in self.stats. max_tokens
+        None or negative: until an end-of-generation token or a full context. The
+        arguments are checked here; the generation holds the model from its first token
+        until it is exhausted or closed (see LLM)."""
+        _, run = self.generation(prompt_ids, max_tokens, params, stop_at_eog)
+        return _tokens_of(run)
+
+    def generation(self, prompt_ids, max_tokens=128, params: SamplingParams | None = None,
+                   stop_at_eog=True, each_prompt_logits=None):
+        """The generation under generate_ids() and the completion APIs: checks the
+        arguments now and returns (stats, run), run an iterator of (token, logits) where
+        logits (float32, vocab) are those the token was drawn from, valid until the next
+        token is asked for. each_prompt_logits: see _prefill (for the prompt's logprobs)."""
+        ids = self._checked_ids(prompt_ids)
+        sampler = Sampler(params or SamplingParams())   # validates the parameters
+        stats = GenerationStats(prompt_tokens=ids)
+        limit = self.ctx if _checked_max_tokens(max_tokens) is None else max_tokens
+        return stats, self._run(ids, limit, sampler, stop_at_eog, stats, each_prompt_logits)
+
+    def _run(self, prompt_ids, max_tokens, sampler, stop_at_eog, stats, each_prompt_logits):
         self._turns.take()
         try:
-            yield from self._generate_ids(prompt_ids, max_tokens, sampler, stop_at_eog)
+            self.stats = stats
+            t0 = time.perf_counter()
+            logits = self._prefill(prompt_ids, stats, each_prompt_logits)
+            stats.prompt_seconds = time.perf_counter() - t0
+            history = list(prompt_ids)
+            t1 = time.perf_counter()
+            pos = len(history)
+            while True:
+                if stats.n_gen >= max_tokens:
+                    stats.stop_reason = "length"
+                    break
+                tok = sampler(logits, history)
+                if stop_at_eog and tok in self.tokenizer.eog_ids:
+                    stats.stop_reason = "eos"
+                    break
+                stats.tokens.append(tok)
+                history.append(tok)
+                yield tok, logits
+                self._turns.resumed()
+                if stats.n_gen >= max_tokens:
+                    stats.stop_reason = "length"
+                    break
+                if pos >= self.ctx:
+                    stats.stop_reason = "context"
+                    break
+                logits = self._forward([tok], pos)
+                pos += 1
+                stats.decode_seconds = time.perf_counter() - t1
         finally:
             self._turns.give_back()
-
-    def _generate_ids(self, prompt_ids, max_tokens, sampler, stop_at_eog):
-        stats = self.stats = GenerationStats(prompt_tokens=list(prompt_ids))
-        t0 = time.perf_counter()
-        logits = self._prefill(stats.prompt_tokens)
-        history = list(prompt_ids)
-        stats.prompt_seconds = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        pos = len(history)
-        while True:
-            if stats.n_gen >= max_tokens:
-                stats.stop_reason = "length"
-                break
-            tok = sampler(logits, history)
-            if stop_at_eog and tok in self.tokenizer.eog_ids:
-                stats.stop_reason = "eos"
-                break
-            stats.tokens.append(tok)
-            history.append(tok)
-            yield tok
-            self._turns.resumed()
-            if stats.n_gen >= max_tokens:
-                stats.stop_reason = "length"
-                break
-            if pos >= self.ctx:
-                stats.stop_reason = "context"
-                break
-            logits = self._forward([tok], pos)
-            pos += 1
-            stats.decode_seconds = time.perf_counter() - t1
 
     def prompt_ids(self, prompt: str, chat=False, system=None) -> list:
         """Token ids of a prompt, BOS included where the model wants it; with chat, the
         prompt as a user turn of the model's chat template plus the generation prompt."""
+        if not isinstance(prompt, str):
+            raise UsageError(f"the prompt must be a string, not {type(prompt).__name__}")
         if not prompt:
             raise UsageError("empty prompt: give some text to continue")
-        self._check_could_fit(prompt)
+        self.check_could_fit(prompt)
         if chat:
             from numatp.chat import chat_prompt
             prompt = chat_prompt(self.tokenizer, prompt, system=system)
-            self._check_could_fit(prompt)
+            self.check_could_fit(prompt)
         return self.tokenizer.encode(prompt, add_special=True)
 
-    def _check_could_fit(self, text):
+    def check_could_fit(self, text):
         """Refuse a text that could never fit the context before tokenizing it: a 51 MB
         prompt took 75 s and 4.9 GB to tokenize only to be refused for its length."""
         need = self.tokenizer.min_tokens(text)
         if need > self.ctx:
-            raise NumatpError(f"prompt of {len(text):,} characters does not fit the context of "
-                              f"{self.ctx} tokens: it takes at least {need:,} tokens "
-                              "(raise -c/--ctx-size)")
+            raise ContextError(f"prompt of {len(text):,} characters does not fit the context of "
+                               f"{self.ctx} tokens: it takes at least {need:,} tokens "
+                               "(raise -c/--ctx-size)")
 
     def stream_decoder(self):
         """Turns generated ids into text pieces of complete UTF-8 characters. The reply
@@ -296,19 +396,29 @@ class LLM:
 
     def generate(self, prompt: str, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95,
                  min_p=0.05, repeat_penalty=1.0, repeat_last_n=64, seed=None, chat=False,
-                 system=None):
-        """Stream the generated text, in pieces of complete UTF-8 characters."""
-        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
-        params.validate()
+                 system=None, stop=None):
+        """Stream the generated text, in pieces of complete UTF-8 characters. stop: a string
+        or a list of strings; the text ends before the first of them that appears
+        (stats.stop_reason "stop"), even one split over several tokens. The arguments are
+        checked at this call; see generate_ids for max_tokens and the model's turns."""
+        params = SamplingParams(temperature, top_k, top_p, min_p, repeat_penalty,
+                                repeat_last_n, seed).validate()
+        stops = checked_stops(stop)
         ids = self.prompt_ids(prompt, chat=chat, system=system)
-        decoder = self.stream_decoder()
-        for tok in self.generate_ids(ids, max_tokens, params):
-            piece = decoder.feed(tok)
-            if piece:
-                yield piece
-        rest = decoder.flush()
-        if rest:
-            yield rest
+        stats, run = self.generation(ids, max_tokens, params)
+        return text_pieces(run, TextStream(self.tokenizer, stops), stats)
+
+    def create_completion(self, prompt, **options):
+        """An OpenAI-shaped text completion (a dict, or with stream=True an iterator of
+        chunks); see numatp.completions.create_completion for the options."""
+        from numatp.completions import create_completion
+        return create_completion(self, prompt, **options)
+
+    def create_chat_completion(self, messages, **options):
+        """An OpenAI-shaped chat completion (a dict, or with stream=True an iterator of
+        chunks); see numatp.completions.create_chat_completion for the options."""
+        from numatp.completions import create_chat_completion
+        return create_chat_completion(self, messages, **options)
 
     def close(self):
         """Stop the model's workers and free its memory. A generation still open fails at
@@ -332,6 +442,43 @@ class LLM:
             self.close()
         except Exception:
             pass
+
+
+def _tokens_of(run):
+    with closing(run):
+        for tok, _ in run:
+            yield tok
+
+
+def _checked_max_tokens(max_tokens):
+    """max_tokens as given, or None for no limit (None or negative)."""
+    if max_tokens is None:
+        return None
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise UsageError(f"invalid max_tokens {max_tokens!r}: give a whole number "
+                         "(None or -1: no limit)")
+    return None if max_tokens < 0 else max_tokens
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(differ[0]) if differ.size else n
+
+
+def _chunks(start, end):
+    """(first, last + 1) of the forward passes over positions start..end-1: up to
+    PREFILL_CHUNK tokens each, and a lone token only where there is just one (a one-token
+    pass takes the one-token kernels: see LLM)."""
+    pos = start
+    while pos < end:
+        size = min(PREFILL_CHUNK, end - pos)
+        if end - pos - size == 1 and size > 1:
+            size -= 1
+        yield pos, pos + size
+        pos += size
 
 
 def weight_bytes_per_token(gguf, cfg) -> int:

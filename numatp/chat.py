@@ -25,7 +25,7 @@ import jinja2
 import jinja2.ext
 
 from numatp.bounded_jinja import BoundedEnvironment, BudgetExceeded
-from numatp.errors import NumatpError
+from numatp.errors import NumatpError, UsageError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -118,6 +118,43 @@ def chat_prompt(tokenizer, user_text, system=None, history=()) -> str:
         messages.append({"role": "system", "content": system})
     messages.extend(history)
     messages.append({"role": "user", "content": user_text})
+    return messages_prompt(tokenizer, messages)
+
+
+def messages_prompt(tokenizer, messages) -> str:
+    """The prompt for a conversation, ending where the assistant's next reply begins."""
     return render_chat(tokenizer.chat_template, messages, add_generation_prompt=True,
                        bos_token=special_token_text(tokenizer, tokenizer.bos_id),
                        eos_token=special_token_text(tokenizer, tokenizer.eos_id))
+
+
+def template_stops(tokenizer) -> tuple:
+    """Stop strings a reply needs beyond the model's end-of-generation tokens: with the
+    ChatML fallback, the model may not have <|im_end|> as a token and write it as text."""
+    return () if tokenizer.chat_template else ("<|im_end|>",)
+
+
+def checked_messages(messages) -> list:
+    """OpenAI-style messages as the templates take them: dicts with a "role" string and
+    a "content" string (None is empty; a list of {"type": "text", "text": ...} parts is
+    joined). Other keys pass through to the template."""
+    if isinstance(messages, (str, dict)) or not isinstance(messages, (list, tuple)) or not messages:
+        raise UsageError("messages must be a non-empty list of {\"role\": ..., \"content\": ...}")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise UsageError(f"messages[{i}] is not a message: it needs a \"role\" string")
+        content = message.get("content")
+        if isinstance(content, (list, tuple)):
+            if not all(isinstance(part, dict) and part.get("type") == "text"
+                       and isinstance(part.get("text"), str) for part in content):
+                raise UsageError(f"messages[{i}]: only text content parts "
+                                 "({\"type\": \"text\", \"text\": ...}) are supported")
+            content = "".join(part["text"] for part in content)
+        elif content is None:
+            content = ""
+        elif not isinstance(content, str):
+            raise UsageError(f"messages[{i}]: content must be a string, not "
+                             f"{type(content).__name__}")
+        checked.append({**message, "content": content})
+    return checked

@@ -13,6 +13,10 @@ class UsageError(NumatpError):
     exit_code = 2
 
 
+class ContextError(NumatpError):
+    """A prompt, or a conversation so far, that does not fit the model's context."""
+
+
 class ModelFileError(NumatpError):
     """A model file that is missing, unreadable, corrupt or unsupported."""
 

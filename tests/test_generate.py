@@ -37,6 +37,19 @@ def test_stories_json_contract():
     assert STORY.startswith(out["text"])
 
 
+def test_stop_strings_cli():
+    r = run_cli("generate", "Once upon a time", "-m", str(STORIES), "-n", "30", "--temp", "0",
+                "--stop", "nowhere", "--stop", "Lily", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["text"] == ", there was a little girl named " and out["stop_reason"] == "stop"
+    # llama.cpp's spelling; " gi" begins in one token ("▁g") and ends in the next ("ir").
+    r = run_cli("generate", "Once upon a time", "-m", str(STORIES), "-n", "30", "--temp", "0",
+                "-r", " gi")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ", there was a little\n"
+
+
 def test_prompt_from_stdin_and_file(tmp_path):
     r = run_cli("generate", "-m", str(STORIES), "-n", "6", "--temp", "0", stdin="Once upon a time")
     assert r.returncode == 0 and r.stdout.startswith(", there was")

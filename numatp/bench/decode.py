@@ -140,6 +140,7 @@ def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
 
     def once():
         if test.kind == "pp":
+            llm.reset()   # else the prompt would be found in the cache, all but 2 tokens
             drain(llm.generate_ids(tokens, 0, greedy, stop_at_eog=False))
             return llm.stats.prompt_tps
         drain(llm.generate_ids(tokens[:1], test.n + 1, greedy, stop_at_eog=False))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from numatp.cli.app import bench_app
-from numatp.cli.generate import HF_REPO_HELP
+from numatp.cli.options import HF_REPO_HELP
 from numatp.errors import UsageError
 
 FORMATS = ("md", "csv", "json")

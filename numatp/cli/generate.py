@@ -6,21 +6,11 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
+from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, NODES, REPEAT_LAST_N, REPEAT_PENALTY,
+                                SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, OptionalInt,
+                                OptionalStr, StrList, announce, model_option,
+                                sampling_params)
 from numatp.errors import UsageError
-
-
-HF_REPO_HELP = ("A model on the Hugging Face Hub, as llama.cpp's -hf: OWNER/REPO[:QUANT] "
-                "(default quant Q4_K_M, else Q8_0, else the first GGUF file).")
-
-
-def model_option(model, hf_repo):
-    """The model -m or -hf names (-hf OWNER/REPO[:QUANT] is hf://OWNER/REPO[:QUANT])."""
-    from numatp.hub import repo_ref
-    if hf_repo is None:
-        return model
-    if model is not None:
-        raise UsageError("give the model once: with -m or with -hf")
-    return repo_ref(hf_repo)
 
 
 # More than any context numatp can hold: the longest contexts of supported models are
@@ -30,19 +20,19 @@ MAX_PROMPT_BYTES = 256 << 20
 
 
 def read_prompt(prompt, prompt_opt, file) -> str:
-    given = [_text(p, what) for p, what in ((prompt, "the prompt argument"),
+    given = [as_text(p, what) for p, what in ((prompt, "the prompt argument"),
                                             (prompt_opt, "the -p prompt")) if p is not None]
     if file is not None:
         try:
             with open(file, "rb") as f:
-                given.append(_text(f.read(MAX_PROMPT_BYTES + 1), f"prompt file {file}"))
+                given.append(as_text(f.read(MAX_PROMPT_BYTES + 1), f"prompt file {file}"))
         except OSError as e:
             raise UsageError(f"cannot read prompt file {file}: {e.strerror}") from None
     if len(given) > 1:
         raise UsageError("give the prompt once: as an argument, with -p, or with -f")
     if not given and not sys.stdin.isatty():
         stdin = getattr(sys.stdin, "buffer", sys.stdin)   # bytes, unless replaced by text
-        given.append(_text(stdin.read(MAX_PROMPT_BYTES + 1), "standard input"))
+        given.append(as_text(stdin.read(MAX_PROMPT_BYTES + 1), "standard input"))
     if not given:
         raise UsageError("no prompt: give one as an argument, with -p/-f, or on stdin")
     if not given[0]:
@@ -50,7 +40,7 @@ def read_prompt(prompt, prompt_opt, file) -> str:
     return given[0]
 
 
-def _text(data, what) -> str:
+def as_text(data, what) -> str:
     """`data` (bytes read, or a str argument) as text, or one line saying what is wrong.
     Command-line arguments arrive with undecodable bytes as lone surrogates."""
     if len(data) > MAX_PROMPT_BYTES:
@@ -71,22 +61,20 @@ def generate(
     prompt: Optional[str] = typer.Argument(None, help="The prompt (or use -p, -f, or stdin)."),
     prompt_opt: Optional[str] = typer.Option(None, "-p", "--prompt", help="The prompt."),
     file: Optional[str] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
-    model: Optional[str] = typer.Option(None, "-m", "--model",
-                                        help="GGUF file, known model name or hf://OWNER/REPO/FILE.gguf "
-                                             "(default: smollm2-135m)."),
-    hf_repo: Optional[str] = typer.Option(None, "-hf", "-hfr", "--hf-repo",
-                                          help=HF_REPO_HELP),
+    model: OptionalStr = MODEL,
+    hf_repo: OptionalStr = HF_REPO,
     n_predict: int = typer.Option(128, "-n", "--n-predict", help="Tokens to generate (-1: until EOS or context full)."),
-    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy."),
-    top_k: int = typer.Option(40, "--top-k"),
-    top_p: float = typer.Option(0.95, "--top-p"),
-    min_p: float = typer.Option(0.05, "--min-p"),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty"),
-    repeat_last_n: int = typer.Option(64, "--repeat-last-n"),
-    seed: int = typer.Option(-1, "-s", "--seed", help="RNG seed (-1: random)."),
-    ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: the model's, at most 4096)."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Total threads (default: all CPUs of the nodes)."),
-    nodes: str = typer.Option("auto", "--nodes", help="auto, a count N (virtual nodes if the machine has fewer), or a list such as 0,1."),
+    temp: float = TEMP,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    min_p: float = MIN_P,
+    repeat_penalty: float = REPEAT_PENALTY,
+    repeat_last_n: int = REPEAT_LAST_N,
+    seed: int = SEED,
+    ctx_size: int = CTX_SIZE,
+    threads: OptionalInt = THREADS,
+    nodes: str = NODES,
+    stop: StrList = STOP,
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
@@ -95,7 +83,7 @@ def generate(
 ):
     """Generate text from a prompt."""
     import numatp
-    from numatp.sampling import SamplingParams
+    from numatp.text_stream import TextStream, checked_stops, text_pieces
 
     model = model_option(model, hf_repo)
     text = read_prompt(prompt, prompt_opt, file)
@@ -106,12 +94,12 @@ def generate(
     if system is not None and not chat:
         raise UsageError("--system needs --chat")
     if system is not None:
-        _text(system, "--system")
-    params = SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-                            None if seed == -1 else seed).validate()
+        as_text(system, "--system")
+    stops = checked_stops([as_text(s, "--stop") for s in stop or ()])
+    params = sampling_params(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
+                     announce=announce) as llm:
         # First, so that a prompt or chat template that fails does so in one line.
         if chat and llm.tokenizer.chat_template is None:
             print("numatp: warning: the model has no chat template; --chat uses ChatML, "
@@ -123,20 +111,16 @@ def generate(
         # tok/s reported below.
         llm.warm_up()
         out = []
-        decoder = llm.stream_decoder()
+        stats, run = llm.generation(ids, None if n_predict == -1 else n_predict, params,
+                                    stop_at_eog=not ignore_eos)
         try:
-            for tok in llm.generate_ids(ids, None if n_predict == -1 else n_predict, params,
-                                        stop_at_eog=not ignore_eos):
-                piece = decoder.feed(tok)
+            for piece in text_pieces(run, TextStream(llm.tokenizer, stops), stats):
                 out.append(piece)
-                if piece and not as_json:
+                if not as_json:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
-            rest = decoder.flush()
-            out.append(rest)
             if not as_json:
-                sys.stdout.write(rest + "\n")
-                sys.stdout.flush()
+                sys.stdout.write("\n")
         finally:
             if not as_json:
                 sys.stdout.flush()

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.generate import HF_REPO_HELP, model_option
+from numatp.cli.options import HF_REPO_HELP, model_option
 
 
 def describe(path, n_nodes=1) -> dict:

@@ -11,19 +11,19 @@ everything after a bare "--" is left alone (it is not an option there).
 _INSTEAD = {
     ("-ngl", "--gpu-layers", "--n-gpu-layers"):
         "numatp runs on the CPU; GPU offload is not available yet",
-    ("-cnv", "--conversation"): "use --chat",
+    ("-cnv", "--conversation"): "use `numatp chat` (or generate --chat for one turn)",
     ("-no-cnv", "--no-conversation"):
         "numatp generate continues one prompt and has no conversation mode to turn off; "
         "leave the flag out",
-    ("-sys", "--system-prompt"): "use --system (with --chat)",
+    ("-sys", "--system-prompt"): "use --system (with chat, or generate --chat)",
     ("-hf", "-hfr", "--hf-repo"):
-        "only the commands that load a model take it: generate, info and bench decode",
+        "only the commands that load a model take it: generate, chat, info and bench decode",
     ("--numa",): "numatp always places each worker's memory on its node; see --nodes",
 }
 _BY_FLAG = {flag: text for flags, text in _INSTEAD.items() for flag in flags}
 # Commands that have a flag of their own by the llama.cpp name.
-_OWN = {("generate",): {"-hf", "-hfr", "--hf-repo"}, ("info",): {"-hf", "-hfr", "--hf-repo"},
-        ("bench", "decode"): {"-hf", "-hfr", "--hf-repo"}}
+_HF = {"-hf", "-hfr", "--hf-repo"}
+_OWN = {("generate",): _HF, ("chat",): _HF, ("info",): _HF, ("bench", "decode"): _HF}
 
 
 def llamacpp_flag_note(args) -> str | None:
