@@ -114,42 +114,17 @@ def _take_terminal():
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
-def test_terminal_closed():
-    """numatp's terminal goes away (the window or ssh session closed): the kernel sends
-    SIGHUP to numatp, the session leader here, and every later write to the terminal
-    fails. It ends as for a SIGTERM, with its own exit code."""
+def _hang_up_mid_generation(controlling):
+    """Run LONG_RUN with its output on a terminal and close that terminal once text
+    streams: (process, its workers, its stderr). controlling: the terminal is numatp's
+    controlling terminal (stderr goes there too, lost), else stderr is kept."""
     master, slave = pty.openpty()
+    if controlling:
+        streams = dict(stdin=slave, stdout=slave, stderr=slave, preexec_fn=_take_terminal)
+    else:
+        streams = dict(stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
     proc = subprocess.Popen([sys.executable, "-m", "numatp", *map(str, LONG_RUN)],
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                            preexec_fn=_take_terminal)
-    os.close(slave)
-    try:
-        shown = b""
-        while b"Lily" not in shown:  # generating
-            shown += os.read(master, 4096)
-        workers = workers_of(proc, 2)
-        os.close(master)
-        master = None
-        proc.wait(EXIT_S)
-    finally:
-        if master is not None:
-            os.close(master)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(EXIT_S)
-    assert proc.returncode == 129
-    assert_nothing_left(proc, workers)
-
-
-def test_terminal_hung_up_before_its_sighup():
-    """The kernel makes writes to a hung-up terminal fail (EIO) before it sends SIGHUP,
-    so numatp can learn of the hang-up from a failed write first. A terminal that is not
-    the controlling one gets hung up with no SIGHUP at all, which makes that order
-    certain: it ends as for the SIGHUP (it used to end as a write error, exit 1)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "numatp", *map(str, LONG_RUN)],
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, **streams)
     os.close(slave)
     try:
         shown = b""
@@ -165,7 +140,25 @@ def test_terminal_hung_up_before_its_sighup():
         if proc.poll() is None:
             proc.kill()
             proc.wait(EXIT_S)
-    _check_end("sighup", proc.returncode, err.decode())
+    return proc, workers, (err or b"").decode()
+
+
+def test_terminal_closed():
+    """numatp's terminal goes away (the window or ssh session closed): the kernel sends
+    SIGHUP to numatp, the session leader here, and every later write to the terminal
+    fails. It ends as for a SIGTERM, with its own exit code."""
+    proc, workers, _ = _hang_up_mid_generation(controlling=True)
+    assert proc.returncode == 129
+    assert_nothing_left(proc, workers)
+
+
+def test_terminal_hung_up_before_its_sighup():
+    """The kernel makes writes to a hung-up terminal fail (EIO) before it sends SIGHUP,
+    so numatp can learn of the hang-up from a failed write first. A terminal that is not
+    the controlling one gets hung up with no SIGHUP at all, which makes that order
+    certain: it ends as for the SIGHUP (it used to end as a write error, exit 1)."""
+    proc, workers, err = _hang_up_mid_generation(controlling=False)
+    _check_end("sighup", proc.returncode, err)
     assert_nothing_left(proc, workers)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tools"))
 
 # ids of the synthetic vocabulary
 PROMPT = [5, 77, 300, 12, 9, 100, 44, 201, 17, 3, 250, 8, 61, 140, 399, 26, 7, 330, 92, 18]
@@ -28,6 +29,7 @@ def main(out=REPO / "tests" / "data" / "llamacpp_moe.npz"):
     import llama_cpp
     from llama_cpp import Llama
 
+    from llamacpp_reference import greedy
     from models import MOE_MODELS, moe_model
 
     data = {"llama_cpp_python": np.array(llama_cpp.__version__), "prompt": np.array(PROMPT)}
@@ -38,13 +40,7 @@ def main(out=REPO / "tests" / "data" / "llamacpp_moe.npz"):
                         verbose=False)
             llm.eval(PROMPT)
             logits = np.array(llm.scores[:len(PROMPT)], dtype=np.float32)
-            last, tokens, gaps = logits[-1], [], []
-            for _ in range(CONTINUE):
-                top2 = np.sort(last)[-2:]
-                tokens.append(int(np.argmax(last)))
-                gaps.append(float(top2[1] - top2[0]))
-                llm.eval([tokens[-1]])
-                last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            tokens, gaps = greedy(llm, logits[-1], CONTINUE)
             data[f"{name}/sha256"] = np.array(hashlib.sha256(path.read_bytes()).hexdigest())
             data[f"{name}/logits"] = logits
             data[f"{name}/greedy"] = np.array(tokens, np.int64)

@@ -27,6 +27,19 @@ CASES = {  # name: (prompt, chat, tokens to continue)
 }
 
 
+def greedy(llm, logits, n):
+    """llama.cpp's next n greedy tokens after the logits of what it has evaluated, and the
+    gap between its two best logits at each step."""
+    tokens, gaps = [], []
+    for _ in range(n):
+        top2 = np.sort(logits)[-2:]
+        tokens.append(int(np.argmax(logits)))
+        gaps.append(float(top2[1] - top2[0]))
+        llm.eval([tokens[-1]])
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+    return tokens, gaps
+
+
 def main(out=REPO / "tests" / "data" / "llamacpp_smollm2.npz"):
     import llama_cpp
     from llama_cpp import Llama
@@ -46,13 +59,7 @@ def main(out=REPO / "tests" / "data" / "llamacpp_smollm2.npz"):
         llm.reset()
         llm.eval(ids)
         first = np.array(llm.scores[len(ids) - 1], dtype=np.float32)
-        tokens, gaps, logits = [], [], first
-        for _ in range(n):
-            top2 = np.sort(logits)[-2:]
-            tokens.append(int(np.argmax(logits)))
-            gaps.append(float(top2[1] - top2[0]))
-            llm.eval([tokens[-1]])
-            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        tokens, gaps = greedy(llm, first, n)
         data[f"{name}_ids"] = np.array(ids, np.int64)
         data[f"{name}_logits"] = first
         data[f"{name}_greedy"] = np.array(tokens, np.int64)
