@@ -1,5 +1,6 @@
 """Tensor parallelism: N worker processes give the same greedy tokens as one shard, and
-logits within float32 round-off of the single-shard logits.
+logits within float32 round-off of the single-shard logits (on synthetic models; a real
+model's outliers amplify the round-off: see test_smollm2_tp_agrees_with_one_node).
 
 Why round-off and not bit equality: with N ranks, attn_output and ffn_down are summed as N
 partial sums (each over a rank's columns) and then added, instead of one running sum, so
@@ -65,17 +66,38 @@ def test_stories_tp_greedy_matches(nodes):
     assert greedy_text(STORIES, nodes, "Once upon a time", 30) == one
 
 
+# A real model is not a synthetic one: its activations have outliers, so a group of 32
+# can have a scale in the hundreds, and the round-off above, flipping one int8 rounding,
+# moves a value by a whole step of that scale. The logits of 1 and N nodes on SmolLM2
+# then differ by up to 0.9 (measured, 2-4 nodes), as numatp's and llama.cpp's do, for the
+# same reason (tests/test_llamacpp_agreement.py). So the bounds are those of that test:
+# KL(one node || N nodes) after each greedy step, and teacher-forced greedy tokens equal
+# away from near ties. Measured: KL at most 0.0122 (3 nodes, at a step whose top two
+# logits are 0.29 apart), greedy equal at every step whose gap is above the margin.
+SMOLLM2_MAX_KL = 0.02
+SMOLLM2_MARGIN = 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("nodes", [2, 3, 4])
-def test_smollm2_tp_greedy_matches(nodes):
+def test_smollm2_tp_agrees_with_one_node(nodes):
+    from test_llamacpp_agreement import kl
+    from numatp.sampling import SamplingParams
     path = smollm2()
     with numatp.load(path, nodes=1) as llm:
         ids = llm.prompt_ids("The capital of France is")
-        from numatp.sampling import SamplingParams
         one = list(llm.generate_ids(ids, 12, SamplingParams(temperature=0), stop_at_eog=False))
+        alone = [np.array(llm.logits(ids + one[:i])) for i in range(len(one))]
     with numatp.load(path, nodes=nodes) as llm:
-        many = list(llm.generate_ids(ids, 12, SamplingParams(temperature=0), stop_at_eog=False))
-    assert many == one
+        split = [np.array(llm.logits(ids + one[:i])) for i in range(len(one))]
+    checked = 0
+    for i, (a, b) in enumerate(zip(alone, split)):
+        assert kl(a, b) <= SMOLLM2_MAX_KL, f"step {i}"
+        top2 = np.sort(a)[-2:]
+        if top2[1] - top2[0] >= SMOLLM2_MARGIN:
+            assert int(np.argmax(b)) == one[i], f"step {i}"
+            checked += 1
+    assert checked >= len(one) // 2
 
 
 def test_copying_a_shard_releases_the_file_pages_but_not_their_bytes():
