@@ -87,6 +87,10 @@ def generate(
     ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size (0: the model's, at most 4096)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Total threads (default: all CPUs of the nodes)."),
     nodes: str = typer.Option("auto", "--nodes", help="auto, a count N (virtual nodes if the machine has fewer), or a list such as 0,1."),
+    moe_split: str = typer.Option("rows", "--moe-split",
+                                  help="Mixture-of-Experts models over several nodes: rows (a "
+                                       "slice of every expert per node) or experts (whole "
+                                       "experts per node)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
@@ -111,7 +115,8 @@ def generate(
                             None if seed == -1 else seed).validate()
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr)) as llm:
+                     announce=lambda msg: print(f"numatp: {msg}", file=sys.stderr),
+                     moe_split=moe_split) as llm:
         # First, so that a prompt or chat template that fails does so in one line.
         if chat and llm.tokenizer.chat_template is None:
             print("numatp: warning: the model has no chat template; --chat uses ChatML, "
