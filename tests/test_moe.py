@@ -84,13 +84,14 @@ def test_matches_llamacpp(tmp_path, llamacpp, name):
 @pytest.fixture(scope="module")
 def tp_models(tmp_path_factory):
     """Experts 128 rows long (4 Q8_0 blocks), so that 2-4 ranks each hold rows of every
-    expert; qwen2moe's shared expert likewise."""
+    expert; qwen2moe's shared expert likewise. Heads of 32, so that each rank's columns of
+    attn_output are whole int8 rounding groups (see tests/test_tp.py)."""
     d = tmp_path_factory.mktemp("moe_tp")
-    small = dict(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, n_experts=8, n_experts_used=2,
-                 qtype="Q8_0", seed=7)
+    small = dict(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32, n_experts=8,
+                 n_experts_used=2, qtype="Q8_0", seed=7)
     return {
         "qwen3moe": synth.write_model(d / "qwen3moe.gguf", arch="qwen3moe", ffn=64,
-                                      expert_ffn=128, head_dim=32, **small),
+                                      expert_ffn=128, **small),
         "qwen2moe": synth.write_model(d / "qwen2moe.gguf", arch="qwen2moe", ffn=64,
                                       expert_ffn=128, shared_ffn=128, **small),
         "mixtral": synth.write_model(d / "mixtral.gguf", arch="llama", ffn=128, **small),
