@@ -131,7 +131,8 @@ class LLM:
     next. Arguments are checked when a generation is created: a bad one raises there,
     not at the first next()."""
 
-    def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None):
+    def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
+                 moe_split="rows"):
         from numatp.registry import resolve_model
         from numatp.tokenizer import Tokenizer
         self.path = str(resolve_model(path))
@@ -148,6 +149,10 @@ class LLM:
         if not isinstance(ctx_size, int) or ctx_size < 1:
             raise UsageError(f"invalid context size {ctx_size!r}: must be a positive integer")
         self.ctx = ctx_size
+        from numatp.parallel.plan import MOE_SPLITS
+        if moe_split not in MOE_SPLITS:
+            raise UsageError(f"invalid MoE split {moe_split!r} (one of: {', '.join(MOE_SPLITS)})")
+        self.moe_split = moe_split
         check_kv_fits(self.config, ctx_size)
         self._embd = self.gguf.tensors[TOKEN_EMBD.name]
         self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
@@ -191,7 +196,7 @@ class LLM:
         from numatp.parallel.coordinator import ProcessGroupModel
         self.nodes = len(placement)
         return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement,
-                                 max_tokens=PREFILL_CHUNK)
+                                 max_tokens=PREFILL_CHUNK, moe_split=self.moe_split)
 
     # --- the pieces -------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list:
@@ -499,7 +504,11 @@ def check_kv_fits(cfg, ctx):
                           f"than this machine's {total / 2**30:.1f} GiB of memory (lower -c/--ctx-size)")
 
 
-def load(path=None, nodes="auto", threads=None, ctx_size=None, announce=None) -> LLM:
+def load(path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
+         moe_split="rows") -> LLM:
     """announce(message): called with a one-line notice when loading will compile the
-    kernels (the first run of a numatp version), before it starts."""
-    return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size, announce=announce)
+    kernels (the first run of a numatp version), before it starts. moe_split: how a
+    Mixture-of-Experts model's experts are placed on the nodes, "rows" (a slice of every
+    expert on each node) or "experts" (whole experts per node)."""
+    return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size, announce=announce,
+               moe_split=moe_split)

@@ -176,7 +176,7 @@ def bad_files(model, d):
         ("tensor offset", c("offset.gguf", ("offset of output_norm.weight", 2**60)),
          ["output_norm.weight", "outside the file"]),
         ("architecture", c("arch.gguf", (arch_at, b"falco")),
-         ["unsupported architecture 'falco'", "supported: llama, qwen2, qwen3"]),
+         ["unsupported architecture 'falco'", "supported: llama, qwen2, qwen2moe, qwen3, qwen3moe"]),
         ("quant type", c("q81.gguf", ("type of blk.0.attn_q.weight", int(gguf.GGMLQuantizationType.Q8_1))),
          ["blk.0.attn_q.weight", "Q8_1", "cannot run", "supported: F32,"]),
         ("type code", c("type99.gguf", ("type of blk.0.attn_q.weight", 99)), ["unknown type 99"]),

@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, NODES, REPEAT_LAST_N,
+from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES, REPEAT_LAST_N,
                                 REPEAT_PENALTY, SEED, STOP, TEMP, THREADS, TOP_K, TOP_P,
                                 OptionalInt, OptionalStr, StrList, announce, model_option,
                                 sampling_params)
@@ -45,6 +45,7 @@ def chat(
     ctx_size: int = CTX_SIZE,
     threads: OptionalInt = THREADS,
     nodes: str = NODES,
+    moe_split: str = MOE_SPLIT,
     stop: StrList = STOP,
 ):
     """Chat with the model in turns: /clear forgets the conversation, /exit or Ctrl-D
@@ -75,7 +76,7 @@ def chat(
             pass
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=announce) as llm:
+                     announce=announce, moe_split=moe_split) as llm:
         if llm.tokenizer.chat_template is None:
             say("warning: the model has no chat template; chat uses ChatML, which it may not "
                 "have been trained on")

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, NODES, REPEAT_LAST_N, REPEAT_PENALTY,
+from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES, REPEAT_LAST_N, REPEAT_PENALTY,
                                 SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, OptionalInt,
                                 OptionalStr, StrList, announce, model_option,
                                 sampling_params)
@@ -74,6 +74,7 @@ def generate(
     ctx_size: int = CTX_SIZE,
     threads: OptionalInt = THREADS,
     nodes: str = NODES,
+    moe_split: str = MOE_SPLIT,
     stop: StrList = STOP,
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
@@ -99,7 +100,7 @@ def generate(
     params = sampling_params(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=announce) as llm:
+                     announce=announce, moe_split=moe_split) as llm:
         # First, so that a prompt or chat template that fails does so in one line.
         if chat and llm.tokenizer.chat_template is None:
             print("numatp: warning: the model has no chat template; --chat uses ChatML, "

@@ -17,8 +17,7 @@ def describe(path, n_nodes=1) -> dict:
     from numatp.errors import ModelFileError
     from numatp.model.config import from_gguf
     from numatp.model.gguf_file import GGUFFile
-    from numatp.parallel.plan import make_plan
-    from numatp.parallel.shard import ffn_unit, shard_bytes
+    from numatp.parallel.shard import shard_bytes, shard_plan
 
     g = GGUFFile(path)
     contents = file_contents(g)
@@ -29,15 +28,20 @@ def describe(path, n_nodes=1) -> dict:
         # numatp cannot run it (unsupported architecture or type, experts, ...).
         reason = str(e).removeprefix(f"{g.path}: ")
         return {**contents, "cannot_run": reason}
-    plan = make_plan(cfg, n_nodes, ffn_unit(g, cfg))
+    plan = shard_plan(g, cfg, n_nodes)
     return {
         **contents, "cannot_run": None, "architecture": cfg.arch.name,
         "layers": cfg.n_layers, "hidden": cfg.hidden, "heads": cfg.n_heads,
         "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "ffn": cfg.ffn, "vocab": cfg.vocab,
         "context_length": cfg.ctx_train, "rope_base": cfg.rope_base, "tied_output": cfg.tied_output,
         "bytes_per_token": weight_bytes_per_token(g, cfg),
+        "experts": cfg.n_experts, "experts_used": cfg.n_experts_used,
+        "expert_ffn": cfg.expert_ffn,
         "shards": [{"rank": s.rank, "q_heads": list(s.q_heads), "kv_heads": list(s.kv_heads),
-                    "ffn": list(s.ffn), "vocab": list(s.vocab), "bytes": shard_bytes(g, cfg, s)}
+                    "ffn": list(s.ffn), "vocab": list(s.vocab),
+                    **({"experts": list(s.experts), "expert_ffn": list(s.expert_ffn)}
+                       if cfg.n_experts else {}),
+                    "bytes": shard_bytes(g, cfg, s)}
                    for s in plan],
     }
 
@@ -111,9 +115,18 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
     if d["cannot_run"] is not None:
         print(f"  numatp cannot run this file: {d['cannot_run']}")
         return
-    print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
+    if d["experts"]:
+        print(f"  experts: {d['experts']} per layer, {d['experts_used']} used per token, "
+              f"expert ffn {d['expert_ffn']}")
+        print(f"  bytes read per generated token: {mb(d['bytes_per_token'])} (the "
+              f"{d['experts_used']} active experts of {d['experts']} only)")
+    else:
+        print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}:")
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "
               f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, ffn {s['ffn'][0]}:{s['ffn'][1]}, "
-              f"vocab {s['vocab'][0]}:{s['vocab'][1]}, {mb(s['bytes'])}")
+              f"vocab {s['vocab'][0]}:{s['vocab'][1]}"
+              + (f", experts {s['experts'][0]}:{s['experts'][1]} rows "
+                 f"{s['expert_ffn'][0]}:{s['expert_ffn'][1]}" if "experts" in s else "")
+              + f", {mb(s['bytes'])}")

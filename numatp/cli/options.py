@@ -13,6 +13,9 @@ MODEL = typer.Option(None, "-m", "--model",
 HF_REPO_HELP = ("A model on the Hugging Face Hub, as llama.cpp's -hf: OWNER/REPO[:QUANT] "
                 "(default quant Q4_K_M, else Q8_0, else the first GGUF file).")
 HF_REPO = typer.Option(None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP)
+MOE_SPLIT = typer.Option("rows", "--moe-split",
+                         help="Mixture-of-Experts models over several nodes: rows (a slice of "
+                              "every expert per node) or experts (whole experts per node).")
 TEMP = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy.")
 TOP_K = typer.Option(40, "--top-k")
 TOP_P = typer.Option(0.95, "--top-p")

@@ -25,7 +25,7 @@ and returns 0, or the reduce's non-zero status.
 Only the steps are cache=True: a cached caller linking a callee that was itself loaded
 from the cache crashed.
 """
-from numatp.forward import dense
+from numatp.forward import dense, moe
 from numatp.forward.blocks import rope_tables  # noqa: F401
 
-STEPS = {"dense": dense.step}
+STEPS = {"dense": dense.step, "moe": moe.step}

@@ -40,7 +40,7 @@ def vector(arena, index, e):
 
 
 @njit
-def _matrix(arena, index, e):
+def matrix(arena, index, e):
     off = index[e, OFFSET]
     return arena[off:off + index[e, NBYTES]]
 
@@ -48,7 +48,7 @@ def _matrix(arena, index, e):
 @njit
 def matmul(kernels, arena, index, e, X, Y):
     """Y = X @ (the matrix at index row e).T"""
-    linear(kernels, index[e, QTYPE], _matrix(arena, index, e), index[e, ROWS], index[e, COLS],
+    linear(kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS], index[e, COLS],
            X, Y)
 
 
@@ -186,9 +186,9 @@ def attention_work(index, dims, T):
 def _qkv(kernels, arena, index, e, X, q, k, v):
     """The layer's Q, K and V projections of X, in one parallel region."""
     eq, ek, ev = e + WQ, e + WK, e + WV
-    linear3(kernels, index[eq, QTYPE], _matrix(arena, index, eq), index[eq, ROWS],
-            index[ek, QTYPE], _matrix(arena, index, ek), index[ek, ROWS],
-            index[ev, QTYPE], _matrix(arena, index, ev), index[ev, ROWS], index[eq, COLS],
+    linear3(kernels, index[eq, QTYPE], matrix(arena, index, eq), index[eq, ROWS],
+            index[ek, QTYPE], matrix(arena, index, ek), index[ek, ROWS],
+            index[ev, QTYPE], matrix(arena, index, ev), index[ev, ROWS], index[eq, COLS],
             X, q, k, v)
 
 
@@ -298,8 +298,8 @@ def dense_ffn(kernels, arena, index, e, xb, s, work, out):
     gate, up, h = work
     eg, eu, ed = e + W_GATE, e + W_UP, e + W_DOWN
     # h[:, pad:] = silu(gate(X)) * up(X), pad as ffn_down wants its input
-    glu(kernels, index[eg, QTYPE], _matrix(arena, index, eg), index[eu, QTYPE],
-        _matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:], up[s:],
+    glu(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
+        matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:], up[s:],
         h[s:], index[ed, PAD])
     matmul(kernels, arena, index, ed, h[s:], out[s:])
 

@@ -8,7 +8,10 @@ OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
 INDEX_COLS = 6
 
 # Fields of the int64 dims vector: the model's sizes, and the heads, FFN rows and
-# vocabulary rows of this shard (q0/kv0: its first query and KV head).
+# vocabulary rows of this shard (q0/kv0: its first query and KV head); for experts, how
+# many there are and are chosen per token, the experts [e0, e1) this shard holds, its rows
+# of each, and whether the chosen ones' weights are rescaled to sum to 1.
 (D_LAYERS, D_HIDDEN, D_HEAD_DIM, D_NQ, D_NKV, D_Q0, D_KV0, D_GROUP, D_FFN, D_VOCAB,
- D_ROPE_DIM, D_ROPE_NEOX, D_CTX) = range(13)
-N_DIMS = 13
+ D_ROPE_DIM, D_ROPE_NEOX, D_CTX, D_EXPERTS, D_EXPERTS_USED, D_E0, D_E1, D_EXPERT_FFN,
+ D_EXPERT_NORM) = range(19)
+N_DIMS = 19

@@ -28,6 +28,11 @@ class ModelConfig:
     rope_scale: float          # positions are divided by this (linear scaling)
     rope_freq_factors: object  # per-frequency divisors (llama 3.1 rope_freqs.weight) or None
     tied_output: bool
+    # Mixture of experts (0 for a dense model): experts per layer, chosen per token, and
+    # each expert's FFN length.
+    n_experts: int = 0
+    n_experts_used: int = 0
+    expert_ffn: int = 0
 
     @property
     def group(self) -> int:
@@ -71,18 +76,16 @@ def from_gguf(gguf) -> ModelConfig:
     if not isinstance(arch_name, str):
         raise ModelFileError(f"{gguf.path}: metadata general.architecture is {describe(arch_name)}, "
                              "not a string")
-    # Before the architecture check: MoE files come under their own architecture names
-    # (qwen3moe) or under a dense one (Mixtral is "llama"), and either way the reason
-    # they cannot run is the experts.
-    experts = gguf.metadata.get(arch_name + ".expert_count")
-    if isinstance(experts, int) and not isinstance(experts, bool) and experts > 0:
-        raise ModelFileError(f"{gguf.path}: Mixture-of-Experts (expert_count {experts}) "
-                             "is not supported yet")
+    p = arch_name + "."
+    # MoE files come under their own architecture names (qwen3moe) or under a dense one
+    # (Mixtral is "llama"): the expert count says which declaration applies.
+    experts = 0
+    if p + "expert_count" in gguf.metadata:
+        experts = _meta(gguf, p + "expert_count", int)
     try:
-        arch = get_arch(arch_name)
+        arch = get_arch(arch_name, experts)
     except ModelFileError as e:
         raise ModelFileError(f"{gguf.path}: {e}") from None
-    p = arch_name + "."
     n_layers = _meta(gguf, p + "block_count", int)
     # Each layer has several tensors: a larger count is corrupt, and would have us list
     # the expected tensors of billions of layers.
@@ -117,7 +120,14 @@ def from_gguf(gguf) -> ModelConfig:
     if TOKEN_EMBD.name not in gguf.tensors:
         raise ModelFileError(f"{gguf.path}: missing tensor {TOKEN_EMBD.name}")
     vocab = gguf.tensors[TOKEN_EMBD.name].shape[0]
-    ffn = _meta(gguf, p + "feed_forward_length", int)
+    ffn = _meta(gguf, p + arch.ffn_key, int)
+    used = expert_ffn = 0
+    if arch.experts:
+        used = _meta(gguf, p + "expert_used_count", int)
+        if used > experts:
+            raise ModelFileError(f"{gguf.path}: metadata {p}expert_used_count = {used} is more "
+                                 f"than the {experts} experts")
+        expert_ffn = _meta(gguf, p + arch.expert_ffn_key, int)
     cfg = ModelConfig(
         arch=arch, n_layers=n_layers, hidden=hidden, n_heads=n_heads, n_kv_heads=n_kv,
         head_dim=head_dim, ffn=ffn, vocab=vocab,
@@ -126,6 +136,7 @@ def from_gguf(gguf) -> ModelConfig:
         rope_base=_meta(gguf, p + "rope.freq_base", float, default=10000.0),
         rope_dim=rope_dim, rope_scale=rope_scale, rope_freq_factors=None,
         tied_output=OUTPUT_HEAD.name not in gguf.tensors,
+        n_experts=experts, n_experts_used=used, expert_ffn=expert_ffn,
     )
     check_tensors(gguf, cfg)
     if ROPE_FREQS.name in gguf.tensors:

@@ -37,7 +37,8 @@ class Split:
 
 
 # The parts of the shard plan, each with the config field that holds its total.
-PART_TOTALS = {"q_heads": "n_heads", "kv_heads": "n_kv_heads", "ffn": "ffn", "vocab": "vocab"}
+PART_TOTALS = {"q_heads": "n_heads", "kv_heads": "n_kv_heads", "ffn": "ffn", "vocab": "vocab",
+               "expert_ffn": "expert_ffn", "experts": "n_experts"}
 
 REPLICATED = None                            # every rank holds all of it
 BY_Q_HEAD = Split("q_heads")
@@ -46,6 +47,12 @@ BY_Q_HEAD_COLUMN = Split("q_heads", axis=1)
 BY_FFN_ROW = Split("ffn")
 BY_FFN_COLUMN = Split("ffn", axis=1)
 BY_VOCAB_ROW = Split("vocab")
+# Stacked experts (experts, rows, cols): every expert's FFN rows (gate, up) or columns
+# (down) split like a dense FFN's. A stacked tensor is also cut on its first axis to the
+# experts the shard holds (the plan's "experts" range: all of them unless the plan gives
+# whole experts to each node, --moe-split experts).
+BY_EXPERT_FFN_ROW = Split("expert_ffn", axis=1)
+BY_EXPERT_FFN_COLUMN = Split("expert_ffn", axis=2)
 
 # Who reads a tensor, and how often.
 STEP = "step"   # the step, every token, from each rank's shard
@@ -84,6 +91,14 @@ class Arch:
     tensors: tuple        # of Tensor
     cache: tuple          # of Cache
     rope_neox: bool       # rotate (i, i + d/2) pairs; False: adjacent (2i, 2i+1) pairs
+    # Mixture-of-Experts architectures: a file of this architecture has experts (a
+    # llama-architecture file with expert_count is Mixtral); the metadata keys (after
+    # "<arch>.") of the dense or shared FFN length and of each expert's FFN length; and
+    # whether the chosen experts' router probabilities are rescaled to sum to 1.
+    experts: bool = False
+    ffn_key: str = "feed_forward_length"
+    expert_ffn_key: str | None = None
+    expert_weights_norm: bool = False
 
 
 def dims(shape, cfg, **extra) -> tuple:
@@ -134,6 +149,9 @@ def check_tensors(gguf, cfg):
             raise ModelFileError(f"{gguf.path}: tensor {name} has shape {t.shape}, the metadata "
                                  f"implies {shape}")
         vector = len(shape) == 1
+        if len(shape) == 3 and t.qtype in (formats.F32, formats.F16, formats.BF16):
+            raise ModelFileError(f"{gguf.path}: tensor {name} is {formats.type_name(t.qtype)}; "
+                                 "numatp runs quantized experts only (e.g. Q8_0, Q4_K)")
         if vector and t.qtype != formats.F32:
             raise ModelFileError(f"{gguf.path}: tensor {name} is {formats.type_name(t.qtype)}; "
                                  "norm weights, biases and other vectors must be F32")
@@ -150,12 +168,14 @@ def matrix_types(gguf, cfg) -> set:
 
 
 def bytes_per_token(gguf, cfg) -> int:
-    """Bytes of weights one decode step reads: every tensor of the step once, and one
-    row of each looked-up tensor that the step does not read whole anyway (a tied
-    embedding is the output head too)."""
+    """Bytes of weights one decode step reads: every tensor of the step once (of stacked
+    experts, only the n_experts_used a token is routed to), and one row of each
+    looked-up tensor that the step does not read whole anyway (a tied embedding is the
+    output head too)."""
     whole = {t.name: t for decl, _, t in present(gguf, cfg) if decl.read == STEP}
     rows = {t.name: t for decl, _, t in present(gguf, cfg) if decl.read == ROW}
-    return (sum(t.nbytes for t in whole.values())
+    return (sum(t.nbytes * cfg.n_experts_used // cfg.n_experts if len(t.shape) == 3
+                else t.nbytes for t in whole.values())
             + sum(t.nbytes // t.rows for name, t in rows.items() if name not in whole))
 
 

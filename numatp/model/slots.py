@@ -9,7 +9,10 @@ architecture has no tensor for stays empty (offset -1)."""
 ATTN_NORM, WQ, WK, WV, BQ, BK, BV, Q_NORM, K_NORM, WO, FFN_NORM = range(11)
 # The dense FFN:
 W_GATE, W_UP, W_DOWN = range(11, 14)
-LAYER_SLOTS = 14
+# The Mixture-of-Experts FFN: the router, the stacked experts, and the gate of a shared
+# expert (which itself sits in the dense FFN's slots: the dense FFN block runs it).
+ROUTER, W_GATE_EXPS, W_UP_EXPS, W_DOWN_EXPS, SHARED_GATE = range(14, 19)
+LAYER_SLOTS = 19
 
 # Model-wide:
 OUTPUT_NORM, OUTPUT = range(2)

@@ -13,9 +13,8 @@ import types
 
 from numatp.errors import WorkerError
 from numatp.parallel.control import ControlChannel
-from numatp.parallel.plan import make_plan
 from numatp.parallel.protocol import STEP, WORKER_IGNORED_SIGNALS, io_nbytes, io_views
-from numatp.parallel.shard import ffn_unit
+from numatp.parallel.shard import shard_plan
 from numatp.parallel.supervision import StopWatch, kill_stopped, stopped_message
 from numatp.parallel.worker import worker_main
 from numatp.shm.allreduce import AllReduceGroup
@@ -40,10 +39,10 @@ def _user_main_hidden():
 class ProcessGroupModel:
     """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
 
-    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64):
+    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows"):
         self.n_ranks = len(placements)
         self.max_tokens = max_tokens
-        self.plan = make_plan(cfg, self.n_ranks, ffn_unit(gguf, cfg))
+        self.plan = shard_plan(gguf, cfg, self.n_ranks, moe_split)
         self.processes, self.reports = [], []
         self._ar = self._channel = self._io = self._lifeline = None
         # Segments left by a run whose processes were all SIGKILLed: nothing else would

@@ -5,8 +5,7 @@ from numatp import forward as F
 from numatp._env import mark_kernels_cached
 from numatp.forward.layout import D_HIDDEN
 from numatp.model.declare import cache_shape
-from numatp.parallel.plan import make_plan
-from numatp.parallel.shard import build_shard, ffn_unit
+from numatp.parallel.shard import build_shard, shard_plan
 
 # A single shard's all-reduce returns at once; these only give it the right types.
 NO_AR_CTL, NO_AR_DATA = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32)
@@ -55,7 +54,7 @@ class LocalModel:
         if threads:
             import numba
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        self.shard = make_plan(cfg, 1, ffn_unit(gguf, cfg))[0]
+        self.shard = shard_plan(gguf, cfg, 1)[0]
         self.state = ShardState(gguf, cfg, self.shard, ctx)
         self.logits = np.empty(cfg.vocab, dtype=np.float32)
 

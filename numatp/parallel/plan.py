@@ -34,18 +34,36 @@ class Shard:
     kv_heads: tuple     # [k0, k1) KV heads those query heads read (replicated if shared)
     ffn: tuple          # [f0, f1) rows of gate/up = input columns of down
     vocab: tuple        # [v0, v1) rows of the output head
+    # Mixture of experts: [x0, x1) rows of every expert's gate/up (columns of its down),
+    # of the experts [e0, e1).
+    expert_ffn: tuple = (0, 0)
+    experts: tuple = (0, 0)
 
     def describe(self) -> str:
-        return (f"rank {self.rank}: q heads {self.q_heads[0]}-{self.q_heads[1] - 1}, "
+        text = (f"rank {self.rank}: q heads {self.q_heads[0]}-{self.q_heads[1] - 1}, "
                 f"kv heads {self.kv_heads[0]}-{self.kv_heads[1] - 1}, "
                 f"ffn {self.ffn[0]}:{self.ffn[1]}, vocab {self.vocab[0]}:{self.vocab[1]}")
+        if self.experts[1] > self.experts[0]:
+            text += (f", experts {self.experts[0]}-{self.experts[1] - 1} "
+                     f"rows {self.expert_ffn[0]}:{self.expert_ffn[1]}")
+        return text
 
 
-def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1) -> list:
-    """Shards for n ranks. ffn_unit: FFN split points land on multiples of it (the block
-    size of ffn_down) so that no quant block straddles two ranks."""
+# How a MoE model's experts are placed: "rows" gives every node a slice of every expert
+# (a dense FFN's split inside each), so each node reads its share of whichever experts
+# are chosen; "experts" gives each node whole experts.
+MOE_SPLITS = ("rows", "experts")
+
+
+def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1, expert_unit: int = 1,
+              moe_split: str = "rows") -> list:
+    """Shards for n ranks. ffn_unit, expert_unit: split points of the FFN and of each
+    expert's FFN land on multiples of them (the block size of ffn_down, ffn_down_exps)
+    so that no quant block straddles two ranks. moe_split: one of MOE_SPLITS."""
     if n < 1:
         raise ValueError("need at least one rank")
+    if moe_split not in MOE_SPLITS:
+        raise ValueError(f"unknown MoE split {moe_split!r} (one of {', '.join(MOE_SPLITS)})")
     g = cfg.group
     if cfg.n_kv_heads >= n:
         # Whole KV-head groups per rank: GQA stays local, nothing replicated.
@@ -62,4 +80,15 @@ def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1) -> list:
         raise ValueError(f"ffn {cfg.ffn} is not a multiple of the split unit {ffn_unit}")
     ffn = [(a * ffn_unit, b * ffn_unit) for a, b in split_even(cfg.ffn // ffn_unit, n)]
     vocab = split_even(cfg.vocab, n)
-    return [Shard(r, n, heads[r][0], heads[r][1], ffn[r], vocab[r]) for r in range(n)]
+    if cfg.expert_ffn % expert_unit:
+        raise ValueError(f"expert ffn {cfg.expert_ffn} is not a multiple of the split unit "
+                         f"{expert_unit}")
+    if moe_split == "experts":
+        experts = split_even(cfg.n_experts, n)
+        expert_ffn = [(0, cfg.expert_ffn)] * n
+    else:
+        experts = [(0, cfg.n_experts)] * n
+        expert_ffn = [(a * expert_unit, b * expert_unit)
+                      for a, b in split_even(cfg.expert_ffn // expert_unit, n)]
+    return [Shard(r, n, heads[r][0], heads[r][1], ffn[r], vocab[r], expert_ffn[r], experts[r])
+            for r in range(n)]

@@ -9,6 +9,10 @@ copied row by row. When my first column is not on a block boundary (a head bound
 inside a 256-element block), the input vector is padded: `pad` zeros before my columns
 and zeros after; a neighbour holding the same block contributes the other columns.
 
+Stacked experts (experts, rows, cols) are cut the same way inside each expert, and to
+the experts the shard holds; each expert's piece is stored as expert_ffn reads it
+(numatp/quant/experts.py), one after another.
+
 Matrices are stored as the kernels read them (kernels.prepare: quantized ones in row
 groups); vectors (norms, biases) as they are in the file.
 """
@@ -18,10 +22,12 @@ import numpy as np
 
 from numatp.forward import layout
 from numatp.model.config import ModelConfig
-from numatp.model.declare import BY_FFN_COLUMN, STEP, extent, matrix_types, present
+from numatp.model.declare import (BY_EXPERT_FFN_COLUMN, BY_FFN_COLUMN, STEP, extent,
+                                  matrix_types, present)
 from numatp.model.slots import LAYER_SLOTS, MODEL_SLOTS, entry
-from numatp.parallel.plan import Shard
+from numatp.parallel.plan import Shard, make_plan
 from numatp.quant import formats
+from numatp.quant.experts import experts_nbytes, prepare_experts
 from numatp.quant.kernel_set import KernelSet
 from numatp.quant.kernels import prepare, prepared_nbytes
 
@@ -68,15 +74,52 @@ class _Piece:
             dst.reshape(m.shape)[:] = m
 
 
+class _ExpertsPiece(_Piece):
+    """The experts [e0, e1) of a stacked tensor, each cut as _Piece cuts a matrix."""
+
+    def __init__(self, t, e0, e1, r0, r1, c0=0, c1=None):
+        self.e0, self.e1 = e0, e1
+        self.per_expert = t.shape[1]
+        super().__init__(t, r0, r1, c0, c1, matrix=True)
+        self.nbytes = experts_nbytes(t.qtype, e1 - e0, r1 - r0, self.cols)
+
+    def source(self):
+        per = self.per_expert * self.row_bytes
+        return self.t.data[self.e0 * per:self.e1 * per]
+
+    def copy_to(self, dst):
+        bb = formats.block_bytes(self.t.qtype)
+        raw = self.source().reshape(self.e1 - self.e0, self.per_expert, self.row_bytes)
+        prepare_experts(self.t.qtype, raw[:, self.r0:self.r1, self.b0 * bb:self.b1 * bb],
+                        out=dst)
+
+
+def _unit(gguf, cfg: ModelConfig, split) -> int:
+    """The largest block size among the tensors whose input columns `split` cuts."""
+    return max((formats.block_size(t.qtype) for decl, _, t in present(gguf, cfg)
+                if decl.split == split), default=1)
+
+
 def ffn_unit(gguf, cfg: ModelConfig) -> int:
     """FFN split granularity: the largest block size among the tensors whose input
     columns the FFN split cuts (ffn_down), so that no quant block straddles two ranks."""
-    return max((formats.block_size(t.qtype) for decl, _, t in present(gguf, cfg)
-                if decl.split == BY_FFN_COLUMN), default=1)
+    return _unit(gguf, cfg, BY_FFN_COLUMN)
+
+
+def shard_plan(gguf, cfg: ModelConfig, n: int, moe_split: str = "rows") -> list:
+    """The shard plan of this model over n ranks, split points on whole quant blocks."""
+    return make_plan(cfg, n, ffn_unit(gguf, cfg), _unit(gguf, cfg, BY_EXPERT_FFN_COLUMN),
+                     moe_split)
 
 
 def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
     """This shard's piece of tensor t, as its declaration splits it."""
+    if len(decl.shape) == 3:
+        e0, e1 = shard.experts
+        lo, hi = extent(decl.split, t.shape[decl.split.axis], cfg, shard)
+        if decl.split.axis == 1:
+            return _ExpertsPiece(t, e0, e1, lo, hi)
+        return _ExpertsPiece(t, e0, e1, 0, t.shape[1], lo, hi)
     matrix = len(decl.shape) == 2
     if decl.split is None:
         return _Piece(t, 0, t.rows, matrix=matrix)
@@ -106,6 +149,10 @@ def shard_dims(cfg: ModelConfig, shard: Shard, ctx: int) -> np.ndarray:
     d[L.D_VOCAB] = shard.vocab[1] - shard.vocab[0]
     d[L.D_ROPE_DIM], d[L.D_ROPE_NEOX] = cfg.rope_dim, cfg.arch.rope_neox
     d[L.D_CTX] = ctx
+    d[L.D_EXPERTS], d[L.D_EXPERTS_USED] = cfg.n_experts, cfg.n_experts_used
+    d[L.D_E0], d[L.D_E1] = shard.experts
+    d[L.D_EXPERT_FFN] = shard.expert_ffn[1] - shard.expert_ffn[0]
+    d[L.D_EXPERT_NORM] = cfg.arch.expert_weights_norm
     return d
 
 

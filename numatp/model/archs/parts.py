@@ -1,11 +1,12 @@
 """Declarations the architectures share: the model-wide tensors, attention with its
 optional biases and q/k norms, the dense (SwiGLU) FFN, and the attention KV cache.
 An architecture file adds these up, with tensors of its own where it has them."""
-from numatp.model.declare import (BY_FFN_COLUMN, BY_FFN_ROW, BY_KV_HEAD, BY_Q_HEAD,
-                                  BY_Q_HEAD_COLUMN, BY_VOCAB_ROW, LOAD, ROW, Cache, Split,
-                                  Tensor)
+from numatp.model.declare import (BY_EXPERT_FFN_COLUMN, BY_EXPERT_FFN_ROW, BY_FFN_COLUMN,
+                                  BY_FFN_ROW, BY_KV_HEAD, BY_Q_HEAD, BY_Q_HEAD_COLUMN,
+                                  BY_VOCAB_ROW, LOAD, REPLICATED, ROW, Cache, Split, Tensor)
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, FFN_NORM, K_NORM, OUTPUT, OUTPUT_NORM,
-                                Q_NORM, W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
+                                Q_NORM, ROUTER, SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE,
+                                W_GATE_EXPS, W_UP, W_UP_EXPS, WK, WO, WQ, WV)
 
 TOKEN_EMBD = Tensor("token_embd.weight", ("vocab", "hidden"), read=ROW)
 # Without its own output head a model reads the embedding in its place (tied embeddings).
@@ -43,6 +44,27 @@ DENSE_FFN = (
     Tensor("blk.{i}.ffn_gate.weight", ("ffn", "hidden"), BY_FFN_ROW, W_GATE),
     Tensor("blk.{i}.ffn_up.weight", ("ffn", "hidden"), BY_FFN_ROW, W_UP),
     Tensor("blk.{i}.ffn_down.weight", ("hidden", "ffn"), BY_FFN_COLUMN, W_DOWN),
+)
+
+# Mixture of experts: the router (F32, replicated: every rank routes identical inputs
+# alike, so no rank needs another's choice) and the stacked experts.
+MOE_FFN = (
+    Tensor("blk.{i}.ffn_norm.weight", ("hidden",), slot=FFN_NORM),
+    Tensor("blk.{i}.ffn_gate_inp.weight", ("n_experts", "hidden"), REPLICATED, ROUTER),
+    Tensor("blk.{i}.ffn_gate_exps.weight", ("n_experts", "expert_ffn", "hidden"),
+           BY_EXPERT_FFN_ROW, W_GATE_EXPS),
+    Tensor("blk.{i}.ffn_up_exps.weight", ("n_experts", "expert_ffn", "hidden"),
+           BY_EXPERT_FFN_ROW, W_UP_EXPS),
+    Tensor("blk.{i}.ffn_down_exps.weight", ("n_experts", "hidden", "expert_ffn"),
+           BY_EXPERT_FFN_COLUMN, W_DOWN_EXPS),
+)
+# An expert every token goes through, split like a dense FFN ("ffn" is its length),
+# its output scaled by sigmoid(x . ffn_gate_inp_shexp).
+SHARED_EXPERT = (
+    Tensor("blk.{i}.ffn_gate_inp_shexp.weight", ("hidden",), slot=SHARED_GATE),
+    Tensor("blk.{i}.ffn_gate_shexp.weight", ("ffn", "hidden"), BY_FFN_ROW, W_GATE),
+    Tensor("blk.{i}.ffn_up_shexp.weight", ("ffn", "hidden"), BY_FFN_ROW, W_UP),
+    Tensor("blk.{i}.ffn_down_shexp.weight", ("hidden", "ffn"), BY_FFN_COLUMN, W_DOWN),
 )
 
 # Keys and values of every position, per layer and KV head; a rank keeps those of the

@@ -1,0 +1,129 @@
+"""The step of Mixture-of-Experts transformers (qwen3moe, qwen2moe, Mixtral): every layer
+is the dense family's attention, then a MoE FFN: a router picks each token's experts, the
+chosen experts run as SwiGLU FFNs (numatp/quant/experts.py) and their outputs are summed,
+weighted by the router's probabilities; qwen2moe adds a shared expert (the dense FFN
+block) scaled by its own sigmoid gate.
+
+Every rank holds the whole router and routes the same normed residual, which the reduce
+left identical on all ranks, so all ranks choose the same experts without exchanging
+anything; each runs its rows of those experts (or, split by whole experts, the chosen
+experts it holds) and the reduce sums the partial outputs, as after a dense FFN.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, dense_ffn, has,
+                                   matmul, matrix, reduce, rmsnorm, vector, widest)
+from numatp.forward.layout import (COLS, D_E0, D_E1, D_EXPERT_FFN, D_EXPERT_NORM, D_EXPERTS,
+                                   D_EXPERTS_USED, D_FFN, D_HIDDEN, D_LAYERS, QTYPE, ROWS)
+from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_NORM, ROUTER,
+                                SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE_EXPS, W_UP_EXPS)
+from numatp.quant.experts import expert_ffn
+
+
+@njit
+def route(router_logits, normalise, sel, wt):
+    """Each token's experts: the softmax of its router logits, the sel.shape[1] most
+    probable (ties to the lower expert number, so every rank and run picks alike), their
+    probabilities as weights, rescaled to sum to 1 when `normalise`."""
+    T, n = router_logits.shape
+    k = sel.shape[1]
+    probs = np.empty(n, np.float32)
+    taken = np.empty(n, np.bool_)
+    for t in range(T):
+        top = router_logits[t].max()
+        total = np.float32(0.0)
+        for e in range(n):
+            probs[e] = math.exp(router_logits[t, e] - top)
+            total += probs[e]
+        taken[:] = False
+        chosen = np.float32(0.0)
+        for j in range(k):
+            best = -1
+            for e in range(n):
+                if not taken[e] and (best < 0 or probs[e] > probs[best]):
+                    best = e
+            taken[best] = True
+            sel[t, j] = best
+            wt[t, j] = probs[best] / total
+            chosen += wt[t, j]
+        if normalise:
+            for j in range(k):
+                wt[t, j] /= chosen
+
+
+@njit
+def moe_ffn_work(index, dims, T):
+    """Buffers of `moe_ffn` for T tokens: router logits, choices, weights, the local
+    number of each expert (-1: held by another rank), and the shared expert's output and
+    dense-FFN buffers (empty without a shared expert)."""
+    k = dims[D_EXPERTS_USED]
+    local = np.full(dims[D_EXPERTS], -1, np.int64)
+    for e in range(dims[D_E0], dims[D_E1]):
+        local[e] = e - dims[D_E0]
+    ffn = dims[D_FFN] if has(index, SHARED_GATE) else 0
+    shared = (np.empty((T, ffn), dtype=np.float32), np.empty((T, ffn), dtype=np.float32),
+              np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32))
+    return (np.empty((T, dims[D_EXPERTS]), np.float32), np.empty((T, k), np.int64),
+            np.empty((T, k), np.float32), local,
+            np.empty((T, dims[D_HIDDEN] if ffn else 0), np.float32), shared)
+
+
+@njit
+def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
+    """The MoE FFN of rows s: of xb into out[s:], this rank's partial sum for the reduce."""
+    router_logits, sel, wt, local, shared, shared_work = work
+    X = xb[s:]
+    matmul(kernels, arena, index, e + ROUTER, X, router_logits[s:])
+    route(router_logits[s:], dims[D_EXPERT_NORM] != 0, sel[s:], wt[s:])
+    eg, eu, ed = e + W_GATE_EXPS, e + W_UP_EXPS, e + W_DOWN_EXPS
+    if dims[D_EXPERT_FFN] > 0 and dims[D_E1] > dims[D_E0]:
+        expert_ffn(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
+                   matrix(arena, index, eu), index[ed, QTYPE], matrix(arena, index, ed),
+                   index[eg, ROWS], index[eg, COLS], index[ed, ROWS], local, X, sel[s:],
+                   wt[s:], out[s:])
+    else:
+        out[s:] = 0
+    if has(index, e + SHARED_GATE) and dims[D_FFN] > 0:
+        dense_ffn(kernels, arena, index, e, xb, s, shared_work, shared)
+        g = vector(arena, index, e + SHARED_GATE)
+        for t in range(s, xb.shape[0]):
+            dot = 0.0
+            for j in range(g.shape[0]):
+                dot += np.float64(xb[t, j]) * g[j]
+            scale = np.float32(1.0 / (1.0 + math.exp(-dot)))
+            for j in range(out.shape[1]):
+                out[t, j] += scale * shared[t, j]
+
+
+# nogil: as the dense step's (numatp/forward/dense.py).
+@njit(cache=True, nogil=True)
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, group):
+    """As the dense step (numatp/forward/dense.py), with a MoE FFN in every layer."""
+    T, hidden = x.shape
+    L = dims[D_LAYERS]
+    xb = np.empty((T, hidden), dtype=np.float32)
+    proj = np.empty((T, hidden), dtype=np.float32)
+    att_work = attention_work(index, dims, T)
+    ffn_work = moe_ffn_work(index, dims, T)
+    rmsnorm(x, vector(arena, index, ATTN_NORM), eps, xb)
+    for layer in range(L):
+        e = layer * LAYER_SLOTS
+        s = T - 1 if layer == L - 1 else 0
+        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos0, s,
+                  att_work, proj)
+        status = reduce(group, proj[s:])
+        if status != 0:
+            return status
+        add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
+        moe_ffn(kernels, arena, index, dims, e, xb, s, ffn_work, proj)
+        status = reduce(group, proj[s:])
+        if status != 0:
+            return status
+        norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
+        add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
+    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - 1:T],
+           logits.reshape(1, logits.shape[0]))
+    return 0
