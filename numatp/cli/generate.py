@@ -6,10 +6,10 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES, REPEAT_LAST_N, REPEAT_PENALTY,
-                                SEED, STOP, TEMP, THREADS, TOP_K, TOP_P, OptionalInt,
-                                OptionalStr, StrList, announce, model_option,
-                                sampling_params)
+from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES,
+                                REPEAT_LAST_N, REPEAT_PENALTY, SEED, STOP, TEMP, THREADS,
+                                TOP_K, TOP_P, OptionalInt, OptionalStr, StrList, announce,
+                                model_option, sampling_params)
 from numatp.errors import UsageError
 
 
