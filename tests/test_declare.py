@@ -14,13 +14,15 @@ from numatp.parallel.plan import make_plan
 from numatp.parallel.shard import ffn_unit, plan_pieces
 from numatp.quant import formats
 
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3")   # the dense ones; tests/test_moe.py runs the others
+MOE_ARCHS = ("llama", "qwen2moe", "qwen3moe")   # llama with experts: Mixtral
 
 
 def test_every_architecture_has_a_step():
     archs = all_archs()
-    assert sorted(archs) == sorted(ARCHS)
+    assert sorted(archs) == sorted([(a, False) for a in ARCHS] + [(a, True) for a in MOE_ARCHS])
     assert all(a.family in STEPS for a in archs.values())
+    assert {a.family for a in archs.values()} == {"dense", "moe"}
 
 
 @pytest.fixture(scope="module", params=[(a, tied) for a in ARCHS for tied in (False, True)],

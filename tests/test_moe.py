@@ -30,7 +30,7 @@ PROMPT = [5, 77, 300, 12, 9, 401, 33, 250, 7, 64, 18]
 def decode_logits(path, ids, **load):
     """Logits after each token, fed one at a time."""
     with numatp.load(path, nodes=1, ctx_size=64, **load) as llm:
-        return np.array([llm.model.forward(llm.embed([t]), i).copy() for i, t in enumerate(ids)])
+        return np.array([llm.model.forward(llm.token_embeddings([t]), i).copy() for i, t in enumerate(ids)])
 
 
 @pytest.mark.parametrize("name", MOE_MODELS)
