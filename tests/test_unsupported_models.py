@@ -127,3 +127,18 @@ def test_info_accepts_a_known_model_name(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     d = json.loads(out)
     assert (d["path"], d["architecture"], d["cannot_run"]) == (str(cached), "llama", None)
+
+
+@pytest.mark.parametrize("name, dense", [("qwen3moe-q8_0", False), ("qwen2moe-q8_0", True)])
+def test_info_shows_a_dense_ffn_split_only_where_there_is_one(tmp_path, monkeypatch, capsys,
+                                                              name, dense):
+    """qwen3moe's FFN is all experts: no dense ffn range (it once showed feed_forward_length
+    split as if it were read); qwen2moe's shared expert is dense and is shown as such."""
+    from models import moe_model
+    path = str(moe_model(name, tmp_path))
+    code, out, _ = run_main(["info", path, "--nodes", "2", "--json"], monkeypatch, capsys)
+    d = json.loads(out)
+    assert code == 0 and (d["ffn"] is not None) == dense
+    assert all((s["ffn"] is not None) == dense for s in d["shards"])
+    code, out, _ = run_main(["info", path, "--nodes", "2"], monkeypatch, capsys)
+    assert ("shared expert ffn" in out) == dense and (" ffn 0:" in out) == dense

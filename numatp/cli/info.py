@@ -29,16 +29,19 @@ def describe(path, n_nodes=1) -> dict:
         reason = str(e).removeprefix(f"{g.path}: ")
         return {**contents, "cannot_run": reason}
     plan = shard_plan(g, cfg, n_nodes)
+    # A MoE model's FFN is its experts; only qwen2moe's shared expert is a dense one.
+    dense_ffn = any(n.startswith(("blk.0.ffn_gate.", "blk.0.ffn_gate_shexp.")) for n in g.tensors)
     return {
         **contents, "cannot_run": None, "architecture": cfg.arch.name,
         "layers": cfg.n_layers, "hidden": cfg.hidden, "heads": cfg.n_heads,
-        "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim, "ffn": cfg.ffn, "vocab": cfg.vocab,
+        "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+        "ffn": cfg.ffn if dense_ffn else None, "vocab": cfg.vocab,
         "context_length": cfg.ctx_train, "rope_base": cfg.rope_base, "tied_output": cfg.tied_output,
         "bytes_per_token": weight_bytes_per_token(g, cfg),
         "experts": cfg.n_experts, "experts_used": cfg.n_experts_used,
         "expert_ffn": cfg.expert_ffn,
         "shards": [{"rank": s.rank, "q_heads": list(s.q_heads), "kv_heads": list(s.kv_heads),
-                    "ffn": list(s.ffn), "vocab": list(s.vocab),
+                    "ffn": list(s.ffn) if dense_ffn else None, "vocab": list(s.vocab),
                     **({"experts": list(s.experts), "expert_ffn": list(s.expert_ffn)}
                        if cfg.n_experts else {}),
                     "bytes": shard_bytes(g, cfg, s)}
@@ -101,7 +104,9 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
           f"parameters, {mb(d['file_bytes'])}")
     if d["cannot_run"] is None:
         print(f"  layers {d['layers']}, hidden {d['hidden']}, heads {d['heads']} / kv "
-              f"{d['kv_heads']} (head dim {d['head_dim']}), ffn {d['ffn']}, vocab {d['vocab']}, "
+              f"{d['kv_heads']} (head dim {d['head_dim']}), "
+              + (f"{_ffn_label(d)} {d['ffn']}, " if d["ffn"] is not None else "")
+              + f"vocab {d['vocab']}, "
               f"context {d['context_length']}, rope base {d['rope_base']:g}"
               f"{', tied output' if d['tied_output'] else ''}")
     print("  tensor types:")
@@ -125,8 +130,13 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}:")
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "
-              f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, ffn {s['ffn'][0]}:{s['ffn'][1]}, "
-              f"vocab {s['vocab'][0]}:{s['vocab'][1]}"
+              f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, "
+              + (f"{_ffn_label(d)} {s['ffn'][0]}:{s['ffn'][1]}, " if s["ffn"] is not None else "")
+              + f"vocab {s['vocab'][0]}:{s['vocab'][1]}"
               + (f", experts {s['experts'][0]}:{s['experts'][1]} rows "
                  f"{s['expert_ffn'][0]}:{s['expert_ffn'][1]}" if "experts" in s else "")
               + f", {mb(s['bytes'])}")
+
+
+def _ffn_label(d):
+    return "shared expert ffn" if d["experts"] else "ffn"
