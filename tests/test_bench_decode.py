@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
+import numatp
 from models import STORIES
 from numatp.api import LLM
 from numatp.bench import decode
+from numatp.bench.decode import count_label, describe as model_columns
 from numatp.bench.decode_output import ROW_FIELDS, as_markdown
 from numatp.parallel.group import resolve_nodes
 
@@ -208,3 +210,15 @@ def test_a_model_that_fails_to_load_gives_one_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("numatp: error: ") and len(r.stderr.splitlines()) == 1
     assert "missing.gguf" in r.stderr and r.stdout == ""
+
+
+def test_a_moe_model_is_labelled_with_its_active_parameters(tmp_path):
+    """As llama-bench labels Qwen3-30B-A3B "qwen3moe 30B.A3B": total and active parameters
+    (the experts counted at expert_used_count / expert_count)."""
+    from models import moe_model
+    with numatp.load(moe_model("qwen3moe-q8_0", tmp_path), nodes=1) as llm:
+        cols = model_columns(llm)
+        experts = sum(math.prod(t.shape) for n, t in llm.gguf.tensors.items() if "_exps." in n)
+        assert cols["params"] - cols["active_params"] == experts - experts * 2 // 8
+        assert cols["model_type"] == (f"qwen3moe {count_label(cols['params'])}"
+                                      f".A{count_label(cols['active_params'])} Q8_0")

@@ -7,8 +7,9 @@ chunks), a generation test "tgN" decodes N tokens one at a time after a one-toke
 first: loading the kernels, first-touching the KV cache pages and warming the caches
 belong to no sample.
 
-Decode reads every weight once per token, so for tg rows bytes/token x tok/s is an
-effective bandwidth, set against the read bandwidth of the same thread count measured in
+Decode reads every weight once per token (of a Mixture-of-Experts model, the shared
+weights and the active experts': bytes_per_token counts those), so for tg rows
+bytes/token x tok/s is an effective bandwidth, set against the read bandwidth of the same thread count measured in
 the same run: how close to the memory roofline numatp streams. A prompt chunk reads the
 weights once for many tokens, so pp rows have no such figure.
 """
@@ -194,15 +195,19 @@ def threads_of(llm) -> int:
 def describe(llm) -> dict:
     """The model columns of a row. model_type reads like llama-bench's ("llama 135M
     Q4_1"), its type being the one that holds most of the weight bytes."""
-    tensors = llm.gguf.tensors.values()
-    params = sum(math.prod(t.shape) for t in tensors)
+    cfg = llm.config
+    params = active = 0
     by_type = {}
-    for t in tensors:
+    for name, t in llm.gguf.tensors.items():
+        n = math.prod(t.shape)
+        params += n
+        active += n * cfg.n_experts_used // cfg.n_experts if "_exps." in name else n
         by_type[t.qtype] = by_type.get(t.qtype, 0) + t.nbytes
     main_type = type_name(max(by_type, key=by_type.get))
-    return {"model": llm.path,
-            "model_type": f"{llm.config.arch.name} {count_label(params)} {main_type}",
-            "size": sum(by_type.values()), "params": params,
+    # llama-bench's label of a MoE model: total and active parameters ("30B.A3B").
+    size = count_label(params) + (f".A{count_label(active)}" if cfg.n_experts else "")
+    return {"model": llm.path, "model_type": f"{cfg.arch.name} {size} {main_type}",
+            "size": sum(by_type.values()), "params": params, "active_params": active,
             "bytes_per_token": llm.bytes_per_token}
 
 

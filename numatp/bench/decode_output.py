@@ -7,9 +7,9 @@ import json
 
 from numatp.bench.decode import GB
 
-ROW_FIELDS = ("model", "model_type", "size", "params", "nodes", "threads", "test", "n_prompt",
-              "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts", "samples_ts",
-              "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read")
+ROW_FIELDS = ("model", "model_type", "size", "params", "active_params", "nodes", "threads",
+              "test", "n_prompt", "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts",
+              "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read")
 
 
 def as_json(rows) -> str:
