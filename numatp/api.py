@@ -149,9 +149,8 @@ class LLM:
         if not isinstance(ctx_size, int) or ctx_size < 1:
             raise UsageError(f"invalid context size {ctx_size!r}: must be a positive integer")
         self.ctx = ctx_size
-        from numatp.parallel.plan import MOE_SPLITS
-        if moe_split not in MOE_SPLITS:
-            raise UsageError(f"invalid MoE split {moe_split!r} (one of: {', '.join(MOE_SPLITS)})")
+        from numatp.parallel.plan import check_moe_split
+        check_moe_split(moe_split)
         self.moe_split = moe_split
         check_kv_fits(self.config, ctx_size)
         self._embd = self.gguf.tensors[TOKEN_EMBD.name]

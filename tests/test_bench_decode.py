@@ -109,6 +109,7 @@ def check_rows(rows, repeats):
     for r in rows:
         assert set(r) == set(ROW_FIELDS)
         assert len(r["samples_ts"]) == repeats and all(s > 0 for s in r["samples_ts"])
+        assert r["peak_rss"] >= r["size"] and r["moe_split"] is None   # a dense model
         assert r["avg_ts"] == pytest.approx(sum(r["samples_ts"]) / repeats)
         if r["n_gen"]:
             assert r["effective_gbps"] > 0 and r["read_gbps"] > 0 and r["pct_of_read"] > 0
@@ -194,7 +195,7 @@ def test_cli_json_keeps_the_one_object_scripts_parse():
     ["-p", "8,16", "--json"], ["-t", "1,2", "--json"], ["--nodes", "1", "--nodes", "2", "--json"],
     ["-p", "0", "--json"], ["--json", "-o", "json"], ["-o", "yaml"], ["-p", "x"], ["-p", "8,"],
     ["-p", "-1"], ["-t", "0"], ["-p", "0", "-n", "0"], ["-r", "0"], ["--read-mb", "-1"],
-    ["--read-mb", str(2**40)]])
+    ["--read-mb", str(2**40)], ["--moe-split", "layers"]])
 def test_cli_rejects_bad_values_in_one_line(args):
     r = run_cli(*args)
     assert r.returncode == 2, r.stderr
@@ -222,3 +223,20 @@ def test_a_moe_model_is_labelled_with_its_active_parameters(tmp_path):
         assert cols["params"] - cols["active_params"] == experts - experts * 2 // 8
         assert cols["model_type"] == (f"qwen3moe {count_label(cols['params'])}"
                                       f".A{count_label(cols['active_params'])} Q8_0")
+
+
+def test_a_moe_model_over_two_nodes_is_measured_with_the_split_asked_for(tmp_path):
+    """--moe-split reaches the workers (whole experts each: the file's experts split in two)
+    and the rows say which split ran; peak_rss adds up this process and both workers."""
+    from models import moe_model
+    path = moe_model("qwen3moe-q8_0", tmp_path)
+    r = subprocess.run([sys.executable, "-m", "numatp", "bench", "decode", "-m", str(path),
+                        "--nodes", "2", "-p", "4", "-n", "2", "-r", "1", "--read-mb", "0",
+                        "--moe-split", "experts", "-o", "json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [(x["nodes"], x["moe_split"]) for x in rows] == [(2, "experts")] * 2
+    with numatp.load(path, nodes=1) as llm:
+        one_process = decode.peak_rss(llm)
+    assert all(x["peak_rss"] > one_process for x in rows)

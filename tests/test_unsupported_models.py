@@ -142,3 +142,32 @@ def test_info_shows_a_dense_ffn_split_only_where_there_is_one(tmp_path, monkeypa
     assert all((s["ffn"] is not None) == dense for s in d["shards"])
     code, out, _ = run_main(["info", path, "--nodes", "2"], monkeypatch, capsys)
     assert ("shared expert ffn" in out) == dense and (" ffn 0:" in out) == dense
+
+
+# The model's experts are 32 rows long, one Q8_0 block of ffn_down_exps: split by rows,
+# the second node gets none of them (the block cannot be cut).
+@pytest.mark.parametrize("split, experts, rows", [("rows", [[0, 8], [0, 8]], [[0, 32], [32, 32]]),
+                                                   ("experts", [[0, 4], [4, 8]], [[0, 32], [0, 32]])])
+def test_info_shows_each_nodes_experts_for_either_split(tmp_path, monkeypatch, capsys, split,
+                                                        experts, rows):
+    """--moe-split as generate takes it: a slice of every expert per node, or whole experts."""
+    from models import moe_model
+    path = str(moe_model("qwen3moe-q8_0", tmp_path))
+    code, out, _ = run_main(["info", path, "--nodes", "2", "--moe-split", split, "--json"],
+                            monkeypatch, capsys)
+    d = json.loads(out)
+    assert (code, d["moe_split"]) == (0, split)
+    assert [s["experts"] for s in d["shards"]] == experts
+    assert [s["expert_ffn"] for s in d["shards"]] == rows
+    code, out, _ = run_main(["info", path, "--nodes", "2", "--moe-split", split], monkeypatch,
+                            capsys)
+    assert f"experts split by {split}:" in out
+
+
+def test_info_rejects_an_unknown_moe_split_in_one_line(tmp_path, monkeypatch, capsys):
+    from models import moe_model
+    path = str(moe_model("qwen3moe-q8_0", tmp_path))
+    code, out, err = run_main(["info", path, "--moe-split", "layers"], monkeypatch, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "numatp: error: invalid MoE split 'layers' (one of: rows, experts)"]

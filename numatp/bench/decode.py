@@ -15,6 +15,7 @@ weights once for many tokens, so pp rows have no such figure.
 """
 import itertools
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -82,17 +83,20 @@ class Progress:
 
 
 def run(models=(None,), nodes_list=("auto",), threads_list=(None,), n_prompts=(128,),
-        n_gens=(64,), repeats=3, warmup=True, read_bytes=None, progress=None) -> list[dict]:
+        n_gens=(64,), repeats=3, warmup=True, read_bytes=None, progress=None,
+        moe_split="rows") -> list[dict]:
     """One row per (model, nodes, threads, test), in that nesting order. read_bytes: the
     buffer of the read-bandwidth measurement (None: memory.read_gbps's default; 0: no
-    measurement, and no read_gbps / pct_of_read in the rows)."""
+    measurement, and no read_gbps / pct_of_read in the rows). moe_split: how a
+    Mixture-of-Experts model's experts are split over several nodes (numatp.load's)."""
     progress = progress or Progress()
     tests = plan_tests(n_prompts, n_gens)
     if not tests:
         raise UsageError("no test to run: every -p and -n is 0")
     read_by_threads, rows = {}, []
     for model, nodes, threads in itertools.product(models, nodes_list, threads_list):
-        config_rows = run_config(model, nodes, threads, tests, repeats, warmup, progress)
+        config_rows = run_config(model, nodes, threads, tests, repeats, warmup, progress,
+                                 moe_split)
         used = config_rows[0]["threads"]
         # Measured with the model closed, so that its workers' memory and threads are gone.
         if read_bytes != 0 and any(r["n_gen"] for r in config_rows):
@@ -105,7 +109,8 @@ def run(models=(None,), nodes_list=("auto",), threads_list=(None,), n_prompts=(1
     return rows
 
 
-def run_config(model, nodes, threads, tests, repeats, warmup, progress) -> list[dict]:
+def run_config(model, nodes, threads, tests, repeats, warmup, progress,
+               moe_split="rows") -> list[dict]:
     """Load the model once for this --nodes and -t and run every test on it. The thread
     count is set at load: per worker process, or for one in-process node by Numba's
     set_num_threads for this thread, which the step's parallel loops then follow (one
@@ -115,7 +120,7 @@ def run_config(model, nodes, threads, tests, repeats, warmup, progress) -> list[
     progress.loading(model, nodes, threads)
     t0 = time.perf_counter()
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx,
-                     announce=progress.note) as llm:
+                     announce=progress.note, moe_split=moe_split) as llm:
         load_s = time.perf_counter() - t0
         used = threads_of(llm)
         if threads is not None and used != threads:
@@ -125,9 +130,33 @@ def run_config(model, nodes, threads, tests, repeats, warmup, progress) -> list[
         progress.loaded(config)
         where = (f"{llm.nodes} node{'s' if llm.nodes > 1 else ''}, "
                  f"{used} thread{'s' if used > 1 else ''}")
-        return [config | measure(llm, test, repeats, warmup, progress,
+        rows = [config | measure(llm, test, repeats, warmup, progress,
                                  label=f"{test.name}, {where}")
                 for test in tests]
+        peak = peak_rss(llm)
+        return [row | {"peak_rss": peak,
+                       "moe_split": moe_split if llm.config.n_experts and llm.nodes > 1
+                       else None} for row in rows]
+
+
+def peak_rss(llm) -> int:
+    """The peak resident memory (VmHWM) of this process plus the model's worker processes,
+    in bytes: what the model cost in memory, to compare with its file's size. This
+    process's peak includes what it held before the model (the interpreter, Numba: tens of
+    MB)."""
+    pids = [os.getpid()] + [p.pid for p in getattr(llm.model, "processes", [])]
+    return sum(_vm_hwm(pid) for pid in pids)
+
+
+def _vm_hwm(pid) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:

@@ -9,7 +9,8 @@ from numatp.bench.decode import GB
 
 ROW_FIELDS = ("model", "model_type", "size", "params", "active_params", "nodes", "threads",
               "test", "n_prompt", "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts",
-              "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read")
+              "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read",
+              "peak_rss", "moe_split")
 
 
 def as_json(rows) -> str:
@@ -83,7 +84,7 @@ def summary_object(rows) -> dict:
         raise ValueError("the summary object needs exactly one pp and one tg row")
     p, g = pp[0], tg[0]
     out = {k: g[k] for k in ("model", "model_type", "size", "params", "nodes", "threads",
-                             "load_s", "bytes_per_token")}
+                             "load_s", "bytes_per_token", "peak_rss", "moe_split")}
     out.update(n_prompt=p["n_prompt"], n_gen=g["n_gen"], repeats=g["repetitions"],
                prompt_tps=p["median_ts"], prompt_tps_mean=p["avg_ts"],
                prompt_tps_stddev=p["stddev_ts"], prompt_tps_all=p["samples_ts"],

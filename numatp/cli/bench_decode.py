@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from numatp.cli.app import bench_app
-from numatp.cli.options import HF_REPO_HELP
+from numatp.cli.options import HF_REPO_HELP, MOE_SPLIT
 from numatp.errors import UsageError
 
 FORMATS = ("md", "csv", "json")
@@ -43,6 +43,7 @@ def bench_decode(
         read_mb: int = typer.Option(
             1024, "--read-mb", help="Buffer for the read-bandwidth measurement that tg rows are "
                                     "compared with; 0 skips it."),
+        moe_split: str = MOE_SPLIT,
         as_json: bool = typer.Option(
             False, "--json", help="One JSON object for one configuration (single values only): "
                                   "prompt_tps, decode_tps (medians), their mean and stddev, "
@@ -67,6 +68,8 @@ def bench_decode(
     if read_mb < 0 or read_mb << 20 > psutil.virtual_memory().total:
         raise UsageError(f"invalid --read-mb {read_mb}: need 0 (skip) up to this machine's "
                          f"memory, {psutil.virtual_memory().total >> 20} MB")
+    from numatp.parallel.plan import check_moe_split
+    check_moe_split(moe_split)
     if output is not None and output not in FORMATS:
         raise UsageError(f"invalid -o/--output {output!r}: choose md, csv or json")
     if as_json:
@@ -78,7 +81,8 @@ def bench_decode(
                              "above 0; for lists use -o json")
     with RichProgress() as progress:
         rows = run(models, nodes, thread_counts, prompts, gens, repeats=repeats,
-                   warmup=not no_warmup, read_bytes=read_mb << 20, progress=progress)
+                   warmup=not no_warmup, read_bytes=read_mb << 20, progress=progress,
+                   moe_split=moe_split)
     if as_json:
         text = json.dumps(decode_output.summary_object(rows), indent=2)
     else:

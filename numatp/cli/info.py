@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import HF_REPO_HELP, model_option
+from numatp.cli.options import HF_REPO_HELP, MOE_SPLIT, model_option
 
 
-def describe(path, n_nodes=1) -> dict:
+def describe(path, n_nodes=1, moe_split="rows") -> dict:
     from numatp.api import weight_bytes_per_token
     from numatp.errors import ModelFileError
     from numatp.model.config import from_gguf
@@ -28,7 +28,7 @@ def describe(path, n_nodes=1) -> dict:
         # numatp cannot run it (unsupported architecture or type, experts, ...).
         reason = str(e).removeprefix(f"{g.path}: ")
         return {**contents, "cannot_run": reason}
-    plan = shard_plan(g, cfg, n_nodes)
+    plan = shard_plan(g, cfg, n_nodes, moe_split)
     # A MoE model's FFN is its experts; only qwen2moe's shared expert is a dense one.
     dense_ffn = any(n.startswith(("blk.0.ffn_gate.", "blk.0.ffn_gate_shexp.")) for n in g.tensors)
     return {
@@ -39,7 +39,7 @@ def describe(path, n_nodes=1) -> dict:
         "context_length": cfg.ctx_train, "rope_base": cfg.rope_base, "tied_output": cfg.tied_output,
         "bytes_per_token": weight_bytes_per_token(g, cfg),
         "experts": cfg.n_experts, "experts_used": cfg.n_experts_used,
-        "expert_ffn": cfg.expert_ffn,
+        "expert_ffn": cfg.expert_ffn, "moe_split": moe_split if cfg.n_experts else None,
         "shards": [{"rank": s.rank, "q_heads": list(s.q_heads), "kv_heads": list(s.kv_heads),
                     "ffn": list(s.ffn) if dense_ffn else None, "vocab": list(s.vocab),
                     **({"experts": list(s.experts), "expert_ffn": list(s.expert_ffn)}
@@ -84,10 +84,11 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
                                                           "hf://OWNER/REPO/FILE.gguf."),
          hf_repo: Optional[str] = typer.Option(None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP),
          nodes: int = typer.Option(1, "--nodes", help="Show the shard plan for this many nodes."),
+         moe_split: str = MOE_SPLIT,
          as_json: bool = typer.Option(False, "--json")):
     """Metadata, tensors, bytes read per token, the shard plan; or why numatp cannot run it."""
     from numatp.errors import UsageError
-    from numatp.parallel.plan import MAX_RANKS
+    from numatp.parallel.plan import MAX_RANKS, check_moe_split
     from numatp.registry import resolve_model
     model = model_option(model, hf_repo)
     if model is None:
@@ -95,7 +96,8 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
     if not 1 <= nodes <= MAX_RANKS:
         raise UsageError(f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes "
                          "Linux supports)")
-    d = describe(resolve_model(model), nodes)
+    check_moe_split(moe_split)
+    d = describe(resolve_model(model), nodes, moe_split)
     if as_json:
         print(json.dumps(d, indent=2))
         return
@@ -127,7 +129,8 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
               f"{d['experts_used']} active experts of {d['experts']} only)")
     else:
         print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
-    print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}:")
+    print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}"
+          + (f", experts split by {d['moe_split']}" if d["experts"] and nodes > 1 else "") + ":")
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "
               f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, "

@@ -55,6 +55,13 @@ class Shard:
 MOE_SPLITS = ("rows", "experts")
 
 
+def check_moe_split(split: str):
+    """A user's --moe-split / moe_split=: UsageError unless it is one of MOE_SPLITS."""
+    if split not in MOE_SPLITS:
+        from numatp.errors import UsageError
+        raise UsageError(f"invalid MoE split {split!r} (one of: {', '.join(MOE_SPLITS)})")
+
+
 def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1, expert_unit: int = 1,
               moe_split: str = "rows") -> list:
     """Shards for n ranks. ffn_unit, expert_unit: split points of the FFN and of each
