@@ -332,6 +332,25 @@ class LLM:
         finally:
             self._turns.give_back()
 
+    def fill_synthetic_kv(self, n, seed=0):
+        """For benchmarks at depth: fill positions 0..n-1 of the KV cache with random keys
+        and values, as if a prompt of n tokens had been processed (attention's cost does
+        not depend on what the keys and values are), so that a decode at position n can be
+        timed without a long prefill. One process only (--nodes 1). The cached sequence is
+        forgotten: no prompt can reuse these positions."""
+        self._turns.take()
+        try:
+            with self._step:
+                if not hasattr(self.model, "fill_synthetic_kv"):
+                    raise UsageError("a synthetic KV cache (--depth) needs the model in one "
+                                     "process (--nodes 1)")
+                if not 0 <= n < self.ctx:
+                    raise UsageError(f"depth {n} does not fit the context of {self.ctx} tokens")
+                self._cached = []
+                self.model.fill_synthetic_kv(n, seed)
+        finally:
+            self._turns.give_back()
+
     def logits(self, ids) -> np.ndarray:
         """Logits (float32, vocab) after the last of `ids`. The part of `ids` that the KV
         cache already holds is not processed again (see LLM); self.stats says how much."""

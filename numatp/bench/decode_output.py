@@ -9,7 +9,8 @@ from numatp.bench.decode import GB
 
 ROW_FIELDS = ("model", "model_type", "size", "params", "active_params", "nodes", "threads",
               "test", "n_prompt", "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts",
-              "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read")
+              "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read",
+              "gpu", "n_depth", "synthetic_kv")
 
 
 def as_json(rows) -> str:
@@ -40,8 +41,10 @@ def as_markdown(rows) -> str:
                ("size", ">", lambda r: scaled(r["size"], 1024, ("B", "KiB", "MiB", "GiB"))),
                ("params", ">", lambda r: scaled(r["params"], 1000, ("", "K", "M", "B"))),
                ("nodes", ">", lambda r: str(r["nodes"])),
-               ("threads", ">", lambda r: str(r["threads"])),
-               ("test", ">", lambda r: r["test"]),
+               ("threads", ">", lambda r: str(r["threads"]))]
+    if any(r["gpu"] != "none" for r in rows):
+        columns.append(("gpu", ">", lambda r: r["gpu"]))
+    columns += [("test", ">", lambda r: r["test"]),
                ("t/s", ">", lambda r: f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}")]
     if any(r["effective_gbps"] is not None for r in rows):
         columns.append(("GB/s", ">", lambda r: optional(r["effective_gbps"], "{:.2f}")))
@@ -57,7 +60,11 @@ def as_markdown(rows) -> str:
 
     rule = "| " + " | ".join("-" * w if align == "<" else "-" * (w - 1) + ":"
                              for (_, align, _), w in zip(columns, widths)) + " |"
-    return "\n".join([line([name for name, _, _ in columns]), rule] + [line(c) for c in cells])
+    table = [line([name for name, _, _ in columns]), rule] + [line(c) for c in cells]
+    if any(r["n_depth"] for r in rows):
+        table.append("\n@ dN: run after filling positions 0..N-1 of the KV cache with synthetic "
+                     "keys and values (--depth), not after processing a prompt")
+    return "\n".join(table)
 
 
 def scaled(n, base, units) -> str:
@@ -83,7 +90,7 @@ def summary_object(rows) -> dict:
         raise ValueError("the summary object needs exactly one pp and one tg row")
     p, g = pp[0], tg[0]
     out = {k: g[k] for k in ("model", "model_type", "size", "params", "nodes", "threads",
-                             "load_s", "bytes_per_token")}
+                             "load_s", "bytes_per_token", "gpu", "n_depth", "synthetic_kv")}
     out.update(n_prompt=p["n_prompt"], n_gen=g["n_gen"], repeats=g["repetitions"],
                prompt_tps=p["median_ts"], prompt_tps_mean=p["avg_ts"],
                prompt_tps_stddev=p["stddev_ts"], prompt_tps_all=p["samples_ts"],

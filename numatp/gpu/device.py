@@ -60,7 +60,7 @@ def probe():
     try:
         import cupy
     except ImportError:
-        return None, f"CuPy is not installed ({INSTALL_HINT})"
+        return None, f"CuPy is not installed; {INSTALL_HINT}"
     except Exception as e:  # a broken install: CUDA libraries missing, wrong wheel
         return None, f"CuPy failed to import: {_first_line(e)}"
     try:
