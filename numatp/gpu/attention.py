@@ -68,7 +68,7 @@ class CupyBackend:
         self._cupyx = cupyx
         # Element i is pair j of head h of token t; a and c are the pair's two dims.
         self._rope = cupy.ElementwiseKernel(
-            "raw float32 cos, raw float32 sin, int32 n_heads, int32 hd, int32 half, "
+            "raw float32 cos_t, raw float32 sin_t, int32 n_heads, int32 hd, int32 half, "
             "int32 neox, int32 pos0",
             "raw float32 v",
             """
@@ -79,8 +79,8 @@ class CupyBackend:
             int a = neox ? j : 2 * j;
             int c = neox ? j + half : 2 * j + 1;
             float x0 = v[base + a], x1 = v[base + c];
-            float cs = cos[(long long)(pos0 + t) * half + j];
-            float sn = sin[(long long)(pos0 + t) * half + j];
+            float cs = cos_t[(long long)(pos0 + t) * half + j];
+            float sn = sin_t[(long long)(pos0 + t) * half + j];
             v[base + a] = x0 * cs - x1 * sn;
             v[base + c] = x0 * sn + x1 * cs;
             """, "numatp_rope")
