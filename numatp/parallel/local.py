@@ -51,6 +51,10 @@ class ShardState:
         slower one's compile). A prompt overwrites what this leaves in the KV cache."""
         x = np.zeros((1, int(self.weights.dims[D_HIDDEN])), dtype=np.float32)
         self.step(x, 0, np.empty(self.vocab[1] - self.vocab[0], dtype=np.float32))
+        if self.gpu_attention is not None:
+            # The first call compiles CuPy's kernels and starts cuBLAS (seconds): not a
+            # decode token's time.
+            self.gpu_attention.decode_seconds, self.gpu_attention.decode_calls = 0.0, 0
 
     def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
         w = self.weights
