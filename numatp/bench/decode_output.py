@@ -42,7 +42,8 @@ def as_markdown(rows) -> str:
                ("params", ">", lambda r: scaled(r["params"], 1000, ("", "K", "M", "B"))),
                ("nodes", ">", lambda r: str(r["nodes"])),
                ("threads", ">", lambda r: str(r["threads"]))]
-    if any(r["gpu"] != "none" for r in rows):
+    # Rows from before --gpu and --depth (a saved -o json) have neither field.
+    if any(r.get("gpu", "none") != "none" for r in rows):
         columns.append(("gpu", ">", lambda r: r["gpu"]))
     columns += [("test", ">", lambda r: r["test"]),
                ("t/s", ">", lambda r: f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}")]
@@ -61,7 +62,7 @@ def as_markdown(rows) -> str:
     rule = "| " + " | ".join("-" * w if align == "<" else "-" * (w - 1) + ":"
                              for (_, align, _), w in zip(columns, widths)) + " |"
     table = [line([name for name, _, _ in columns]), rule] + [line(c) for c in cells]
-    if any(r["n_depth"] for r in rows):
+    if any(r.get("n_depth") for r in rows):
         table.append("\n@ dN: run after filling positions 0..N-1 of the KV cache with synthetic "
                      "keys and values (--depth), not after processing a prompt")
     return "\n".join(table)
