@@ -21,7 +21,9 @@ whole int8 steps; observed 1%). Greedy tokens must be equal, except where the
 CPU's two best logits are closer than the tolerance (a near tie either path may break
 either way).
 CuPy against the host stand-in: the same roundings in another summation order, a few f16
-ulps: 5e-3 of the largest logit.
+ulps: 5e-3 of the largest logit where the FFN multiplies in float32. The MoE model's
+experts are quantized, so those ulps become whole int8 steps of the experts' inputs, as
+against the CPU path: QUANT_TOL there (observed on an H200: 0.7% of the largest logit).
 """
 import os
 import subprocess
@@ -65,6 +67,7 @@ def models(tmp_path_factory):
 
 ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe"]
 TOLS = {"llama": TOL, "qwen2": TOL, "qwen3": TOL, "qwen3moe": QUANT_TOL}
+STANDIN_TOLS = {"llama": 5e-3, "qwen2": 5e-3, "qwen3": 5e-3, "qwen3moe": QUANT_TOL}
 
 
 def run(path, gpu=None, nodes=1, ids=PROMPT):
@@ -214,7 +217,7 @@ def test_cuda_matches_cpu_and_standin(arch, models, monkeypatch):
     got = run(models[arch], gpu="attn")
     assert_agree(ref, got, TOLS[arch])
     monkeypatch.setenv("NUMATP_GPU_BACKEND", "numpy")
-    assert_agree(run(models[arch], gpu="attn"), got, 5e-3)
+    assert_agree(run(models[arch], gpu="attn"), got, STANDIN_TOLS[arch])
     assert got[2]["round_trip_us"] > 0 and got[2]["pool_bytes"] > 0
 
 
