@@ -31,6 +31,9 @@ from numatp.text_stream import TextStream, checked_stops, text_pieces
 # tokens of activations (int8) still sit in a core's L2 cache next to its weights.
 PREFILL_CHUNK = 128
 DEFAULT_CTX = 4096
+# gpu=: None runs on the CPU only; "attn" runs each layer's attention block and the KV
+# cache on a CUDA GPU through CuPy (numatp/gpu/, numatp/forward/offload.py).
+GPU_MODES = (None, "attn")
 
 
 @dataclass
@@ -132,7 +135,7 @@ class LLM:
     not at the first next()."""
 
     def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
-                 moe_split="rows"):
+                 moe_split="rows", gpu=None):
         from numatp.registry import resolve_model
         from numatp.tokenizer import Tokenizer
         self.path = str(resolve_model(path))
@@ -152,7 +155,13 @@ class LLM:
         from numatp.parallel.plan import check_moe_split
         check_moe_split(moe_split)
         self.moe_split = moe_split
-        check_kv_fits(self.config, ctx_size)
+        if gpu not in GPU_MODES:
+            raise UsageError(f"invalid gpu {gpu!r}: None (CPU only) or 'attn' (attention and its "
+                             "KV cache on the GPU)")
+        self.gpu = gpu
+        self.gpu_info = self.gpu_budget = None
+        if gpu is None:
+            check_kv_fits(self.config, ctx_size)
         self._embd = self.gguf.tensors[TOKEN_EMBD.name]
         self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
         self.stats = GenerationStats()
@@ -174,6 +183,8 @@ class LLM:
         from numatp.parallel.group import resolve_nodes, shared_cpus_warning
         from numatp.parallel.shard import model_kernel_set
         placement = resolve_nodes(nodes, threads)
+        in_process = len(placement) == 1 and not placement[0].bind
+        backend = self._check_gpu(in_process) if self.gpu else None
         if announce is not None and (warning := shared_cpus_warning(placement)):
             announce(warning)
         # Only now is the model known to be valid and about to run: a notice before a
@@ -188,14 +199,36 @@ class LLM:
                 announce(f"first run of this numatp version on {names} weights: compiling their "
                          "kernels for this CPU (a minute or less; later runs load them from the "
                          "cache)")
-        if len(placement) == 1 and not placement[0].bind:
+        if in_process:
             from numatp.parallel.local import LocalModel
             self.nodes = 1
-            return LocalModel(self.gguf, self.config, self.ctx, len(placement[0].cpus))
+            return LocalModel(self.gguf, self.config, self.ctx, len(placement[0].cpus),
+                              gpu=backend, max_tokens=PREFILL_CHUNK)
         from numatp.parallel.coordinator import ProcessGroupModel
         self.nodes = len(placement)
         return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement,
-                                 max_tokens=PREFILL_CHUNK, moe_split=self.moe_split)
+                                 max_tokens=PREFILL_CHUNK, moe_split=self.moe_split, gpu=backend)
+
+    def _check_gpu(self, in_process) -> str:
+        """Before anything is loaded: the GPU (or GpuUnavailable), and that the attention
+        block and the KV cache fit it. With worker processes the coordinator asks a child
+        process, so that only rank 0, which runs attention, holds a CUDA context."""
+        from numatp.gpu.budget import check_fits, gpu_budget
+        from numatp.gpu.device import require
+        self.gpu_info = require(in_child=not in_process)
+        self.gpu_budget = gpu_budget(self.gguf, self.config, self.ctx, PREFILL_CHUNK)
+        check_fits(self.gpu_budget, self.gpu_info)
+        return self.gpu_info.backend
+
+    def gpu_report(self) -> dict | None:
+        """With gpu="attn": the GPU, the bytes it holds (attention weights, KV cache, RoPE
+        tables, I/O buffers; CuPy's pool, workspace included), the per-layer host<->GPU
+        round trip of one hidden vector over the pinned buffers (µs), and in one process
+        the mean time of one layer's attention per decoded token. None without a GPU."""
+        if self.gpu is None or self.model is None:
+            return None
+        return {"device": self.gpu_info.describe(), "planned": self.gpu_budget.as_dict(),
+                **(self.model.gpu_report() or {})}
 
     # --- the pieces -------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list:
@@ -295,6 +328,25 @@ class LLM:
         self._turns.take()
         try:
             self._cached = []
+        finally:
+            self._turns.give_back()
+
+    def fill_synthetic_kv(self, n, seed=0):
+        """For benchmarks at depth: fill positions 0..n-1 of the KV cache with random keys
+        and values, as if a prompt of n tokens had been processed (attention's cost does
+        not depend on what the keys and values are), so that a decode at position n can be
+        timed without a long prefill. One process only (--nodes 1). The cached sequence is
+        forgotten: no prompt can reuse these positions."""
+        self._turns.take()
+        try:
+            with self._step:
+                if not hasattr(self.model, "fill_synthetic_kv"):
+                    raise UsageError("a synthetic KV cache (--depth) needs the model in one "
+                                     "process (--nodes 1)")
+                if not 0 <= n < self.ctx:
+                    raise UsageError(f"depth {n} does not fit the context of {self.ctx} tokens")
+                self._cached = []
+                self.model.fill_synthetic_kv(n, seed)
         finally:
             self._turns.give_back()
 
@@ -504,10 +556,13 @@ def check_kv_fits(cfg, ctx):
 
 
 def load(path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
-         moe_split="rows") -> LLM:
+         moe_split="rows", gpu=None) -> LLM:
     """announce(message): called with a one-line notice when loading will compile the
     kernels (the first run of a numatp version), before it starts. moe_split: how a
     Mixture-of-Experts model's experts are placed on the nodes, "rows" (a slice of every
-    expert on each node) or "experts" (whole experts per node)."""
+    expert on each node) or "experts" (whole experts per node). gpu: None (CPU only) or
+    "attn": each layer's attention and the KV cache on a CUDA GPU through CuPy (pip install
+    'numatp[cuda]'), the FFN and experts on the CPU; raises NumatpError before loading
+    when there is no usable GPU or the attention block and KV cache do not fit it."""
     return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size, announce=announce,
-               moe_split=moe_split)
+               moe_split=moe_split, gpu=gpu)

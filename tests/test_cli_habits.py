@@ -47,7 +47,8 @@ def test_version(monkeypatch, capsys):
     assert run_main(["--version"], monkeypatch, capsys) == (0, f"numatp {numatp.__version__}\n", "")
 
 
-NO_GPU = "numatp runs on the CPU; GPU offload is not available yet"
+NO_GPU = ("numatp offloads attention and the KV cache, not layers: use --gpu attn (the FFN and "
+          "experts stay on the CPU, as llama.cpp's -ngl 99 -ot exps=CPU)")
 
 
 @pytest.mark.parametrize("args, line", [

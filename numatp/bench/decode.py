@@ -34,15 +34,20 @@ MIN_CTX = 512
 class Test:
     kind: str    # "pp" (prompt processing) or "tg" (text generation)
     n: int
+    # Positions already in the KV cache, filled with synthetic keys and values
+    # (LLM.fill_synthetic_kv) rather than by a prompt: the test runs at positions depth..
+    depth: int = 0
 
     @property
     def name(self) -> str:
-        return f"{self.kind}{self.n}"
+        # llama-bench's label of a test at depth (its -d): "tg64 @ d8192"
+        return f"{self.kind}{self.n}" + (f" @ d{self.depth}" if self.depth else "")
 
 
-def plan_tests(n_prompts, n_gens) -> list[Test]:
+def plan_tests(n_prompts, n_gens, depths=(0,)) -> list[Test]:
     """llama-bench's order and its convention that a size of 0 means no such test."""
-    return [Test("pp", p) for p in n_prompts if p > 0] + [Test("tg", n) for n in n_gens if n > 0]
+    return [Test(kind, n, d) for d in depths
+            for kind, sizes in (("pp", n_prompts), ("tg", n_gens)) for n in sizes if n > 0]
 
 
 def sample_stats(samples) -> dict:
@@ -83,19 +88,21 @@ class Progress:
 
 
 def run(models=(None,), nodes_list=("auto",), threads_list=(None,), n_prompts=(128,),
-        n_gens=(64,), repeats=3, warmup=True, read_bytes=None, progress=None,
-        moe_split="rows") -> list[dict]:
-    """One row per (model, nodes, threads, test), in that nesting order. read_bytes: the
-    buffer of the read-bandwidth measurement (None: memory.read_gbps's default; 0: no
-    measurement, and no read_gbps / pct_of_read in the rows). moe_split: how a
-    Mixture-of-Experts model's experts are split over several nodes (numatp.load's)."""
+        n_gens=(64,), repeats=3, warmup=True, read_bytes=None, progress=None, gpus=(None,),
+        depths=(0,), moe_split="rows") -> list[dict]:
+    """One row per (model, nodes, threads, gpu, test), in that nesting order. read_bytes:
+    the buffer of the read-bandwidth measurement (None: memory.read_gbps's default; 0: no
+    measurement, and no read_gbps / pct_of_read in the rows). gpus: None (CPU only) and/or
+    "attn". depths: run the tests after filling that many positions of the KV cache with
+    synthetic keys and values (LLM.fill_synthetic_kv). moe_split: how a Mixture-of-Experts
+    model's experts are split over several nodes (numatp.load's)."""
     progress = progress or Progress()
-    tests = plan_tests(n_prompts, n_gens)
+    tests = plan_tests(n_prompts, n_gens, depths)
     if not tests:
         raise UsageError("no test to run: every -p and -n is 0")
     read_by_threads, rows = {}, []
-    for model, nodes, threads in itertools.product(models, nodes_list, threads_list):
-        config_rows = run_config(model, nodes, threads, tests, repeats, warmup, progress,
+    for model, nodes, threads, gpu in itertools.product(models, nodes_list, threads_list, gpus):
+        config_rows = run_config(model, nodes, threads, tests, repeats, warmup, progress, gpu,
                                  moe_split)
         used = config_rows[0]["threads"]
         # Measured with the model closed, so that its workers' memory and threads are gone.
@@ -109,30 +116,37 @@ def run(models=(None,), nodes_list=("auto",), threads_list=(None,), n_prompts=(1
     return rows
 
 
-def run_config(model, nodes, threads, tests, repeats, warmup, progress,
+def run_config(model, nodes, threads, tests, repeats, warmup, progress, gpu=None,
                moe_split="rows") -> list[dict]:
     """Load the model once for this --nodes and -t and run every test on it. The thread
     count is set at load: per worker process, or for one in-process node by Numba's
     set_num_threads for this thread, which the step's parallel loops then follow (one
     process alternating -t 2,1,2,1 ran the step on 2, 1, 2, 1 busy OS threads)."""
     import numatp
-    ctx = max([MIN_CTX] + [t.n + (t.kind == "tg") for t in tests])
+    ctx = max([MIN_CTX] + [t.depth + t.n + (t.kind == "tg") for t in tests])
     progress.loading(model, nodes, threads)
     t0 = time.perf_counter()
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx,
-                     announce=progress.note, moe_split=moe_split) as llm:
+                     announce=progress.note, gpu=gpu, moe_split=moe_split) as llm:
         load_s = time.perf_counter() - t0
         used = threads_of(llm)
         if threads is not None and used != threads:
             progress.note(f"-t {threads} with --nodes {nodes}: ran {used} threads "
                           "(one per node at least, the nodes' CPUs at most)")
-        config = describe(llm) | {"nodes": llm.nodes, "threads": used, "load_s": load_s}
+        config = describe(llm) | {"nodes": llm.nodes, "threads": used, "load_s": load_s,
+                                  "gpu": gpu or "none"}
         progress.loaded(config)
         where = (f"{llm.nodes} node{'s' if llm.nodes > 1 else ''}, "
-                 f"{used} thread{'s' if used > 1 else ''}")
-        rows = [config | measure(llm, test, repeats, warmup, progress,
-                                 label=f"{test.name}, {where}")
-                for test in tests]
+                 f"{used} thread{'s' if used > 1 else ''}" + (f", --gpu {gpu}" if gpu else ""))
+        rows, filled = [], None
+        for test in tests:
+            if test.depth and test.depth != filled:
+                llm.fill_synthetic_kv(test.depth)
+                filled = test.depth
+                progress.note(f"KV cache filled with synthetic keys and values to depth "
+                              f"{test.depth}")
+            rows.append(config | measure(llm, test, repeats, warmup, progress,
+                                         label=f"{test.name}, {where}"))
         peak = peak_rss(llm)
         return [row | {"peak_rss": peak,
                        "moe_split": moe_split if llm.config.n_experts and llm.nodes > 1
@@ -169,6 +183,8 @@ def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
     greedy = SamplingParams(temperature=0)
 
     def once():
+        if test.depth:
+            return at_depth(llm, test, tokens)
         if test.kind == "pp":
             llm.reset()   # else the prompt would be found in the cache, all but 2 tokens
             drain(llm.generate_ids(tokens, 0, greedy, stop_at_eog=False))
@@ -186,13 +202,30 @@ def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
         samples.append(once())
         progress.sampled(label, i, samples[-1])
     row = {"test": test.name, "n_prompt": test.n if test.kind == "pp" else 0,
-           "n_gen": test.n if test.kind == "tg" else 0, "repetitions": repeats,
+           "n_gen": test.n if test.kind == "tg" else 0, "n_depth": test.depth,
+           "synthetic_kv": bool(test.depth), "repetitions": repeats,
            **sample_stats(samples), "effective_gbps": None, "read_gbps": None,
            "pct_of_read": None}
     if test.kind == "tg":
         row["effective_gbps"] = llm.bytes_per_token * row["avg_ts"] / GB
     progress.test_done(label, row)
     return row
+
+
+def at_depth(llm, test, tokens) -> float:
+    """tok/s of a test at positions test.depth.. after a synthetic KV fill: a prompt
+    processed in the usual chunks, or greedy decoding one token at a time."""
+    from numatp.api import _chunks
+    depth = test.depth
+    start = time.perf_counter()
+    if test.kind == "pp":
+        for a, b in _chunks(depth, depth + test.n):
+            llm._forward(tokens[a - depth:b - depth], a)
+    else:
+        tok = tokens[0]
+        for i in range(test.n):
+            tok = int(np.argmax(llm._forward([tok], depth + i)))
+    return test.n / (time.perf_counter() - start)
 
 
 def drain(tokens):

@@ -10,7 +10,7 @@ from numatp.bench.decode import GB
 ROW_FIELDS = ("model", "model_type", "size", "params", "active_params", "nodes", "threads",
               "test", "n_prompt", "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts",
               "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read",
-              "peak_rss", "moe_split")
+              "gpu", "n_depth", "synthetic_kv", "peak_rss", "moe_split")
 
 
 def as_json(rows) -> str:
@@ -41,8 +41,11 @@ def as_markdown(rows) -> str:
                ("size", ">", lambda r: scaled(r["size"], 1024, ("B", "KiB", "MiB", "GiB"))),
                ("params", ">", lambda r: scaled(r["params"], 1000, ("", "K", "M", "B"))),
                ("nodes", ">", lambda r: str(r["nodes"])),
-               ("threads", ">", lambda r: str(r["threads"])),
-               ("test", ">", lambda r: r["test"]),
+               ("threads", ">", lambda r: str(r["threads"]))]
+    # Rows from before --gpu and --depth (a saved -o json) have neither field.
+    if any(r.get("gpu", "none") != "none" for r in rows):
+        columns.append(("gpu", ">", lambda r: r["gpu"]))
+    columns += [("test", ">", lambda r: r["test"]),
                ("t/s", ">", lambda r: f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}")]
     if any(r["effective_gbps"] is not None for r in rows):
         columns.append(("GB/s", ">", lambda r: optional(r["effective_gbps"], "{:.2f}")))
@@ -58,7 +61,11 @@ def as_markdown(rows) -> str:
 
     rule = "| " + " | ".join("-" * w if align == "<" else "-" * (w - 1) + ":"
                              for (_, align, _), w in zip(columns, widths)) + " |"
-    return "\n".join([line([name for name, _, _ in columns]), rule] + [line(c) for c in cells])
+    table = [line([name for name, _, _ in columns]), rule] + [line(c) for c in cells]
+    if any(r.get("n_depth") for r in rows):
+        table.append("\n@ dN: run after filling positions 0..N-1 of the KV cache with synthetic "
+                     "keys and values (--depth), not after processing a prompt")
+    return "\n".join(table)
 
 
 def scaled(n, base, units) -> str:
@@ -84,7 +91,8 @@ def summary_object(rows) -> dict:
         raise ValueError("the summary object needs exactly one pp and one tg row")
     p, g = pp[0], tg[0]
     out = {k: g[k] for k in ("model", "model_type", "size", "params", "nodes", "threads",
-                             "load_s", "bytes_per_token", "peak_rss", "moe_split")}
+                             "load_s", "bytes_per_token", "gpu", "n_depth", "synthetic_kv",
+                             "peak_rss", "moe_split")}
     out.update(n_prompt=p["n_prompt"], n_gen=g["n_gen"], repeats=g["repetitions"],
                prompt_tps=p["median_ts"], prompt_tps_mean=p["avg_ts"],
                prompt_tps_stddev=p["stddev_ts"], prompt_tps_all=p["samples_ts"],

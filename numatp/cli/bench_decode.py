@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from numatp.cli.app import bench_app
-from numatp.cli.options import HF_REPO_HELP, MOE_SPLIT
+from numatp.cli.options import HF_REPO_HELP, MOE_SPLIT, gpu_option
 from numatp.errors import UsageError
 
 FORMATS = ("md", "csv", "json")
@@ -33,6 +33,15 @@ def bench_decode(
         n_gen: str = typer.Option(
             "64", "-n", "--n-gen", help="Generation tests: tokens decoded one at a time, "
                                         "comma-separated; 0: none."),
+        gpus: Optional[List[str]] = typer.Option(
+            None, "--gpu", help="none (CPU only) or attn (attention and KV cache on the GPU); "
+                                "repeat to compare: --gpu none --gpu attn. Default: none."),
+        depth: str = typer.Option(
+            "0", "-d", "--depth", help="SYNTHETIC: run each test at this KV depth, the cache "
+                                       "filled with random keys and values instead of a "
+                                       "prompt (attention's cost does not depend on them); "
+                                       "comma-separated; one process only (--nodes 1). "
+                                       "Rows are labelled 'tg64 @ d8192'."),
         repeats: int = typer.Option(3, "-r", "--repetitions", "--repeats",
                                     help="Measured repetitions of each test."),
         no_warmup: bool = typer.Option(False, "--no-warmup",
@@ -63,6 +72,8 @@ def bench_decode(
     thread_counts = int_list(threads, "-t/--threads", minimum=1) if threads else [None]
     prompts = int_list(n_prompt, "-p/--n-prompt", minimum=0)
     gens = int_list(n_gen, "-n/--n-gen", minimum=0)
+    depths = int_list(depth, "-d/--depth", minimum=0)
+    gpu_modes = [None if g == "none" else gpu_option(g) for g in gpus or ["none"]]
     if repeats < 1:
         raise UsageError(f"invalid -r/--repetitions {repeats}: need at least 1")
     if read_mb < 0 or read_mb << 20 > psutil.virtual_memory().total:
@@ -75,14 +86,15 @@ def bench_decode(
     if as_json:
         if output is not None:
             raise UsageError("--json and -o/--output: give one of them")
-        if (len(models), len(nodes), len(thread_counts), len(prompts), len(gens)) != (1,) * 5 \
+        if (len(models), len(nodes), len(thread_counts), len(prompts), len(gens), len(depths),
+                len(gpu_modes)) != (1,) * 7 \
                 or not prompts[0] or not gens[0]:
             raise UsageError("--json prints one object for one -m, --nodes, -t, and -p and -n "
                              "above 0; for lists use -o json")
     with RichProgress() as progress:
         rows = run(models, nodes, thread_counts, prompts, gens, repeats=repeats,
                    warmup=not no_warmup, read_bytes=read_mb << 20, progress=progress,
-                   moe_split=moe_split)
+                   gpus=gpu_modes, depths=depths, moe_split=moe_split)
     if as_json:
         text = json.dumps(decode_output.summary_object(rows), indent=2)
     else:

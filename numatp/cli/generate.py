@@ -6,10 +6,10 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES,
+from numatp.cli.options import (CTX_SIZE, GPU, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES,
                                 REPEAT_LAST_N, REPEAT_PENALTY, SEED, STOP, TEMP, THREADS,
                                 TOP_K, TOP_P, OptionalInt, OptionalStr, StrList, announce,
-                                model_option, sampling_params)
+                                gpu_lines, gpu_option, model_option, sampling_params)
 from numatp.errors import UsageError
 
 
@@ -75,6 +75,7 @@ def generate(
     threads: OptionalInt = THREADS,
     nodes: str = NODES,
     moe_split: str = MOE_SPLIT,
+    gpu: OptionalStr = GPU,
     stop: StrList = STOP,
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
@@ -98,9 +99,10 @@ def generate(
         as_text(system, "--system")
     stops = checked_stops([as_text(s, "--stop") for s in stop or ()])
     params = sampling_params(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+    gpu = gpu_option(gpu)
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=announce, moe_split=moe_split) as llm:
+                     announce=announce, moe_split=moe_split, gpu=gpu) as llm:
         # First, so that a prompt or chat template that fails does so in one line.
         if chat and llm.tokenizer.chat_template is None:
             print("numatp: warning: the model has no chat template; --chat uses ChatML, "
@@ -132,7 +134,7 @@ def generate(
                 "text": "".join(out), "tokens": s.tokens, "prompt_tokens": s.prompt_tokens,
                 "n_prompt": s.n_prompt, "n_gen": s.n_gen, "prompt_tps": s.prompt_tps,
                 "decode_tps": s.decode_tps, "effective_gbps": gbps, "nodes": llm.nodes,
-                "stop_reason": s.stop_reason, "model": llm.path,
+                "stop_reason": s.stop_reason, "model": llm.path, "gpu": llm.gpu_report(),
             }))
         # The first generated token comes out of the prompt pass: with one token there
         # was no decode step to time.
@@ -140,6 +142,8 @@ def generate(
                   if s.n_gen > 1 else f"generated {s.n_gen} token (no decode step)")
         print(f"numatp: prompt {s.n_prompt} tokens, {s.prompt_tps:.1f} tok/s | {decode} | "
               f"nodes {llm.nodes}", file=sys.stderr)
+        for line in gpu_lines(llm):
+            print(f"numatp: {line}", file=sys.stderr)
 
 
 @app.command()

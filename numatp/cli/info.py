@@ -12,7 +12,7 @@ from numatp.cli.app import app
 from numatp.cli.options import HF_REPO_HELP, MOE_SPLIT, model_option
 
 
-def describe(path, n_nodes=1, moe_split="rows") -> dict:
+def describe(path, n_nodes=1, ctx=None, moe_split="rows") -> dict:
     from numatp.api import weight_bytes_per_token
     from numatp.errors import ModelFileError
     from numatp.model.config import from_gguf
@@ -46,7 +46,32 @@ def describe(path, n_nodes=1, moe_split="rows") -> dict:
                        if cfg.n_experts else {}),
                     "bytes": shard_bytes(g, cfg, s)}
                    for s in plan],
+        "gpu": gpu_placement(g, cfg, ctx),
     }
+
+
+def gpu_placement(gguf, cfg, ctx=None) -> dict:
+    """The GPU (or why there is none) and what --gpu attn would place on it at `ctx`
+    (default: what generate would use)."""
+    from numatp.api import DEFAULT_CTX, PREFILL_CHUNK
+    from numatp.gpu.budget import gpu_budget
+    from numatp.gpu.device import probe
+    ctx = ctx or min(cfg.ctx_train, DEFAULT_CTX)
+    budget = gpu_budget(gguf, cfg, ctx, PREFILL_CHUNK)
+    info, why = probe()
+    return {"device": None if info is None else info.describe(), "unavailable": why,
+            "free_bytes": None if info is None else info.free_bytes,
+            "attn": budget.as_dict(), "attn_text": budget.describe(),
+            "fits": None if info is None else budget.total_bytes <= info.free_bytes}
+
+
+def gpu_text(gpu) -> list:
+    """The lines `info` and `topology` print about the GPU and --gpu attn."""
+    lines = [f"gpu: {gpu['device']}" if gpu["device"] else f"gpu: none ({gpu['unavailable']})"]
+    verdict = ("" if gpu["fits"] is None else ": fits" if gpu["fits"] else
+               ": does NOT fit the free memory (lower -c/--ctx-size)")
+    lines.append(f"--gpu attn would place there: {gpu['attn_text']}{verdict}")
+    return lines
 
 
 def file_contents(g) -> dict:
@@ -85,6 +110,9 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
          hf_repo: Optional[str] = typer.Option(None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP),
          nodes: int = typer.Option(1, "--nodes", help="Show the shard plan for this many nodes."),
          moe_split: str = MOE_SPLIT,
+         ctx_size: int = typer.Option(0, "-c", "--ctx-size",
+                                      help="Context for what --gpu attn would place on the GPU "
+                                           "(0: the model's, at most 4096)."),
          as_json: bool = typer.Option(False, "--json")):
     """Metadata, tensors, bytes read per token, the shard plan; or why numatp cannot run it."""
     from numatp.errors import UsageError
@@ -97,7 +125,9 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
         raise UsageError(f"invalid --nodes {nodes}: give 1 to {MAX_RANKS} (the most NUMA nodes "
                          "Linux supports)")
     check_moe_split(moe_split)
-    d = describe(resolve_model(model), nodes, moe_split)
+    if ctx_size < 0:
+        raise UsageError(f"invalid --ctx-size {ctx_size}: must be >= 0")
+    d = describe(resolve_model(model), nodes, ctx_size or None, moe_split)
     if as_json:
         print(json.dumps(d, indent=2))
         return
@@ -139,6 +169,8 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
               + (f", experts {s['experts'][0]}:{s['experts'][1]} rows "
                  f"{s['expert_ffn'][0]}:{s['expert_ffn'][1]}" if "experts" in s else "")
               + f", {mb(s['bytes'])}")
+    for line in gpu_text(d["gpu"]):
+        print(f"  {line}")
 
 
 def _ffn_label(d):

@@ -10,7 +10,8 @@ everything after a bare "--" is left alone (it is not an option there).
 
 _INSTEAD = {
     ("-ngl", "--gpu-layers", "--n-gpu-layers"):
-        "numatp runs on the CPU; GPU offload is not available yet",
+        "numatp offloads attention and the KV cache, not layers: use --gpu attn "
+        "(the FFN and experts stay on the CPU, as llama.cpp's -ngl 99 -ot exps=CPU)",
     ("-cnv", "--conversation"): "use `numatp chat` (or generate --chat for one turn)",
     ("-no-cnv", "--no-conversation"):
         "numatp generate continues one prompt and has no conversation mode to turn off; "

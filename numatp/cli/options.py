@@ -16,6 +16,9 @@ HF_REPO = typer.Option(None, "-hf", "-hfr", "--hf-repo", help=HF_REPO_HELP)
 MOE_SPLIT = typer.Option("rows", "--moe-split",
                          help="Mixture-of-Experts models over several nodes: rows (a slice of "
                               "every expert per node) or experts (whole experts per node).")
+GPU = typer.Option(None, "--gpu",
+                   help="attn: each layer's attention and the KV cache (f16) on a CUDA GPU "
+                        "through CuPy (pip install 'numatp[cuda]'), FFN and experts on the CPU.")
 TEMP = typer.Option(0.8, "--temp", help="Temperature; 0 is greedy.")
 TOP_K = typer.Option(40, "--top-k")
 TOP_P = typer.Option(0.95, "--top-p")
@@ -42,6 +45,35 @@ def sampling_params(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, se
     from numatp.sampling import SamplingParams
     return SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                           None if seed == -1 else seed).validate()
+
+
+def gpu_option(gpu):
+    """--gpu's value for numatp.load (None: CPU only)."""
+    if gpu is not None and gpu != "attn":
+        raise UsageError(f"invalid --gpu {gpu!r}: the one mode is attn (attention and the KV "
+                         "cache on the GPU)")
+    return gpu
+
+
+def gpu_lines(llm) -> list:
+    """What --gpu attn placed on the GPU and the per-layer round trip, for stderr."""
+    r = llm.gpu_report()
+    if r is None:
+        return []
+    mb = lambda b: f"{b / 1e6:,.1f} MB"  # noqa: E731
+    used = r["weight_bytes"] + r["kv_bytes"] + r["rope_bytes"] + r["io_bytes"]
+    lines = [f"gpu: {r['device']}",
+             f"gpu memory used: {mb(used)} = {mb(r['weight_bytes'])} attention weights (f16) + "
+             f"{mb(r['kv_bytes'])} KV cache (f16, {r['planned']['ctx']} tokens) + "
+             f"{mb(r['rope_bytes'] + r['io_bytes'])} RoPE tables and I/O buffers; workspace "
+             f"up to {mb(r['planned']['workspace_bytes'])} (CuPy's pool holds "
+             f"{mb(r['pool_bytes'])} now)"]
+    if "round_trip_us" in r:
+        trip = f"gpu round trip per layer: {r['round_trip_us']:.1f} us host->GPU->host (one hidden vector)"
+        if "decode_attention_us" in r:
+            trip += f", {r['decode_attention_us']:.1f} us for a decode token's attention block"
+        lines.append(trip)
+    return lines
 
 
 def announce(message):

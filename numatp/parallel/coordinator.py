@@ -39,8 +39,10 @@ def _user_main_hidden():
 class ProcessGroupModel:
     """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
 
-    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows"):
+    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows",
+                 gpu=None):
         self.n_ranks = len(placements)
+        self.gpu = gpu   # the backend of --gpu attn (rank 0's), or None
         self.max_tokens = max_tokens
         self.plan = shard_plan(gguf, cfg, self.n_ranks, moe_split)
         self.processes, self.reports = [], []
@@ -73,7 +75,7 @@ class ProcessGroupModel:
             parent, child = spawn.Pipe(duplex=False)
             p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
                               args=(rank, placement, shard, model_path, ctx, self.max_tokens,
-                                    names, child, lifeline))
+                                    names, child, lifeline, self.gpu))
             # The worker starts with Ctrl-C and hang-up blocked (the mask survives exec)
             # and keeps them so: a signal sent to the whole process group then cannot
             # break its start-up into a traceback; we stop it ourselves. Ours are
@@ -136,13 +138,20 @@ class ProcessGroupModel:
                     f"{r['threads']} threads, {r['weight_bytes'] / 1e6:,.1f} MB weights, "
                     f"{r['kv_bytes'] / 1e6:,.1f} MB KV cache")
             if r["bound"]:
-                line += (f", {100 * r['weights_local']:.1f}% of weight pages and "
-                         f"{100 * r['kv_local']:.1f}% of KV pages on node {r['node']}")
+                line += f", {100 * r['weights_local']:.1f}% of weight pages"
+                line += (f" and {100 * r['kv_local']:.1f}% of KV pages on node {r['node']}"
+                         if "kv_local" in r else f" on node {r['node']}")
+            if "gpu" in r:
+                line += ", attention and KV cache on the GPU"
             lines.append(line)
         return lines
 
     def warm_up(self):
         pass  # each worker warmed its step up before it reported ready
+
+    def gpu_report(self) -> dict | None:
+        """Rank 0's GPU report, made at load (None without --gpu)."""
+        return self.reports[0].get("gpu") if self.reports else None
 
     def forward(self, x, pos0):
         """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the

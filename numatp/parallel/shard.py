@@ -131,10 +131,13 @@ def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
     return _Piece(t, 0, t.rows, lo, hi, matrix=True)
 
 
-def plan_pieces(gguf, cfg: ModelConfig, shard: Shard) -> dict:
-    """{index entry: _Piece} for every tensor of this shard."""
+def plan_pieces(gguf, cfg: ModelConfig, shard: Shard, attention=True) -> dict:
+    """{index entry: _Piece} for every tensor of this shard; without the attention block's
+    tensors (`attention` False) when the GPU runs it (numatp/gpu/budget.py names them)."""
+    from numatp.gpu.budget import ATTENTION_SLOTS
     return {entry(cfg.n_layers, layer, decl.slot): _cut(decl, t, cfg, shard)
-            for decl, layer, t in present(gguf, cfg) if decl.read == STEP}
+            for decl, layer, t in present(gguf, cfg) if decl.read == STEP
+            and (attention or layer is None or decl.slot not in ATTENTION_SLOTS)}
 
 
 def shard_dims(cfg: ModelConfig, shard: Shard, ctx: int) -> np.ndarray:
@@ -156,10 +159,12 @@ def shard_dims(cfg: ModelConfig, shard: Shard, ctx: int) -> np.ndarray:
     return d
 
 
-def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None) -> ShardWeights:
+def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None,
+                attention=True) -> ShardWeights:
     """Copy this shard's tensors into one arena. `alloc(nbytes)` returns the uint8 arena
-    (node-local memory in a worker); pages are first touched by the copy."""
-    pieces = plan_pieces(gguf, cfg, shard)
+    (node-local memory in a worker); pages are first touched by the copy. attention:
+    False leaves out the attention block's tensors (the GPU holds them)."""
+    pieces = plan_pieces(gguf, cfg, shard, attention)
     n_entries = cfg.n_layers * LAYER_SLOTS + MODEL_SLOTS
     index = np.full((n_entries, layout.INDEX_COLS), -1, dtype=np.int64)
     offset = 0

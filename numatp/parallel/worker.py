@@ -34,14 +34,15 @@ def _exit_with_coordinator(lifeline):
     threading.Thread(target=watch, name="numatp-lifeline", daemon=True).start()
 
 
-def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline):
+def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline,
+                gpu=None):
     _exit_with_coordinator(lifeline)
     for sig in WORKER_IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     os.environ["NUMBA_NUM_THREADS"] = str(len(placement.cpus))
     try:
         state, channel, ar, io_seg, report = _load(rank, placement, shard, model_path, ctx,
-                                                     max_tokens, names)
+                                                     max_tokens, names, gpu)
     except BaseException as e:  # anything at load: report it in one line, then exit
         from numatp.errors import NumatpError
         if isinstance(e, NumatpError):
@@ -64,7 +65,7 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
     os._exit(0)
 
 
-def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
+def _load(rank, placement, shard, model_path, ctx, max_tokens, names, gpu):
     from numatp.numa.placement import alloc_on_node, bind_memory, local_fraction, pin_to_cpus
     pin_to_cpus(placement.cpus)
     if placement.bind:
@@ -84,7 +85,9 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     cfg = from_gguf(gguf)
     alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
     # build_shard releases each tensor's file pages as it copies them out.
-    state = ShardState(gguf, cfg, shard, ctx, alloc)
+    # With --gpu attn, rank 0 owns the GPU (numatp/forward/offload.py says why).
+    state = ShardState(gguf, cfg, shard, ctx, alloc, gpu=gpu, gpu_owner=rank == 0,
+                       max_tokens=max_tokens)
     gguf.close()
 
     channel = WorkerChannel.attach(names["control"], rank)
@@ -96,8 +99,11 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
               "weight_bytes": int(state.weights.arena.nbytes),
               "kv_bytes": sum(int(c.nbytes) for c in state.caches),
               "threads": numba.get_num_threads()}
+    if state.gpu_attention is not None:
+        report["gpu"] = state.gpu_report()
     if placement.bind:
         report["weights_local"] = local_fraction(state.weights.arena, placement.node)
+    if placement.bind and state.caches:
         report["kv_local"] = local_fraction(state.caches[0].reshape(-1).view(np.uint8), placement.node)
     return state, channel, ar, io_seg, report
 
