@@ -39,8 +39,10 @@ def _user_main_hidden():
 class ProcessGroupModel:
     """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
 
-    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows"):
+    def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows",
+                 n_slots=1):
         self.n_ranks = len(placements)
+        self.n_slots = n_slots
         self.max_tokens = max_tokens
         self.plan = shard_plan(gguf, cfg, self.n_ranks, moe_split)
         self.processes, self.reports = [], []
@@ -73,7 +75,7 @@ class ProcessGroupModel:
             parent, child = spawn.Pipe(duplex=False)
             p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
                               args=(rank, placement, shard, model_path, ctx, self.max_tokens,
-                                    names, child, lifeline))
+                                    names, child, lifeline, self.n_slots))
             # The worker starts with Ctrl-C and hang-up blocked (the mask survives exec)
             # and keeps them so: a signal sent to the whole process group then cannot
             # break its start-up into a traceback; we stop it ourselves. Ours are
@@ -144,12 +146,13 @@ class ProcessGroupModel:
     def warm_up(self):
         pass  # each worker warmed its step up before it reported ready
 
-    def forward(self, x, pos0):
-        """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the
-        logits of the last token (a view of shared memory, overwritten by the next call)."""
+    def forward(self, x, pos0, slot=0):
+        """x: (T, hidden) embeddings of tokens at pos0.. of sequence slot `slot`; T <=
+        max_tokens. Returns the logits of the last token (a view of shared memory,
+        overwritten by the next call)."""
         n = x.shape[0]
         self._x[:n] = x
-        self._channel.call(STEP, n, pos0)
+        self._channel.call(STEP, n, pos0, slot)
         return self._logits
 
     def close(self):

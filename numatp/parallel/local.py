@@ -13,13 +13,16 @@ NO_AR_CTL, NO_AR_DATA = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float3
 
 class ShardState:
     """One shard's weights, caches (attention's keys and values) and RoPE tables:
-    everything its family's step (numatp.forward.STEPS) needs."""
+    everything its family's step (numatp.forward.STEPS) needs. n_slots sequences each
+    have caches of their own, for a context of ctx tokens each."""
 
-    def __init__(self, gguf, cfg, shard, ctx, alloc=None):
+    def __init__(self, gguf, cfg, shard, ctx, alloc=None, n_slots=1):
         self.weights = build_shard(gguf, cfg, shard, ctx, alloc)
         alloc_f32 = (lambda shape: np.zeros(shape, dtype=np.float32)) if alloc is None else \
             (lambda shape: alloc(int(np.prod(shape)) * 4).view(np.float32).reshape(shape))
-        self.caches = tuple(alloc_f32(cache_shape(c, cfg, ctx, shard)) for c in cfg.arch.cache)
+        self.slot_caches = [tuple(alloc_f32(cache_shape(c, cfg, ctx, shard)) for c in cfg.arch.cache)
+                            for _ in range(n_slots)]
+        self.caches = [c for caches in self.slot_caches for c in caches]
         self._step = F.STEPS[cfg.arch.family]
         self.rope_cs = F.rope_tables(ctx, cfg.rope_dim, cfg.rope_base, cfg.rope_scale,
                                      cfg.rope_freq_factors)
@@ -35,10 +38,12 @@ class ShardState:
         x = np.zeros((1, int(self.weights.dims[D_HIDDEN])), dtype=np.float32)
         self.step(x, 0, np.empty(self.vocab[1] - self.vocab[0], dtype=np.float32))
 
-    def step(self, x, pos0, logits, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0, n_ranks=1):
+    def step(self, x, pos0, logits, slot=0, ar_ctl=NO_AR_CTL, ar_data=NO_AR_DATA, rank=0,
+             n_ranks=1):
         w = self.weights
         status = self._step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cs,
-                            self.caches, x, pos0, logits, (ar_ctl, ar_data, rank, n_ranks))
+                            self.slot_caches[slot], x, pos0, logits,
+                            (ar_ctl, ar_data, rank, n_ranks))
         if not self._compiled:
             mark_kernels_cached(w.kernels.key)
             self._compiled = True
@@ -50,18 +55,18 @@ class LocalModel:
 
     n_ranks = 1
 
-    def __init__(self, gguf, cfg, ctx, threads=None):
+    def __init__(self, gguf, cfg, ctx, threads=None, n_slots=1):
         if threads:
             import numba
             numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         self.shard = shard_plan(gguf, cfg, 1)[0]
-        self.state = ShardState(gguf, cfg, self.shard, ctx)
+        self.state = ShardState(gguf, cfg, self.shard, ctx, n_slots=n_slots)
         self.logits = np.empty(cfg.vocab, dtype=np.float32)
 
-    def forward(self, x, pos0):
-        """x: (T, hidden) float32 embeddings of tokens at pos0..; returns the logits of
-        the last one (a view, overwritten by the next call)."""
-        self.state.step(np.ascontiguousarray(x, dtype=np.float32), pos0, self.logits)
+    def forward(self, x, pos0, slot=0):
+        """x: (T, hidden) float32 embeddings of tokens at pos0.. of sequence slot `slot`;
+        returns the logits of the last one (a view, overwritten by the next call)."""
+        self.state.step(np.ascontiguousarray(x, dtype=np.float32), pos0, self.logits, slot)
         return self.logits
 
     def warm_up(self):

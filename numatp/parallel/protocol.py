@@ -2,10 +2,10 @@
 channel, the shared I/O segment they go with, and the signals a worker leaves to the
 coordinator.
 
-STEP (args: token count n, first position pos0): run the n embeddings at the start of
-the I/O segment through the model at positions pos0..; each worker writes its vocabulary
-slice of the last token's logits into the segment's logits, which the coordinator then
-reads whole.
+STEP (args: token count n, first position pos0, sequence slot): run the n embeddings at
+the start of the I/O segment through the model at positions pos0.. of that slot's
+caches; each worker writes its vocabulary slice of the last token's logits into the
+segment's logits, which the coordinator then reads whole.
 
 The I/O segment holds float32 embeddings (max_tokens, hidden), then float32 logits
 (vocab,).

@@ -34,14 +34,15 @@ def _exit_with_coordinator(lifeline):
     threading.Thread(target=watch, name="numatp-lifeline", daemon=True).start()
 
 
-def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline):
+def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline,
+                n_slots=1):
     _exit_with_coordinator(lifeline)
     for sig in WORKER_IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     os.environ["NUMBA_NUM_THREADS"] = str(len(placement.cpus))
     try:
         state, channel, ar, io_seg, report = _load(rank, placement, shard, model_path, ctx,
-                                                     max_tokens, names)
+                                                     max_tokens, names, n_slots)
     except BaseException as e:  # anything at load: report it in one line, then exit
         from numatp.errors import NumatpError
         if isinstance(e, NumatpError):
@@ -64,7 +65,7 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
     os._exit(0)
 
 
-def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
+def _load(rank, placement, shard, model_path, ctx, max_tokens, names, n_slots):
     from numatp.numa.placement import alloc_on_node, bind_memory, local_fraction, pin_to_cpus
     pin_to_cpus(placement.cpus)
     if placement.bind:
@@ -84,7 +85,7 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names):
     cfg = from_gguf(gguf)
     alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
     # build_shard releases each tensor's file pages as it copies them out.
-    state = ShardState(gguf, cfg, shard, ctx, alloc)
+    state = ShardState(gguf, cfg, shard, ctx, alloc, n_slots)
     gguf.close()
 
     channel = WorkerChannel.attach(names["control"], rank)
@@ -114,9 +115,9 @@ def _serve(state, channel, ar, io_seg, rank, shard, max_tokens):
         if cmd == QUIT:
             break
         if cmd == STEP:
-            n, pos0 = int(args[0]), int(args[1])
+            n, pos0, slot = int(args[0]), int(args[1]), int(args[2])
             x = np.array(x_in[:n])  # my own copy: the step updates it in place
-            status = state.step(x, pos0, my_logits, ctl, data, rank, shard.n_ranks)
+            status = state.step(x, pos0, my_logits, slot, ctl, data, rank, shard.n_ranks)
             if status != 0:
                 channel.fail(f"all-reduce failed with status {status} (a peer stopped)")
                 break
