@@ -7,7 +7,7 @@ import pytest
 
 import numatp
 import synth
-from models import STORIES
+from models import STORIES, moe_model
 from numatp.errors import ContextError, UsageError
 
 
@@ -72,6 +72,13 @@ def check_slots_match_alone(path, nodes):
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_slots_give_each_sequence_its_logits_alone(q8_model, nodes):
     check_slots_match_alone(q8_model, nodes)
+
+
+@pytest.mark.parametrize("name,nodes", [("qwen2moe-q8_0", 1), ("qwen3moe-q8_0", 2)])
+def test_slots_of_a_moe_model(tmp_path, name, nodes):
+    """The router, the experts (grouped by expert across the rows of a step) and
+    qwen2moe's shared expert: each row still gets its sequence's logits alone."""
+    check_slots_match_alone(moe_model(name, tmp_path), nodes)
 
 
 def test_slots_of_a_float_model():
