@@ -73,12 +73,23 @@ class SequenceSlots:
     def decode(self, pairs) -> np.ndarray:
         """Append token t to slot s's sequence, for each (s, t) in pairs (distinct slots),
         at that slot's next position; returns the logits after each, (len(pairs), vocab)
-        float32, row i for pairs[i]."""
+        float32, row i for pairs[i]. All rows go through the weights in one step (the
+        batched kernels); each row's logits are bitwise those of its sequence decoded
+        alone (the kernels sum each row in the same order whatever the batch)."""
         pairs = self._checked_pairs(pairs)
-        out = np.empty((len(pairs), self._llm.config.vocab), dtype=np.float32)
-        for i, (slot, tok) in enumerate(pairs):
-            out[i] = self.run(slot, [tok], len(self._seqs[slot]))
-        return out
+        llm = self._llm
+        slots = [s for s, _ in pairs]
+        toks = [t for _, t in pairs]
+        x = llm.token_embeddings(toks)
+        pos = np.array([len(self._seqs[s]) for s in slots], dtype=np.int64)
+        base = np.array(slots, dtype=np.int64) * llm.ctx
+        with llm._step:
+            if llm.model is None:
+                raise NumatpError("this model is closed")
+            logits = np.array(llm.model.run(x, pos, base, len(pairs)), dtype=np.float32)
+        for s, t in pairs:
+            self._seqs[s].append(t)
+        return logits
 
     # --- the parts ---------------------------------------------------------------------
     def run(self, slot, ids, pos0):

@@ -1,12 +1,13 @@
 """Several sequences on one model (LLM(parallel=N).slots, numatp/batching.py): each slot's
-logits are those of the same sequence run alone, whatever the other slots do meanwhile
-and however their steps are grouped."""
+logits are bitwise those of the same sequence run alone, whatever the other slots do
+meanwhile and however many rows a decode step batches (the kernels sum each row in the
+same order whatever the batch)."""
 import numpy as np
 import pytest
 
 import numatp
 import synth
-from models import STORIES
+from models import STORIES, moe_model
 from numatp.errors import ContextError, UsageError
 
 
@@ -52,7 +53,7 @@ def interleaved(llm, prompts, steps):
     return got
 
 
-def check_slots_match_alone(path, nodes, exact):
+def check_slots_match_alone(path, nodes):
     ctx = 96
     with numatp.load(path, nodes=nodes, ctx_size=ctx, parallel=3) as llm:
         vocab = llm.config.vocab
@@ -65,19 +66,43 @@ def check_slots_match_alone(path, nodes, exact):
         want = alone(path, nodes, prompts[slot], steps[slot], ctx)
         assert len(got[slot]) == len(want)
         for g, w in zip(got[slot], want):
-            if exact:
-                np.testing.assert_array_equal(g, w)
-            else:
-                np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+            np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
 def test_slots_give_each_sequence_its_logits_alone(q8_model, nodes):
-    check_slots_match_alone(q8_model, nodes, exact=True)
+    check_slots_match_alone(q8_model, nodes)
 
 
-def test_slots_of_a_float_model(tmp_path):
-    check_slots_match_alone(STORIES, 1, exact=True)
+@pytest.mark.parametrize("name,nodes", [("qwen2moe-q8_0", 1), ("qwen3moe-q8_0", 2)])
+def test_slots_of_a_moe_model(tmp_path, name, nodes):
+    """The router, the experts (grouped by expert across the rows of a step) and
+    qwen2moe's shared expert: each row still gets its sequence's logits alone."""
+    check_slots_match_alone(moe_model(name, tmp_path), nodes)
+
+
+def test_slots_of_a_float_model():
+    check_slots_match_alone(STORIES, 1)
+
+
+@pytest.mark.parametrize("model", ["q8", "f32"])
+def test_wide_decode_steps_match_single_decodes(q8_model, model):
+    """10 rows per decode step: the quantized kernels run 8 of them through a multi-token
+    tile and the last 2 through the one-token tile, the float kernels 4 at a time and
+    the rest repeated; each row is still bitwise its sequence's single decode."""
+    path = q8_model if model == "q8" else STORIES
+    n, ctx = 10, 32
+    with numatp.load(path, nodes=1, ctx_size=ctx, parallel=n) as llm:
+        vocab = llm.config.vocab
+        prompts = [random_ids(vocab, 3 + s, seed=s) for s in range(n)]
+        steps = [random_ids(vocab, 4, seed=50 + s)[1:] for s in range(n)]
+        got = [[llm.slots.prefill(s, prompts[s])] for s in range(n)]
+        for i in range(3):
+            for s, row in enumerate(llm.slots.decode([(s, steps[s][i]) for s in range(n)])):
+                got[s].append(row)
+    for s in range(n):
+        for g, w in zip(got[s], alone(path, 1, prompts[s], steps[s], ctx)):
+            np.testing.assert_array_equal(g, w)
 
 
 def test_a_slot_reuses_its_own_prefix(q8_model):

@@ -13,7 +13,8 @@ import types
 
 from numatp.errors import WorkerError
 from numatp.parallel.control import ControlChannel
-from numatp.parallel.protocol import STEP, WORKER_IGNORED_SIGNALS, io_nbytes, io_views
+from numatp.parallel.protocol import (STEP, WORKER_IGNORED_SIGNALS, chunk_rows, io_nbytes,
+                                      io_views)
 from numatp.parallel.shard import shard_plan
 from numatp.parallel.supervision import StopWatch, kill_stopped, stopped_message
 from numatp.parallel.worker import worker_main
@@ -43,7 +44,9 @@ class ProcessGroupModel:
                  n_slots=1):
         self.n_ranks = len(placements)
         self.n_slots = n_slots
-        self.max_tokens = max_tokens
+        self.ctx = ctx
+        # A batched decode has a row per slot, each wanting its logits.
+        self.max_tokens = max(max_tokens, n_slots)
         self.plan = shard_plan(gguf, cfg, self.n_ranks, moe_split)
         self.processes, self.reports = [], []
         self._ar = self._channel = self._io = self._lifeline = None
@@ -51,10 +54,12 @@ class ProcessGroupModel:
         # ever free that memory.
         reclaim_stale_segments()
         try:
-            self._ar = AllReduceGroup.create(self.n_ranks, max_tokens * cfg.hidden)
+            self._ar = AllReduceGroup.create(self.n_ranks, self.max_tokens * cfg.hidden)
             self._channel = ControlChannel.create(self.n_ranks, groups=[self._ar])
-            self._io = SharedSegment.create("io", io_nbytes(max_tokens, cfg.hidden, cfg.vocab))
-            self._x, self._logits = io_views(self._io, max_tokens, cfg.hidden, cfg.vocab)
+            self._io = SharedSegment.create("io", io_nbytes(self.max_tokens, cfg.hidden,
+                                                            cfg.vocab, n_slots))
+            self._pos, self._base, self._x, self._logits = io_views(
+                self._io, self.max_tokens, cfg.hidden, cfg.vocab, n_slots)
             names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name}
             self._start(placements, model_path, ctx, names)
         except BaseException:
@@ -146,14 +151,20 @@ class ProcessGroupModel:
     def warm_up(self):
         pass  # each worker warmed its step up before it reported ready
 
-    def forward(self, x, pos0, slot=0):
-        """x: (T, hidden) embeddings of tokens at pos0.. of sequence slot `slot`; T <=
-        max_tokens. Returns the logits of the last token (a view of shared memory,
-        overwritten by the next call)."""
+    def run(self, x, pos, base, n_logits):
+        """As LocalModel.run; T <= max_tokens. The logits are a view of shared memory,
+        overwritten by the next call."""
         n = x.shape[0]
         self._x[:n] = x
-        self._channel.call(STEP, n, pos0, slot)
-        return self._logits
+        self._pos[:n] = pos
+        self._base[:n] = base
+        self._channel.call(STEP, n, n_logits)
+        return self._logits[:n_logits]
+
+    def forward(self, x, pos0, slot=0):
+        """x: (T, hidden) embeddings of tokens at pos0.. of sequence slot `slot`; returns
+        the logits of the last one, as LocalModel.forward."""
+        return self.run(x, *chunk_rows(pos0, x.shape[0], slot, self.ctx), 1)[0]
 
     def close(self):
         """Stop the workers and free the shared memory; safe to call twice."""

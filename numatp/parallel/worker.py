@@ -61,7 +61,7 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
         conn.close()
     except OSError:  # the coordinator is gone (the lifeline ends us, if not already)
         os._exit(1)
-    _serve(state, channel, ar, io_seg, rank, shard, max_tokens)
+    _serve(state, channel, ar, io_seg, rank, shard, max_tokens, n_slots)
     os._exit(0)
 
 
@@ -103,24 +103,30 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names, n_slots):
     return state, channel, ar, io_seg, report
 
 
-def _serve(state, channel, ar, io_seg, rank, shard, max_tokens):
+def _serve(state, channel, ar, io_seg, rank, shard, max_tokens, n_slots):
     import numpy as np
 
     from numatp.parallel.control import QUIT
-    x_in, logits = io_views(io_seg, max_tokens, state.hidden)
-    my_logits = logits[shard.vocab[0]:shard.vocab[1]]
+    pos_in, base_in, x_in, logits = io_views(io_seg, max_tokens, state.hidden, state.n_vocab,
+                                             n_slots)
+    v0, v1 = shard.vocab
+    # The step writes a C-contiguous block; the shared logits interleave the ranks'
+    # slices row by row, so each row is copied into place.
+    my_logits = np.empty((n_slots, v1 - v0), dtype=np.float32)
     ctl, data = ar.arrays()
     while True:
         cmd, args = channel.wait()
         if cmd == QUIT:
             break
         if cmd == STEP:
-            n, pos0, slot = int(args[0]), int(args[1]), int(args[2])
+            n, k = int(args[0]), int(args[1])
             x = np.array(x_in[:n])  # my own copy: the step updates it in place
-            status = state.step(x, pos0, my_logits, slot, ctl, data, rank, shard.n_ranks)
+            status = state.step(x, np.array(pos_in[:n]), np.array(base_in[:n]), my_logits[:k],
+                                ctl, data, rank, shard.n_ranks)
             if status != 0:
                 channel.fail(f"all-reduce failed with status {status} (a peer stopped)")
                 break
+            logits[:k, v0:v1] = my_logits[:k]
             channel.done()
         else:
             channel.fail(f"unknown command {cmd}")
