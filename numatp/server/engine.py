@@ -112,7 +112,8 @@ class Engine:
                     "requests_waiting": len(self._waiting),
                     "requests_completed": self.completed, "requests_cancelled": self.cancelled,
                     "requests_failed": self.failed, "decode_steps": self.steps,
-                    "decoded_tokens": self.rows}
+                    "decoded_tokens": self.rows,
+                    "decode_seconds": round(self.decode_seconds, 6)}
 
     def begin_stop(self):
         """End every request (each gets ShuttingDown) and the engine's thread, after the
