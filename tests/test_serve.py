@@ -218,6 +218,23 @@ def test_models_and_health(server):
     assert h["status"] == "ok" and h["slots_total"] == 4
 
 
+def test_a_follow_up_turn_finds_its_history_in_a_slot(server):
+    """A conversation's next turn goes to the slot holding its history even after other
+    requests came between, which went to other slots rather than overwrite it."""
+    client = server.client()
+    turn = [{"role": "system", "content": "You tell stories."}] + CHAT
+    first = client.chat.completions.create(model="any", messages=turn, max_tokens=8,
+                                           temperature=0)
+    for prompt in ("The dog", "A cat", "One day"):   # share the BOS token only
+        client.completions.create(model="any", prompt=prompt, max_tokens=2)
+    turn += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "And then?"}]
+    second = client.chat.completions.create(model="any", messages=turn, max_tokens=4,
+                                            temperature=0)
+    # The first turn's prompt, less what tokenizing the reply's text may join differently.
+    assert second.usage.prompt_tokens_details.cached_tokens > first.usage.prompt_tokens - 3
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 def test_api_key(server):

@@ -73,6 +73,8 @@ class Engine:
         self._stopping = False
         self._next_id = 1
         self._slot_freed = (0, 0.0)   # (decode steps so far, time) when a slot last freed
+        self._last_used = [0] * llm.slots.n   # per slot, the admission count when last taken
+        self._uses = 0
         self._eog = llm.tokenizer.eog_ids
         # Counters (read by /health and the measurements; written by the engine thread).
         self.steps = 0              # decode calls
@@ -179,9 +181,21 @@ class Engine:
             self._slot_freed = (self.steps, time.perf_counter())
 
     def _pick_slot(self, ids):
-        """The free slot whose cached sequence shares the longest prefix with `ids`."""
+        """The free slot whose cached sequence shares the longest prefix with `ids`, if
+        that covers at least half the prompt (a follow-up turn of a chat finds its
+        history); else the one used longest ago: a prompt that shares only its first
+        tokens (BOS, a common system message) would overwrite another conversation's
+        history for little gain."""
         free = [s for s in range(self.slots.n) if s not in self._active]
-        return max(free, key=lambda s: common_prefix(self.slots.tokens(s), ids))
+        shared = {s: common_prefix(self.slots.tokens(s), ids) for s in free}
+        best = max(free, key=lambda s: (shared[s], -self._last_used[s]))
+        if 2 * shared[best] >= len(ids):
+            slot = best
+        else:
+            slot = min(free, key=lambda s: self._last_used[s])
+        self._uses += 1
+        self._last_used[slot] = self._uses
+        return slot
 
     def _start(self, job):
         request = job.request
