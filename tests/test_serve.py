@@ -3,7 +3,6 @@ streamed, stop strings, logprobs, usage, OpenAI-shaped errors (401, 400s, 503 wh
 queue is full), a client that goes away frees its slot, concurrent streams each get the
 tokens they get alone, and SIGINT/SIGTERM stop the server with nothing left behind."""
 import json
-import os
 import re
 import signal
 import threading

@@ -9,7 +9,6 @@ signal (130, or 143).
 """
 import os
 import sys
-from typing import Optional
 
 import typer
 
