@@ -43,7 +43,7 @@ class Job:
     the exception that ended it."""
     request: object
     send: object
-    label: str = ""
+    label: str = ""           # for the log line: what it is, from whom
     # Set by the engine.
     id: int = 0
     slot: int | None = None

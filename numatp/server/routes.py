@@ -36,12 +36,13 @@ def build_app(engine, model_name, api_key=None):
     created = int(time.time())
 
     async def chat_completions(request):
-        return await _complete(request, lambda body: chat_body(llm, body, model_name))
+        return await _complete(request, lambda body: chat_body(llm, body, model_name), "chat")
 
     async def completions(request):
-        return await _complete(request, lambda body: completion_body(llm, body, model_name))
+        return await _complete(request, lambda body: completion_body(llm, body, model_name),
+                               "completion")
 
-    async def _complete(request, parse):
+    async def _complete(request, parse, kind):
         _authorize(request, api_key)
         body = await _json_body(request)
         completion, stream, include_usage = await run_in_threadpool(parse, body)
@@ -54,7 +55,8 @@ def build_app(engine, model_name, api_key=None):
             except RuntimeError:   # the event loop has closed: the server is gone
                 pass
 
-        job = Job(completion, send)
+        label = f" ({kind}{', streamed' if stream else ''} from {_client(request)})"
+        job = Job(completion, send, label)
         try:
             engine.submit(job)
         except QueueFull:
@@ -84,6 +86,10 @@ def build_app(engine, model_name, api_key=None):
               Route("/health", health, methods=["GET"])]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _client(request):
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
 
 
 def _authorize(request, api_key):
