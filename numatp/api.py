@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from numatp import _env  # noqa: F401
+from numatp.batching import PREFILL_CHUNK, SequenceSlots, reusable
+from numatp.batching import chunks as _chunks
 from numatp.errors import ContextError, ModelFileError, NumatpError, UsageError
 from numatp.model.archs.parts import TOKEN_EMBD
 from numatp.model.config import from_gguf
@@ -26,10 +28,6 @@ from numatp.quant.formats import type_name
 from numatp.sampling import Sampler, SamplingParams
 from numatp.text_stream import TextStream, checked_stops, text_pieces
 
-# Prompt tokens per forward call: each call streams every weight once from memory and
-# enters each parallel region once, so larger chunks spread that over more tokens; 128
-# tokens of activations (int8) still sit in a core's L2 cache next to its weights.
-PREFILL_CHUNK = 128
 DEFAULT_CTX = 4096
 # gpu=: None runs on the CPU only; "attn" runs each layer's attention block and the KV
 # cache on a CUDA GPU through CuPy (numatp/gpu/, numatp/forward/offload.py).
@@ -132,10 +130,14 @@ class LLM:
     where a generation is still open raises NumatpError, at that call's first use, rather
     than wait for itself: close() the first generation, or finish it, before starting the
     next. Arguments are checked when a generation is created: a bad one raises there,
-    not at the first next()."""
+    not at the first next().
+
+    Several sequences: parallel=N gives N sequence slots, each with a KV cache region of
+    ctx_size tokens, driven through self.slots (numatp/batching.py); the single-sequence
+    API above runs on slot 0."""
 
     def __init__(self, path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
-                 moe_split="rows", gpu=None):
+                 moe_split="rows", parallel=1, gpu=None):
         from numatp.registry import resolve_model
         from numatp.tokenizer import Tokenizer
         self.path = str(resolve_model(path))
@@ -155,21 +157,29 @@ class LLM:
         from numatp.parallel.plan import check_moe_split
         check_moe_split(moe_split)
         self.moe_split = moe_split
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise UsageError(f"invalid parallel {parallel!r}: the number of sequence slots, a "
+                             "positive integer")
+        self.parallel = parallel
         if gpu not in GPU_MODES:
             raise UsageError(f"invalid gpu {gpu!r}: None (CPU only) or 'attn' (attention and its "
                              "KV cache on the GPU)")
         self.gpu = gpu
         self.gpu_info = self.gpu_budget = None
         if gpu is None:
-            check_kv_fits(self.config, ctx_size)
+            check_kv_fits(self.config, ctx_size, parallel)
+        elif parallel != 1:
+            raise UsageError(f"gpu={gpu!r} keeps one sequence's keys and values on the GPU: "
+                             "parallel must be 1")
         self._embd = self.gguf.tensors[TOKEN_EMBD.name]
         self._embd_kernels = None  # a KernelSet, made when first needed (imports Numba)
         self.stats = GenerationStats()
         self.bytes_per_token = weight_bytes_per_token(self.gguf, self.config)
         self._turns = _Turns()
-        # The tokens whose keys and values fill the KV cache from position 0, in order
-        # (read and changed only by the holder of the turn).
-        self._cached = []
+        self.slots = SequenceSlots(self, parallel)
+        # The tokens whose keys and values fill slot 0's KV cache from position 0, in
+        # order (read and changed only by the holder of the turn).
+        self._cached = self.slots._seqs[0]
         self._step = threading.Lock()   # close() from another thread waits out a running step
         self.model = None
         try:
@@ -203,11 +213,12 @@ class LLM:
             from numatp.parallel.local import LocalModel
             self.nodes = 1
             return LocalModel(self.gguf, self.config, self.ctx, len(placement[0].cpus),
-                              gpu=backend, max_tokens=PREFILL_CHUNK)
+                              n_slots=self.parallel, gpu=backend, max_tokens=PREFILL_CHUNK)
         from numatp.parallel.coordinator import ProcessGroupModel
         self.nodes = len(placement)
         return ProcessGroupModel(self.path, self.gguf, self.config, self.ctx, placement,
-                                 max_tokens=PREFILL_CHUNK, moe_split=self.moe_split, gpu=backend)
+                                 max_tokens=PREFILL_CHUNK, moe_split=self.moe_split,
+                                 n_slots=self.parallel, gpu=backend)
 
     def _check_gpu(self, in_process) -> str:
         """Before anything is loaded: the GPU (or GpuUnavailable), and that the attention
@@ -277,7 +288,7 @@ class LLM:
         if each_logits is None:
             # At least the last 2 tokens are run, so that the last chunk is never a lone
             # token where the prompt has more (the one-token kernels: see LLM).
-            reuse = min(_common_prefix(self._cached, ids), len(ids) - min(len(ids), 2))
+            reuse = reusable(self._cached, ids)
             spans = _chunks(reuse, len(ids))
         else:
             reuse = 0
@@ -291,21 +302,9 @@ class LLM:
         return logits
 
     def _forward(self, ids, pos0):
-        """Run `ids` at positions pos0.. (which must follow what the cache holds or replace
-        part of it); returns the logits after the last."""
-        # The jitted step does not check bounds: a position past the KV cache would
-        # write outside it.
-        if pos0 + len(ids) > self.ctx:
-            raise NumatpError(f"position {pos0 + len(ids) - 1} is past the context of {self.ctx} tokens")
-        x = self.token_embeddings(ids)
-        with self._step:
-            if self.model is None:
-                raise NumatpError("this model is closed")
-            # Until the step has finished, nothing from pos0 on is known to be there.
-            del self._cached[pos0:]
-            logits = self.model.forward(x, pos0)
-            self._cached.extend(ids)
-            return logits
+        """Run `ids` at positions pos0.. of slot 0 (which must follow what the cache holds
+        or replace part of it); returns the logits after the last."""
+        return self.slots.run(0, ids, pos0)
 
     def warm_up(self):
         """Load the compiled kernels now (compiling them on a first run), so that the
@@ -317,7 +316,7 @@ class LLM:
             with self._step:
                 if self.model is None:
                     raise NumatpError("this model is closed")
-                self._cached = []   # the step wrote position 0
+                self._cached.clear()   # the step wrote position 0
                 self.model.warm_up()
         finally:
             self._turns.give_back()
@@ -327,7 +326,7 @@ class LLM:
         Results do not change (see LLM); a benchmark of prompt processing needs it."""
         self._turns.take()
         try:
-            self._cached = []
+            self._cached.clear()
         finally:
             self._turns.give_back()
 
@@ -345,7 +344,7 @@ class LLM:
                                      "process (--nodes 1)")
                 if not 0 <= n < self.ctx:
                     raise UsageError(f"depth {n} does not fit the context of {self.ctx} tokens")
-                self._cached = []
+                self._cached.clear()
                 self.model.fill_synthetic_kv(n, seed)
         finally:
             self._turns.give_back()
@@ -516,53 +515,37 @@ def _checked_max_tokens(max_tokens):
     return None if max_tokens < 0 else max_tokens
 
 
-def _common_prefix(a, b) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    differ = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(differ[0]) if differ.size else n
-
-
-def _chunks(start, end):
-    """(first, last + 1) of the forward passes over positions start..end-1: up to
-    PREFILL_CHUNK tokens each, and a lone token only where there is just one (a one-token
-    pass takes the one-token kernels: see LLM)."""
-    pos = start
-    while pos < end:
-        size = min(PREFILL_CHUNK, end - pos)
-        if end - pos - size == 1 and size > 1:
-            size -= 1
-        yield pos, pos + size
-        pos += size
-
-
 def weight_bytes_per_token(gguf, cfg) -> int:
     """Bytes of weights one decode step reads: every matrix once, one embedding row."""
     from numatp.model.declare import bytes_per_token
     return bytes_per_token(gguf, cfg)
 
 
-def check_kv_fits(cfg, ctx):
-    """Refuse a context whose KV cache could never fit, before any of it is allocated."""
+def check_kv_fits(cfg, ctx, parallel=1):
+    """Refuse a context whose KV cache (one region of ctx tokens per sequence slot) could
+    never fit, before any of it is allocated."""
     import psutil
 
     from numatp.model.declare import cache_nbytes
-    kv = cache_nbytes(cfg, ctx)
+    kv = cache_nbytes(cfg, ctx) * parallel
     total = psutil.virtual_memory().total
     if kv > total:
-        raise NumatpError(f"a context of {ctx} tokens needs {kv / 2**30:.1f} GiB of KV cache, more "
-                          f"than this machine's {total / 2**30:.1f} GiB of memory (lower -c/--ctx-size)")
+        what = f"a context of {ctx} tokens" if parallel == 1 else \
+            f"{parallel} sequence slots of {ctx} tokens each"
+        lower = "lower -c/--ctx-size" if parallel == 1 else "lower -c/--ctx-size or --parallel"
+        raise NumatpError(f"{what} needs {kv / 2**30:.1f} GiB of KV cache, more than this "
+                          f"machine's {total / 2**30:.1f} GiB of memory ({lower})")
 
 
 def load(path=None, nodes="auto", threads=None, ctx_size=None, announce=None,
-         moe_split="rows", gpu=None) -> LLM:
+         moe_split="rows", parallel=1, gpu=None) -> LLM:
     """announce(message): called with a one-line notice when loading will compile the
     kernels (the first run of a numatp version), before it starts. moe_split: how a
     Mixture-of-Experts model's experts are placed on the nodes, "rows" (a slice of every
-    expert on each node) or "experts" (whole experts per node). gpu: None (CPU only) or
-    "attn": each layer's attention and the KV cache on a CUDA GPU through CuPy (pip install
-    'numatp[cuda]'), the FFN and experts on the CPU; raises NumatpError before loading
-    when there is no usable GPU or the attention block and KV cache do not fit it."""
+    expert on each node) or "experts" (whole experts per node). parallel: the number of
+    sequence slots (see LLM.slots). gpu: None (CPU only) or "attn": each layer's attention
+    and the KV cache on a CUDA GPU through CuPy (pip install 'numatp[cuda]'), the FFN and
+    experts on the CPU; raises NumatpError before loading when there is no usable GPU or
+    the attention block and KV cache do not fit it."""
     return LLM(path, nodes=nodes, threads=threads, ctx_size=ctx_size, announce=announce,
-               moe_split=moe_split, gpu=gpu)
+               moe_split=moe_split, parallel=parallel, gpu=gpu)

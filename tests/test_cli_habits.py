@@ -58,7 +58,7 @@ NO_GPU = ("numatp offloads attention and the KV cache, not layers: use --gpu att
     (["generate", "hi", "-cnv"], "-cnv: use `numatp chat` (or generate --chat for one turn)"),
     (["chat", "-sys", "Be brief."], "-sys: use --system (with chat, or generate --chat)"),
     (["topology", "-hf", "org/model-GGUF"], "-hf: only the commands that load a model take it: "
-                                            "generate, chat, info and bench decode"),
+                                            "generate, chat, serve, info and bench decode"),
     (["generate", "hi", "-m", "a.gguf", "-hf", "org/model-GGUF"],
      "give the model once: with -m or with -hf"),
     (["chat", "-m", "a.gguf", "-hf", "org/model-GGUF"],
@@ -79,6 +79,7 @@ def test_llamacpp_flag_check_leaves_what_follows_double_dash_alone():
 
 
 @pytest.mark.parametrize("args", [["generate", "hi", "-hf", "o/r"], ["info", "--hf-repo=o/r"],
+                                  ["serve", "-hf", "o/r", "--parallel", "2"],
                                   ["bench", "decode", "-hfr", "o/r:Q8_0"]])
 def test_hf_flag_is_left_to_the_commands_that_take_it(args):
     assert llamacpp_flag_note(args) is None

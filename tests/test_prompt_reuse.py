@@ -99,11 +99,11 @@ def test_a_failed_step_is_not_reused(fresh, monkeypatch):
         ids = random_ids(llm, 300, seed=6)
         forward = llm.model.forward
 
-        def second_chunk_fails(x, pos0):
+        def second_chunk_fails(x, pos0, *slot):
             if pos0 > 0:
-                forward(x, pos0)
+                forward(x, pos0, *slot)
                 raise RuntimeError("failed after writing")
-            return forward(x, pos0)
+            return forward(x, pos0, *slot)
 
         monkeypatch.setattr(llm.model, "forward", second_chunk_fails)
         with pytest.raises(RuntimeError):

@@ -18,13 +18,15 @@ _INSTEAD = {
         "leave the flag out",
     ("-sys", "--system-prompt"): "use --system (with chat, or generate --chat)",
     ("-hf", "-hfr", "--hf-repo"):
-        "only the commands that load a model take it: generate, chat, info and bench decode",
+        "only the commands that load a model take it: generate, chat, serve, info and bench "
+        "decode",
     ("--numa",): "numatp always places each worker's memory on its node; see --nodes",
 }
 _BY_FLAG = {flag: text for flags, text in _INSTEAD.items() for flag in flags}
 # Commands that have a flag of their own by the llama.cpp name.
 _HF = {"-hf", "-hfr", "--hf-repo"}
-_OWN = {("generate",): _HF, ("chat",): _HF, ("info",): _HF, ("bench", "decode"): _HF}
+_OWN = {("generate",): _HF, ("chat",): _HF, ("serve",): _HF, ("info",): _HF,
+        ("bench", "decode"): _HF}
 
 
 def llamacpp_flag_note(args) -> str | None:

@@ -11,7 +11,7 @@ import typer
 from numatp import _env  # noqa: F401
 # Importing a command module registers its commands on `app` / `bench_app`.
 from numatp.cli import (bench_allreduce, bench_decode, bench_kernels, bench_memory,  # noqa: F401
-                        chat, generate, info, topology)
+                        chat, generate, info, serve, topology)
 from numatp.cli.app import app
 
 

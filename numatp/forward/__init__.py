@@ -10,15 +10,23 @@ model compiles only its family's step and the blocks that step calls. A new fami
 module with its step, and blocks of its own where the shared ones do not do, registered
 in STEPS; the existing steps stay as they are.
 
-Every step is called as step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0,
-logits, group):
+Every step is called as step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos,
+base, logits, group):
     kernels   the KernelSet of the shard's matrix types (what the chain compiles for)
     arena, index, dims   the shard's weights, where each is, its sizes (layout.py)
     eps       float32 RMSNorm epsilon
     rope_cs   (cos, sin) from rope_tables
-    kv_cache  (keys, values) of the layers, as the architecture's cache declares them
-    x         (T, hidden) float32 embeddings of tokens at pos0..pos0+T-1 (overwritten)
-    logits    float32, this shard's vocabulary rows, for the last token
+    kv_cache  (keys, values) of the layers, as the architecture's cache declares them: one
+              region of ctx rows per sequence slot along the position axis
+    x         (T, hidden) float32 embeddings of the tokens (overwritten)
+    pos, base int64 (T,): row t is at position pos[t] of the sequence whose cache region
+              starts at row base[t]; it writes its keys and values at base[t] + pos[t]
+              and attends to base[t] .. base[t] + pos[t]. A prompt chunk of slot s is
+              pos = pos0 + arange(T), base = s * ctx; a batched decode has one row per
+              sequence, each at its own position and base
+    logits    float32 (k, this shard's vocabulary rows): the logits of the last k rows
+              (k = 1 for a prompt chunk, T for a batched decode); rows before those
+              leave the last layer after its keys and values are written
     group     (ctl, data, rank, n_ranks) of the all-reduce (numatp/shm/allreduce.py)
 and returns 0, or the reduce's non-zero status.
 

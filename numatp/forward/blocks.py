@@ -152,20 +152,21 @@ def _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, p):
 
 
 @njit(parallel=True)
-def _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos0):
+def _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos):
     for t in prange(v.shape[0]):
-        _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, pos0 + t)
+        _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, pos[t])
 
 
 @njit
-def rope(v, n_heads, hd, rope_dim, neox, rope_cs, pos0):
-    """Rotate the first rope_dim dims of each head. neox: pairs (i, i + rope_dim/2);
-    otherwise adjacent pairs (2i, 2i+1), which is what llama-architecture GGUFs expect."""
+def rope(v, n_heads, hd, rope_dim, neox, rope_cs, pos):
+    """Rotate the first rope_dim dims of each head of row t by its position pos[t].
+    neox: pairs (i, i + rope_dim/2); otherwise adjacent pairs (2i, 2i+1), which is what
+    llama-architecture GGUFs expect."""
     cos, sin = rope_cs
     if v.shape[0] > 1:
-        _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos0)
+        _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos)
     else:
-        _rope_token(v, 0, n_heads, hd, rope_dim, neox, cos, sin, pos0)
+        _rope_token(v, 0, n_heads, hd, rope_dim, neox, cos, sin, pos[0])
 
 
 # ---- attention --------------------------------------------------------------------------
@@ -206,17 +207,18 @@ def _add_bias(v, b):
 # weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
 # 4x faster (50 -> 13 ms per layer on 2 threads).
 @njit(parallel=True, fastmath={"reassoc", "contract"})
-def _attend(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
-    """Causal attention of T new tokens (at pos0..) against the cache, per local q head;
-    writes head h of token t at out[t, pad + h*hd ...]."""
+def _attend(q, k_cache, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
+    """Causal attention of T new tokens against the cache, per local q head: token t, at
+    position pos[t] of the sequence whose cache rows start at base[t], attends to rows
+    base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...]."""
     T = q.shape[0]
     scale = np.float32(1.0 / math.sqrt(hd))
     for th in prange(T * nq):
         t, h = th // nq, th % nq
         kvh = (q0 + h) // group - kv0
-        n = pos0 + t + 1
-        K = k_cache[layer, kvh]
-        V = v_cache[layer, kvh]
+        n = pos[t] + 1
+        K = k_cache[layer, kvh, base[t]:base[t] + n]
+        V = v_cache[layer, kvh, base[t]:base[t] + n]
         qh = q[t, h * hd:(h + 1) * hd]
         scores = np.empty(n, dtype=np.float32)
         m = np.float32(-np.inf)
@@ -246,13 +248,15 @@ def _attend(q, k_cache, v_cache, layer, pos0, nq, hd, group, q0, kv0, out, pad):
 
 
 @njit
-def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos0, s, work,
-              out):
-    """Self-attention of my heads for the tokens xb (normed, at pos0..): all of them go
-    into the KV cache; rows s: (the tokens that go on) get attn_output over my heads'
-    columns in out[s:], a partial sum of the full projection for the reduce.
-    e: the layer's first index row; rope_cs: rope_tables' (cos, sin); work: from
-    attention_work."""
+def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base, s,
+              work, out):
+    """Self-attention of my heads for the tokens xb (normed; row t at position pos[t] of
+    the sequence whose cache rows start at base[t]): all of them go into the KV cache;
+    rows s: (the tokens that go on) get attn_output over my heads' columns in out[s:], a
+    partial sum of the full projection for the reduce. The keys and values are all
+    written before any row attends, so a row sees the rows before it of its own sequence
+    in the same call (a prompt chunk). e: the layer's first index row; rope_cs:
+    rope_tables' (cos, sin); work: from attention_work."""
     q, k, v, att = work
     k_cache, v_cache = kv_cache
     hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
@@ -267,15 +271,16 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
         _head_rmsnorm(q, nq, hd, vector(arena, index, e + Q_NORM), eps)
     if has(index, e + K_NORM):
         _head_rmsnorm(k, nkv, hd, vector(arena, index, e + K_NORM), eps)
-    rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos0)
-    rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos0)
+    rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
+    rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
     for t in range(xb.shape[0]):
+        row = base[t] + pos[t]
         for h in range(nkv):
             for j in range(hd):
-                k_cache[layer, h, pos0 + t, j] = k[t, h * hd + j]
-                v_cache[layer, h, pos0 + t, j] = v[t, h * hd + j]
-    _attend(q[s:], k_cache, v_cache, layer, pos0 + s, nq, hd, dims[D_GROUP], dims[D_Q0],
-            dims[D_KV0], att[s:], index[e + WO, PAD])
+                k_cache[layer, h, row, j] = k[t, h * hd + j]
+                v_cache[layer, h, row, j] = v[t, h * hd + j]
+    _attend(q[s:], k_cache, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
+            dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
     matmul(kernels, arena, index, e + WO, att[s:], out[s:])
 
 

@@ -12,12 +12,14 @@ from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_
 # nogil: a worker's lifeline thread (parallel/worker.py) must be able to run, and end the
 # process, while a step waits in the all-reduce on a peer that died with the coordinator.
 @njit(cache=True, nogil=True)
-def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, group):
-    """Run tokens x (T, hidden: their embeddings) at positions pos0..pos0+T-1 through all
-    layers, updating the KV cache (x is overwritten: the residual stream); write this
-    shard's slice of the logits of the last token into `logits`. Returns 0, or the
-    reduce's non-zero status. The arguments: see numatp/forward/__init__.py."""
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group):
+    """Run tokens x (T, hidden: their embeddings), row t at position pos[t] of the
+    sequence whose cache rows start at base[t], through all layers, updating the KV cache
+    (x is overwritten: the residual stream); write this shard's slice of the logits of
+    the last logits.shape[0] rows into `logits`. Returns 0, or the reduce's non-zero
+    status. The arguments: see numatp/forward/__init__.py."""
     T, hidden = x.shape
+    n_out = logits.shape[0]   # the last n_out rows get logits
     L = dims[D_LAYERS]
     xb = np.empty((T, hidden), dtype=np.float32)     # the normed residual: a block's input
     proj = np.empty((T, hidden), dtype=np.float32)   # a block's output, to be reduced
@@ -27,11 +29,12 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, g
     for layer in range(L):
         e = layer * LAYER_SLOTS
         # The last layer's keys and values go into the cache for every token, but only the
-        # last token goes on: nothing reads the others' outputs (a prompt's logits are the
-        # last token's), so from its attention on the layer runs for rows s: alone.
-        s = T - 1 if layer == L - 1 else 0
-        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos0, s,
-                  att_work, proj)
+        # rows that get logits go on: nothing reads the others' outputs (a prompt chunk's
+        # logits are its last token's; a batched decode wants every row's), so from its
+        # attention on the layer runs for rows s: alone.
+        s = T - n_out if layer == L - 1 else 0
+        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
+                  s, att_work, proj)
         status = reduce(group, proj[s:])
         if status != 0:
             return status
@@ -43,7 +46,6 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, g
         # the residual, then the next layer's input norm (after the last: the output norm)
         norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
         add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
-    # Output head: my vocabulary rows, last token only.
-    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - 1:T],
-           logits.reshape(1, logits.shape[0]))
+    # Output head: my vocabulary rows, for the rows that get logits.
+    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

@@ -100,9 +100,10 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
 
 # nogil: as the dense step's (numatp/forward/dense.py).
 @njit(cache=True, nogil=True)
-def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, group):
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group):
     """As the dense step (numatp/forward/dense.py), with a MoE FFN in every layer."""
     T, hidden = x.shape
+    n_out = logits.shape[0]   # the last n_out rows get logits
     L = dims[D_LAYERS]
     xb = np.empty((T, hidden), dtype=np.float32)
     proj = np.empty((T, hidden), dtype=np.float32)
@@ -111,9 +112,9 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, g
     rmsnorm(x, vector(arena, index, ATTN_NORM), eps, xb)
     for layer in range(L):
         e = layer * LAYER_SLOTS
-        s = T - 1 if layer == L - 1 else 0
-        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos0, s,
-                  att_work, proj)
+        s = T - n_out if layer == L - 1 else 0
+        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
+                  s, att_work, proj)
         status = reduce(group, proj[s:])
         if status != 0:
             return status
@@ -124,6 +125,5 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos0, logits, g
             return status
         norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
         add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
-    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - 1:T],
-           logits.reshape(1, logits.shape[0]))
+    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

@@ -13,7 +13,8 @@ import types
 
 from numatp.errors import WorkerError
 from numatp.parallel.control import ControlChannel
-from numatp.parallel.protocol import STEP, WORKER_IGNORED_SIGNALS, io_nbytes, io_views
+from numatp.parallel.protocol import (STEP, WORKER_IGNORED_SIGNALS, chunk_rows, io_nbytes,
+                                      io_views)
 from numatp.parallel.shard import shard_plan
 from numatp.parallel.supervision import StopWatch, kill_stopped, stopped_message
 from numatp.parallel.worker import worker_main
@@ -40,10 +41,13 @@ class ProcessGroupModel:
     """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
 
     def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows",
-                 gpu=None):
+                 n_slots=1, gpu=None):
         self.n_ranks = len(placements)
+        self.n_slots = n_slots
+        self.ctx = ctx
         self.gpu = gpu   # the backend of --gpu attn (rank 0's), or None
-        self.max_tokens = max_tokens
+        # A batched decode has a row per slot, each wanting its logits.
+        self.max_tokens = max(max_tokens, n_slots)
         self.plan = shard_plan(gguf, cfg, self.n_ranks, moe_split)
         self.processes, self.reports = [], []
         self._ar = self._channel = self._io = self._lifeline = None
@@ -51,10 +55,12 @@ class ProcessGroupModel:
         # ever free that memory.
         reclaim_stale_segments()
         try:
-            self._ar = AllReduceGroup.create(self.n_ranks, max_tokens * cfg.hidden)
+            self._ar = AllReduceGroup.create(self.n_ranks, self.max_tokens * cfg.hidden)
             self._channel = ControlChannel.create(self.n_ranks, groups=[self._ar])
-            self._io = SharedSegment.create("io", io_nbytes(max_tokens, cfg.hidden, cfg.vocab))
-            self._x, self._logits = io_views(self._io, max_tokens, cfg.hidden, cfg.vocab)
+            self._io = SharedSegment.create("io", io_nbytes(self.max_tokens, cfg.hidden,
+                                                            cfg.vocab, n_slots))
+            self._pos, self._base, self._x, self._logits = io_views(
+                self._io, self.max_tokens, cfg.hidden, cfg.vocab, n_slots)
             names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name}
             self._start(placements, model_path, ctx, names)
         except BaseException:
@@ -75,7 +81,7 @@ class ProcessGroupModel:
             parent, child = spawn.Pipe(duplex=False)
             p = spawn.Process(target=worker_main, name=f"numatp-worker-{rank}", daemon=True,
                               args=(rank, placement, shard, model_path, ctx, self.max_tokens,
-                                    names, child, lifeline, self.gpu))
+                                    names, child, lifeline, self.n_slots, self.gpu))
             # The worker starts with Ctrl-C and hang-up blocked (the mask survives exec)
             # and keeps them so: a signal sent to the whole process group then cannot
             # break its start-up into a traceback; we stop it ourselves. Ours are
@@ -153,13 +159,20 @@ class ProcessGroupModel:
         """Rank 0's GPU report, made at load (None without --gpu)."""
         return self.reports[0].get("gpu") if self.reports else None
 
-    def forward(self, x, pos0):
-        """x: (T, hidden) embeddings of tokens at pos0..; T <= max_tokens. Returns the
-        logits of the last token (a view of shared memory, overwritten by the next call)."""
+    def run(self, x, pos, base, n_logits):
+        """As LocalModel.run; T <= max_tokens. The logits are a view of shared memory,
+        overwritten by the next call."""
         n = x.shape[0]
         self._x[:n] = x
-        self._channel.call(STEP, n, pos0)
-        return self._logits
+        self._pos[:n] = pos
+        self._base[:n] = base
+        self._channel.call(STEP, n, n_logits)
+        return self._logits[:n_logits]
+
+    def forward(self, x, pos0, slot=0):
+        """x: (T, hidden) embeddings of tokens at pos0.. of sequence slot `slot`; returns
+        the logits of the last one, as LocalModel.forward."""
+        return self.run(x, *chunk_rows(pos0, x.shape[0], slot, self.ctx), 1)[0]
 
     def close(self):
         """Stop the workers and free the shared memory; safe to call twice."""

@@ -2,13 +2,14 @@
 channel, the shared I/O segment they go with, and the signals a worker leaves to the
 coordinator.
 
-STEP (args: token count n, first position pos0): run the n embeddings at the start of
-the I/O segment through the model at positions pos0..; each worker writes its vocabulary
-slice of the last token's logits into the segment's logits, which the coordinator then
-reads whole.
+STEP (args: row count n, logits rows k): run the n embeddings at the start of the I/O
+segment through the model, row t at position pos[t] of the sequence whose cache region
+starts at row base[t] (the step's pos and base: numatp/forward/__init__.py); each worker
+writes its vocabulary slice of the logits of the last k rows into the segment's logits,
+which the coordinator then reads whole.
 
-The I/O segment holds float32 embeddings (max_tokens, hidden), then float32 logits
-(vocab,).
+The I/O segment holds int64 positions and bases (max_tokens each), float32 embeddings
+(max_tokens, hidden), then float32 logits (max_logits, vocab).
 """
 import signal
 
@@ -21,15 +22,22 @@ STEP = 1
 WORKER_IGNORED_SIGNALS = {signal.SIGINT, signal.SIGHUP}
 
 
-def io_nbytes(max_tokens, hidden, vocab):
-    return 4 * (max_tokens * hidden + vocab)
+def io_nbytes(max_tokens, hidden, vocab, max_logits):
+    return 16 * max_tokens + 4 * (max_tokens * hidden + max_logits * vocab)
 
 
-def io_views(seg, max_tokens, hidden, vocab=None):
-    """(input embeddings (max_tokens, hidden), logits (vocab,)) in the I/O segment; a
-    worker, which does not know the vocabulary size, leaves vocab to the segment's size."""
-    if vocab is None:
-        vocab = seg.size // 4 - max_tokens * hidden
-    x = seg.array(np.float32, 0, max_tokens * hidden).reshape(max_tokens, hidden)
-    logits = seg.array(np.float32, 4 * max_tokens * hidden, vocab)
-    return x, logits
+def io_views(seg, max_tokens, hidden, vocab, max_logits):
+    """(positions (max_tokens,), bases (max_tokens,), input embeddings (max_tokens,
+    hidden), logits (max_logits, vocab)) in the I/O segment."""
+    pos = seg.array(np.int64, 0, max_tokens)
+    base = seg.array(np.int64, 8 * max_tokens, max_tokens)
+    x = seg.array(np.float32, 16 * max_tokens, max_tokens * hidden).reshape(max_tokens, hidden)
+    logits = seg.array(np.float32, 16 * max_tokens + 4 * max_tokens * hidden,
+                       max_logits * vocab).reshape(max_logits, vocab)
+    return pos, base, x, logits
+
+
+def chunk_rows(pos0, n, slot, ctx):
+    """(pos, base) of n tokens at positions pos0.. of sequence slot `slot`, whose cache
+    region is rows [slot * ctx, (slot + 1) * ctx)."""
+    return np.arange(pos0, pos0 + n, dtype=np.int64), np.full(n, slot * ctx, dtype=np.int64)

@@ -35,14 +35,14 @@ def _exit_with_coordinator(lifeline):
 
 
 def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn, lifeline,
-                gpu=None):
+                n_slots=1, gpu=None):
     _exit_with_coordinator(lifeline)
     for sig in WORKER_IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     os.environ["NUMBA_NUM_THREADS"] = str(len(placement.cpus))
     try:
         state, channel, ar, io_seg, report = _load(rank, placement, shard, model_path, ctx,
-                                                     max_tokens, names, gpu)
+                                                     max_tokens, names, n_slots, gpu)
     except BaseException as e:  # anything at load: report it in one line, then exit
         from numatp.errors import NumatpError
         if isinstance(e, NumatpError):
@@ -61,11 +61,11 @@ def worker_main(rank, placement, shard, model_path, ctx, max_tokens, names, conn
         conn.close()
     except OSError:  # the coordinator is gone (the lifeline ends us, if not already)
         os._exit(1)
-    _serve(state, channel, ar, io_seg, rank, shard, max_tokens)
+    _serve(state, channel, ar, io_seg, rank, shard, max_tokens, n_slots)
     os._exit(0)
 
 
-def _load(rank, placement, shard, model_path, ctx, max_tokens, names, gpu):
+def _load(rank, placement, shard, model_path, ctx, max_tokens, names, n_slots, gpu):
     from numatp.numa.placement import alloc_on_node, bind_memory, local_fraction, pin_to_cpus
     pin_to_cpus(placement.cpus)
     if placement.bind:
@@ -86,7 +86,7 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names, gpu):
     alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
     # build_shard releases each tensor's file pages as it copies them out.
     # With --gpu attn, rank 0 owns the GPU (numatp/forward/offload.py says why).
-    state = ShardState(gguf, cfg, shard, ctx, alloc, gpu=gpu, gpu_owner=rank == 0,
+    state = ShardState(gguf, cfg, shard, ctx, alloc, n_slots, gpu=gpu, gpu_owner=rank == 0,
                        max_tokens=max_tokens)
     gguf.close()
 
@@ -108,24 +108,30 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names, gpu):
     return state, channel, ar, io_seg, report
 
 
-def _serve(state, channel, ar, io_seg, rank, shard, max_tokens):
+def _serve(state, channel, ar, io_seg, rank, shard, max_tokens, n_slots):
     import numpy as np
 
     from numatp.parallel.control import QUIT
-    x_in, logits = io_views(io_seg, max_tokens, state.hidden)
-    my_logits = logits[shard.vocab[0]:shard.vocab[1]]
+    pos_in, base_in, x_in, logits = io_views(io_seg, max_tokens, state.hidden, state.n_vocab,
+                                             n_slots)
+    v0, v1 = shard.vocab
+    # The step writes a C-contiguous block; the shared logits interleave the ranks'
+    # slices row by row, so each row is copied into place.
+    my_logits = np.empty((n_slots, v1 - v0), dtype=np.float32)
     ctl, data = ar.arrays()
     while True:
         cmd, args = channel.wait()
         if cmd == QUIT:
             break
         if cmd == STEP:
-            n, pos0 = int(args[0]), int(args[1])
+            n, k = int(args[0]), int(args[1])
             x = np.array(x_in[:n])  # my own copy: the step updates it in place
-            status = state.step(x, pos0, my_logits, ctl, data, rank, shard.n_ranks)
+            status = state.step(x, np.array(pos_in[:n]), np.array(base_in[:n]), my_logits[:k],
+                                ctl, data, rank, shard.n_ranks)
             if status != 0:
                 channel.fail(f"all-reduce failed with status {status} (a peer stopped)")
                 break
+            logits[:k, v0:v1] = my_logits[:k]
             channel.done()
         else:
             channel.fail(f"unknown command {cmd}")

@@ -96,7 +96,10 @@ def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
 def dot_float_x4(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
     """Y[t, c0 + r] = the row at byte o + r * stride dotted with token t, for r < nrows
     and t in t0..t3 (repeats allowed: they get the same value); the weights are read
-    once for the four rows of X."""
+    once for the four rows of X. Each token's sum is dot_float's, operation for
+    operation (four chains over 32-element steps, the 8-element rest into the first,
+    the same horizontal sum and scalar tail): a token gets bitwise the result it gets
+    alone, whatever the batch (a batched decode's rows equal single decodes)."""
 
 
 @overload(dot_float_x4, prefer_literal=True)
@@ -111,16 +114,45 @@ def _dot_float_x4_ov(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
         x0, x1, x2, x3 = X[t0], X[t1], X[t2], X[t3]
         for r in range(nrows):
             row = o + r * stride
-            a0, a1, a2, a3 = zeros4(_LANES)
+            # a<token><chain>: 16 accumulators, in registers with AVX-512's 32
+            a00, a01, a02, a03 = zeros4(_LANES)
+            a10, a11, a12, a13 = zeros4(_LANES)
+            a20, a21, a22, a23 = zeros4(_LANES)
+            a30, a31, a32, a33 = zeros4(_LANES)
             k = 0
+            while k + _STEP <= n:
+                u0 = vec(w, row + k * eb)
+                u1 = vec(w, row + (k + 8) * eb)
+                u2 = vec(w, row + (k + 16) * eb)
+                u3 = vec(w, row + (k + 24) * eb)
+                a00 = fma(u0, load(x0, k, _LANES), a00)
+                a01 = fma(u1, load(x0, k + 8, _LANES), a01)
+                a02 = fma(u2, load(x0, k + 16, _LANES), a02)
+                a03 = fma(u3, load(x0, k + 24, _LANES), a03)
+                a10 = fma(u0, load(x1, k, _LANES), a10)
+                a11 = fma(u1, load(x1, k + 8, _LANES), a11)
+                a12 = fma(u2, load(x1, k + 16, _LANES), a12)
+                a13 = fma(u3, load(x1, k + 24, _LANES), a13)
+                a20 = fma(u0, load(x2, k, _LANES), a20)
+                a21 = fma(u1, load(x2, k + 8, _LANES), a21)
+                a22 = fma(u2, load(x2, k + 16, _LANES), a22)
+                a23 = fma(u3, load(x2, k + 24, _LANES), a23)
+                a30 = fma(u0, load(x3, k, _LANES), a30)
+                a31 = fma(u1, load(x3, k + 8, _LANES), a31)
+                a32 = fma(u2, load(x3, k + 16, _LANES), a32)
+                a33 = fma(u3, load(x3, k + 24, _LANES), a33)
+                k += _STEP
             while k + _LANES <= n:
                 v = vec(w, row + k * eb)
-                a0 = fma(v, load(x0, k, _LANES), a0)
-                a1 = fma(v, load(x1, k, _LANES), a1)
-                a2 = fma(v, load(x2, k, _LANES), a2)
-                a3 = fma(v, load(x3, k, _LANES), a3)
+                a00 = fma(v, load(x0, k, _LANES), a00)
+                a10 = fma(v, load(x1, k, _LANES), a10)
+                a20 = fma(v, load(x2, k, _LANES), a20)
+                a30 = fma(v, load(x3, k, _LANES), a30)
                 k += _LANES
-            y0, y1, y2, y3 = hsum(a0), hsum(a1), hsum(a2), hsum(a3)
+            y0 = hsum((a00 + a01) + (a02 + a03))
+            y1 = hsum((a10 + a11) + (a12 + a13))
+            y2 = hsum((a20 + a21) + (a22 + a23))
+            y3 = hsum((a30 + a31) + (a32 + a33))
             while k < n:
                 v1 = one(w, row + k * eb)
                 y0 += v1 * x0[k]
