@@ -18,8 +18,8 @@ from numatp import _env  # noqa: F401
 from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_KV0, D_LAYERS, D_NKV,
                                    D_NQ, D_Q0, D_ROPE_DIM, D_ROPE_NEOX, NBYTES, OFFSET, PAD,
                                    QTYPE, ROWS)
-from numatp.model.slots import (BK, BQ, BV, K_NORM, LAYER_SLOTS, Q_NORM, W_DOWN, W_GATE, W_UP,
-                                WK, WO, WQ, WV)
+from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
+                                W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
 from numatp.quant.kernels import glu, linear, linear3
 from numatp.shm.allreduce import allreduce
 
@@ -307,6 +307,18 @@ def dense_ffn(kernels, arena, index, e, xb, s, work, out):
         matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:], up[s:],
         h[s:], index[ed, PAD])
     matmul(kernels, arena, index, ed, h[s:], out[s:])
+
+
+# ---- between layers ---------------------------------------------------------------------
+
+
+@njit
+def next_norm(layer, n_layers):
+    """The index row of the norm that follows layer `layer`: the next layer's input norm,
+    or after the last layer the output norm."""
+    if layer < n_layers - 1:
+        return (layer + 1) * LAYER_SLOTS + ATTN_NORM
+    return n_layers * LAYER_SLOTS + OUTPUT_NORM
 
 
 # ---- across ranks -----------------------------------------------------------------------

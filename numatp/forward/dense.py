@@ -4,9 +4,29 @@ import numpy as np
 from numba import njit
 
 from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, dense_ffn,
-                                   dense_ffn_work, matmul, reduce, rmsnorm, vector)
+                                   dense_ffn_work, matmul, next_norm, reduce, rmsnorm, vector)
 from numatp.forward.layout import D_LAYERS
-from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_NORM
+from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT
+
+
+@njit
+def after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
+    """The rest of a layer once proj[s:] holds this rank's share of its attention block's
+    output: reduce, residual and FFN norm, my FFN rows, reduce, residual and the next norm
+    into xb[s:]. Returns 0, or the reduce's non-zero status. (The GPU's step,
+    numatp/forward/offload.py, runs it after attention on the GPU.)"""
+    e = layer * LAYER_SLOTS
+    status = reduce(group, proj[s:])
+    if status != 0:
+        return status
+    add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
+    dense_ffn(kernels, arena, index, e, xb, s, work, proj)
+    status = reduce(group, proj[s:])
+    if status != 0:
+        return status
+    add_rmsnorm(x[s:], proj[s:], vector(arena, index, next_norm(layer, dims[D_LAYERS])), eps,
+                xb[s:])
+    return 0
 
 
 # nogil: a worker's lifeline thread (parallel/worker.py) must be able to run, and end the
@@ -35,17 +55,10 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
         s = T - n_out if layer == L - 1 else 0
         attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
                   s, att_work, proj)
-        status = reduce(group, proj[s:])
+        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s,
+                                 ffn_work, group)
         if status != 0:
             return status
-        add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-        dense_ffn(kernels, arena, index, e, xb, s, ffn_work, proj)
-        status = reduce(group, proj[s:])
-        if status != 0:
-            return status
-        # the residual, then the next layer's input norm (after the last: the output norm)
-        norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
-        add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
     # Output head: my vocabulary rows, for the rows that get logits.
     matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

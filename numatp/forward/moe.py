@@ -15,10 +15,11 @@ import numpy as np
 from numba import njit
 
 from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, dense_ffn, has,
-                                   matmul, matrix, reduce, rmsnorm, vector, widest)
+                                   matmul, matrix, next_norm, reduce, rmsnorm, vector,
+                                   widest)
 from numatp.forward.layout import (COLS, D_E0, D_E1, D_EXPERT_FFN, D_EXPERT_NORM, D_EXPERTS,
                                    D_EXPERTS_USED, D_FFN, D_HIDDEN, D_LAYERS, QTYPE, ROWS)
-from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_NORM, ROUTER,
+from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, ROUTER,
                                 SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE_EXPS, W_UP_EXPS)
 from numatp.quant.experts import expert_ffn
 
@@ -98,6 +99,23 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
                 out[t, j] += scale * shared[t, j]
 
 
+@njit
+def after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
+    """As the dense step's (numatp/forward/dense.py), with the MoE FFN."""
+    e = layer * LAYER_SLOTS
+    status = reduce(group, proj[s:])
+    if status != 0:
+        return status
+    add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
+    moe_ffn(kernels, arena, index, dims, e, xb, s, work, proj)
+    status = reduce(group, proj[s:])
+    if status != 0:
+        return status
+    add_rmsnorm(x[s:], proj[s:], vector(arena, index, next_norm(layer, dims[D_LAYERS])), eps,
+                xb[s:])
+    return 0
+
+
 # nogil: as the dense step's (numatp/forward/dense.py).
 @njit(cache=True, nogil=True)
 def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group):
@@ -115,15 +133,9 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
         s = T - n_out if layer == L - 1 else 0
         attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
                   s, att_work, proj)
-        status = reduce(group, proj[s:])
+        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s,
+                                 ffn_work, group)
         if status != 0:
             return status
-        add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-        moe_ffn(kernels, arena, index, dims, e, xb, s, ffn_work, proj)
-        status = reduce(group, proj[s:])
-        if status != 0:
-            return status
-        norm = e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
-        add_rmsnorm(x[s:], proj[s:], vector(arena, index, norm), eps, xb[s:])
     matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

@@ -13,18 +13,18 @@ The all-reduce is the CPU steps' own: the ranks without the GPU add zero for att
 so its sum is the GPU's output, exactly. The GPU belongs to rank 0 because a rank runs the
 layers and takes part in every reduce; the coordinator does neither.
 
-Everything on the CPU side is the blocks of numatp/forward/blocks.py and moe.py, called
-through the jitted entries below (one call per layer for the FFN half, so the per-layer
-Python work is a few calls). Only these entries are cache=True (see forward/__init__.py).
+Everything on the CPU side is the families' own code (blocks.py, and the rest of a layer
+after attention as dense.py and moe.py define it), called through the jitted entries
+below (one call per layer for the FFN half, so the per-layer Python work is a few calls). Only these entries are cache=True (see forward/__init__.py).
 """
 import numpy as np
 from numba import njit
 
-from numatp.forward.blocks import (add_rmsnorm, dense_ffn, dense_ffn_work, matmul, reduce,
-                                   rmsnorm, vector)
+from numatp.forward import dense, moe
+from numatp.forward.blocks import dense_ffn_work, matmul, rmsnorm, vector
 from numatp.forward.layout import D_HIDDEN, D_LAYERS
-from numatp.forward.moe import moe_ffn, moe_ffn_work
-from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, OUTPUT_NORM
+from numatp.forward.moe import moe_ffn_work
+from numatp.model.slots import ATTN_NORM, LAYER_SLOTS, OUTPUT
 
 
 @njit(cache=True, nogil=True)
@@ -40,47 +40,19 @@ def _begin_moe(arena, index, dims, eps, x, xb):
     return moe_ffn_work(index, dims, x.shape[0])
 
 
-@njit
-def _next_norm(layer, L):
-    e = layer * LAYER_SLOTS
-    return e + LAYER_SLOTS + ATTN_NORM if layer < L - 1 else L * LAYER_SLOTS + OUTPUT_NORM
-
-
+# Cached entries (this module's Python loop calls them), each running its family's rest of
+# a layer: only entry points are cache=True (numatp/forward/__init__.py says why).
 @njit(cache=True, nogil=True)
 def _after_attention_dense(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
                            group):
-    """The rest of a dense layer once proj[s:] holds this rank's share of the attention
-    block's output: reduce, residual, FFN norm, my FFN rows, reduce, residual, the next
-    norm into xb. Returns the reduce's status."""
-    e = layer * LAYER_SLOTS
-    status = reduce(group, proj[s:])
-    if status != 0:
-        return status
-    add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    dense_ffn(kernels, arena, index, e, xb, s, work, proj)
-    status = reduce(group, proj[s:])
-    if status != 0:
-        return status
-    add_rmsnorm(x[s:], proj[s:], vector(arena, index, _next_norm(layer, dims[D_LAYERS])),
-                eps, xb[s:])
-    return 0
+    return dense.after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
+                                 group)
 
 
 @njit(cache=True, nogil=True)
 def _after_attention_moe(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
-    """As _after_attention_dense, with the MoE FFN."""
-    e = layer * LAYER_SLOTS
-    status = reduce(group, proj[s:])
-    if status != 0:
-        return status
-    add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    moe_ffn(kernels, arena, index, dims, e, xb, s, work, proj)
-    status = reduce(group, proj[s:])
-    if status != 0:
-        return status
-    add_rmsnorm(x[s:], proj[s:], vector(arena, index, _next_norm(layer, dims[D_LAYERS])),
-                eps, xb[s:])
-    return 0
+    return moe.after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
+                               group)
 
 
 @njit(cache=True, nogil=True)
