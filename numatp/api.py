@@ -113,14 +113,13 @@ class LLM:
     beyond is overwritten. stats.n_prompt_cached and n_prompt_processed say how much each
     call reused. The results are those of processing the prompt from scratch: bitwise
     the same logits for the same tokens, because each token's keys and values do not
-    depend on how the tokens were grouped into forward passes (a prompt is processed in
-    chunks of up to PREFILL_CHUNK tokens, never a lone token where it has more; at least
-    its last 2 tokens are processed again). One exception: a token processed alone (a
-    generated token, fed back in a decode step) goes through the one-token kernels, which
-    for F32, F16 and BF16 matrices add up in another order than the batched ones (for
-    quantized matrices the order is the same); when such a token is reused as part of a
-    later prompt, the logits differ from a from-scratch pass by float round-off (~1e-6
-    relative). reset() forgets the cached sequence (benchmarks of prompt processing).
+    depend on how the tokens were grouped into forward passes: the kernels sum each row
+    in the same order whether it is alone (a generated token, fed back in a decode step),
+    in a prompt chunk of up to PREFILL_CHUNK tokens or in a batched decode of several
+    sequences. (At least a prompt's last 2 tokens are processed again, never a lone token
+    where it has more: a rule from when the one-token float kernels summed in another
+    order, kept so that what a call reports as cached does not change.) reset() forgets
+    the cached sequence (benchmarks of prompt processing).
 
     Threads: one LLM may be shared by threads: logits(), warm_up(), reset() and each
     generation take turns on the model (it has one KV cache), each running whole while
@@ -286,8 +285,6 @@ class LLM:
         logits) instead runs every token alone from position 0 and sees the logits after
         each (the prompt's own logprobs)."""
         if each_logits is None:
-            # At least the last 2 tokens are run, so that the last chunk is never a lone
-            # token where the prompt has more (the one-token kernels: see LLM).
             reuse = reusable(self._cached, ids)
             spans = _chunks(reuse, len(ids))
         else:

@@ -11,8 +11,12 @@ logits of every row.
     rows = llm.slots.decode([(0, int(a.argmax())), (1, int(b.argmax()))])  # (2, vocab)
 
 Prompt reuse is per slot: a prefill processes only what follows the longest prefix it
-shares with the slot's cached sequence (at least its last 2 tokens, for the reason
-LLM's docstring gives); last_processed(slot) says how many tokens it ran.
+shares with the slot's cached sequence (at least its last 2 tokens, as LLM's prompt
+reuse does); last_processed(slot) says how many tokens it ran.
+
+Each row's logits are bitwise those of its sequence run alone (on as many nodes): the
+step treats every row alike whatever else is in the batch, and the kernels sum each row
+in the same order for one token or many (numatp/quant/floats.py, kernels.py).
 
 Slot 0 is also the sequence of LLM's single-sequence API (generate, logits, the
 completions): a caller driving the slots should not run those at the same time. The
@@ -148,8 +152,7 @@ class SequenceSlots:
 
 def reusable(cached, ids) -> int:
     """How many leading tokens of `ids` a cache holding `cached` can skip: their common
-    prefix, but at least the last 2 tokens are run, so that the last chunk is never a
-    lone token where the prompt has more (the one-token kernels: see LLM)."""
+    prefix, but at least the last 2 tokens are run (see LLM for why 2)."""
     return min(common_prefix(cached, ids), len(ids) - min(len(ids), 2))
 
 
@@ -163,8 +166,8 @@ def common_prefix(a, b) -> int:
 
 def chunks(start, end):
     """(first, last + 1) of the forward passes over positions start..end-1: up to
-    PREFILL_CHUNK tokens each, and a lone token only where there is just one (a one-token
-    pass takes the one-token kernels: see LLM)."""
+    PREFILL_CHUNK tokens each, and a lone token only where there is just one (see LLM:
+    the results do not depend on it; the rule is kept as it was)."""
     pos = start
     while pos < end:
         size = min(PREFILL_CHUNK, end - pos)

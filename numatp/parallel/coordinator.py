@@ -38,7 +38,8 @@ def _user_main_hidden():
 
 
 class ProcessGroupModel:
-    """N worker processes, one shard each; `forward(x, pos0)` -> logits, as LocalModel."""
+    """N worker processes, one shard each; `run(x, pos, base, k)` and `forward(x, pos0,
+    slot)` -> logits, as LocalModel."""
 
     def __init__(self, model_path, gguf, cfg, ctx, placements, max_tokens=64, moe_split="rows",
                  n_slots=1, gpu=None):

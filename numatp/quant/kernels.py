@@ -200,6 +200,10 @@ def _tile1(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """tile() for one token."""
 
 
+def _tiles_half(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+    """tile() for TOKENS // 2 tokens."""
+
+
 def _float_rows(kernels, qtype, w, o, stride, n, cols, x, y):
     """y[r] = the float row at byte o + r * stride dotted with x, for r < n."""
 
@@ -220,6 +224,9 @@ _CALLS = {
     _tile1: {
         _BLOCK32: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
         _SUPER: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
+    _tiles_half: {
+        _BLOCK32: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
     _float_rows: {_FLOAT: "dot_float({q}, w, o, stride, n, cols, x, y)"},
     _float_rows_x4: {
         _FLOAT: "dot_float_x4({q}, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0)"},
@@ -301,6 +308,12 @@ def _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows):
     full = T - T % TOKENS if T > 1 else 0
     for t0 in range(0, full, TOKENS):
         _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid)
+    # A batched decode of a few sequences is mostly the rest: half a tile reads the
+    # weights once for 4 of them (one-token tiles re-read them from L1 for each, and a
+    # full tile's repeated lanes would do twice the work). Every tile sums a token alike.
+    if T - full >= TOKENS // 2:
+        _tiles_half(kernels, qtype, w, go, nblk, acts, full, T, Y, r0, nvalid)
+        full += TOKENS // 2
     for t in range(full, T):
         _tile1(kernels, qtype, w, go, nblk, acts, t, T, Y, r0, nvalid)
 
