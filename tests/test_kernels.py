@@ -199,20 +199,3 @@ def test_zero_and_tiny_activation_groups(rng):
     linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert np.all(np.isfinite(Y))
     assert_close(qtype, Y, W, X)
-
-
-@pytest.mark.parametrize("qtype", [pytest.param(q, id=F.type_name(q)) for q in packing.PACKED])
-def test_token_alone_equals_token_in_a_batch(qtype, rng):
-    """A token's results are bitwise the same whether it is multiplied alone (the matvec
-    path) or as one of a batch (whole tiles and the tokens after them): a batched decode
-    relies on it."""
-    rows, cols = R + 5, _cols(qtype, 2)
-    raw, _ = make_matrix(qtype, rows, cols, rng)
-    w = prepare(qtype, raw)
-    X = rng.standard_normal((19, cols)).astype(np.float32)   # two tiles of 8 and 3 more
-    batch = np.zeros((19, rows), np.float32)
-    linear(ALL, qtype, w, rows, cols, X, batch)
-    for t in range(X.shape[0]):
-        alone = np.zeros((1, rows), np.float32)
-        linear(ALL, qtype, w, rows, cols, X[t:t + 1], alone)
-        assert np.array_equal(alone[0], batch[t]), t

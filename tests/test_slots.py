@@ -87,9 +87,9 @@ def test_slots_of_a_float_model():
 
 @pytest.mark.parametrize("model", ["q8", "f32"])
 def test_wide_decode_steps_match_single_decodes(q8_model, model):
-    """14 rows per decode step: the quantized kernels run 8 of them through a multi-token
-    tile and the other 6 through one-token tiles, the float kernels 4 at a time with the
-    last lanes repeated; each row is still bitwise its sequence's single decode."""
+    """14 rows per decode step: the quantized kernels run them through an 8-token tile,
+    a 4-token tile and two one-token tiles, the float kernels 4 at a time with the last
+    lanes repeated; each row is still bitwise its sequence's single decode."""
     path = q8_model if model == "q8" else STORIES
     n, ctx = 14, 32
     with numatp.load(path, nodes=1, ctx_size=ctx, parallel=n) as llm:

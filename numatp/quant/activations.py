@@ -66,44 +66,6 @@ def quantize_row(X, acts, t):
     quantize_vector(X[t], XQ[t], XD[t], XS32[t], XS16[t], XI32[t], XI16[t])
 
 
-@njit
-def empty_panel(tiles, n, width):
-    """Like empty_activations, for `tiles` tiles of `width` tokens in panel order (pack)."""
-    return (np.empty((tiles, n * width), np.int8),
-            np.empty((tiles, n // GROUP * width), np.float32),
-            np.empty((tiles, n // GROUP * width), np.float32),
-            np.empty((tiles, 2 * n // GROUP * width), np.float32),
-            np.empty((tiles, n // GROUP * width), np.int32),
-            np.empty((tiles, 2 * n // GROUP * width), np.int32))
-
-
-@njit(boundscheck=False)
-def pack(acts, t, panel, j):
-    """Copy tokens t .. t + width - 1 of acts into tile j of panel (empty_panel).
-
-    A panel holds a tile's tokens interleaved: the 4 int8 values k of every token, one
-    token after another (row j of the int8 array: 4k .. 4k+3 of token 0, the same of
-    token 1, ...), and each per-group number likewise (group g of token s at g * width
-    + s). A kernel multiplying a tile then reads all of it from one pointer with
-    constant offsets, instead of keeping a pointer per token."""
-    XQ, XD, XS32, XS16, XI32, XI16 = acts
-    PQ, PD, PS32, PS16, PI32, PI16 = panel
-    width = PD.shape[1] // XD.shape[1]
-    dst = PQ[j]
-    for k in range(XQ.shape[1] // 4):
-        for s in range(width):
-            store(dst, 4 * (k * width + s), load(XQ[t + s], 4 * k, 4))
-    for g in range(XD.shape[1]):
-        for s in range(width):
-            PD[j, g * width + s] = XD[t + s, g]
-            PS32[j, g * width + s] = XS32[t + s, g]
-            PI32[j, g * width + s] = XI32[t + s, g]
-    for g in range(XS16.shape[1]):
-        for s in range(width):
-            PS16[j, g * width + s] = XS16[t + s, g]
-            PI16[j, g * width + s] = XI16[t + s, g]
-
-
 def dequantize_vector(xq, xd):
     """Inverse of quantize_vector (NumPy, for tests): float64."""
     return (xq.reshape(-1, GROUP).astype(np.float64) * xd.astype(np.float64)[:, None]).reshape(-1)

@@ -23,8 +23,7 @@ from numba import njit, prange
 from numatp.quant import formats
 from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.kernels import (BLOCK_BYTES, BLOCK_ELEMS, R, _check, _FLOAT, _group_rows,
-                                  TOKENS, _silu, panels_of_segments, prepare,
-                                  prepared_nbytes)
+                                  _quantize, _silu, prepare, prepared_nbytes)
 
 
 def prepare_experts(qtype, raw, out=None):
@@ -89,14 +88,6 @@ def _rows(acts, s, e):
 
 
 @njit
-def _after_tiles(acts, panel, first, a, s, e):
-    """Pair segment a (rows s..e of acts) as _group_rows takes it: its tiles of panel
-    (panels_of_segments), and its rows after them."""
-    return (_rows(acts, s + (first[a + 1] - first[a]) * TOKENS, e),
-            _rows(panel, first[a], first[a + 1]))
-
-
-@njit
 def _gather(acts, order, k):
     """The activation rows of the tokens of each pair, in pair order."""
     out = empty_activations(order.shape[0], acts[0].shape[1])
@@ -112,30 +103,29 @@ def _gather(acts, order, k):
 
 
 @njit(parallel=True, boundscheck=False)
-def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, panel, first, start,
-                 expert, G, U, H):
+def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, start, expert, G, U, H):
     groups = (n_ff + R - 1) // R
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
         base = expert[a] * gu_bytes
-        mine, tiles = _after_tiles(acts, panel, first, a, s, e)
-        _group_rows(kernels, qg, wg[base:base + gu_bytes], nblk, mine, tiles, G[s:e], g, n_ff)
-        _group_rows(kernels, qu, wu[base:base + gu_bytes], nblk, mine, tiles, U[s:e], g, n_ff)
+        mine = _rows(acts, s, e)
+        _group_rows(kernels, qg, wg[base:base + gu_bytes], nblk, mine, G[s:e], g, n_ff)
+        _group_rows(kernels, qu, wu[base:base + gu_bytes], nblk, mine, U[s:e], g, n_ff)
         for p in range(s, e):
             for r in range(g * R, min(n_ff, (g + 1) * R)):
                 H[p, r] = _silu(G[p, r]) * U[p, r]
 
 
 @njit(parallel=True, boundscheck=False)
-def _experts_down(kernels, qd, wd, rows, nblk, d_bytes, acts, panel, first, start, expert, D):
+def _experts_down(kernels, qd, wd, rows, nblk, d_bytes, acts, start, expert, D):
     groups = (rows + R - 1) // R
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
         base = expert[a] * d_bytes
-        mine, tiles = _after_tiles(acts, panel, first, a, s, e)
-        _group_rows(kernels, qd, wd[base:base + d_bytes], nblk, mine, tiles, D[s:e], g, rows)
+        _group_rows(kernels, qd, wd[base:base + d_bytes], nblk, _rows(acts, s, e), D[s:e],
+                    g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
@@ -157,22 +147,18 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, local, X, sel,
     T, k = sel.shape
     order, start, expert = route_by_expert(sel, local)
     pairs = order.shape[0]
-    xacts = empty_activations(T, cols)
-    _quantize_pairs(X, xacts)
-    acts = _gather(xacts, order, k)
-    panel, first = panels_of_segments(acts, start)
+    acts = _gather(_quantize(X), order, k)
     G = np.empty((pairs, n_ff), np.float32)
     U = np.empty((pairs, n_ff), np.float32)
     H = np.empty((pairs, n_ff), np.float32)
     gu_bytes = _expert_bytes(qg, n_ff, cols)
     _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols // BLOCK_ELEMS[qg], gu_bytes, acts,
-                 panel, first, start, expert, G, U, H)
+                 start, expert, G, U, H)
     hacts = empty_activations(pairs, n_ff)
     _quantize_pairs(H, hacts)
-    hpanel, first = panels_of_segments(hacts, start)
     D = np.empty((pairs, rows), np.float32)
     _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], _expert_bytes(qd, rows, n_ff),
-                  hacts, hpanel, first, start, expert, D)
+                  hacts, start, expert, D)
     where = np.full(T * k, -1, np.int64)
     for p in range(pairs):
         where[order[p]] = p

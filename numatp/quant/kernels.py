@@ -24,12 +24,7 @@ per unit of 32 or 16 elements, the unit's weight bytes are decoded once into reg
 activation bytes at a time, gives R integer sums, which are scaled into R float
 accumulators. No horizontal sums: a tile's result is one vector store per token. The
 tile's code is generated per format and token count (_tile_source), since it is the
-same few lines unrolled over the units of a block and the tokens of a tile. A tile of
-TOKENS tokens reads its activations from a panel (activations.pack: the tokens
-interleaved 4 bytes at a time), so that one pointer and constant offsets reach all of
-them: with a pointer per token, LLVM ran out of registers and reloaded them from the
-stack in the inner loop. Each token's arithmetic is the same whatever the tile size,
-so a token's results do not depend on how many tokens share the call.
+same few lines unrolled over the units of a block and the tokens of a tile.
 
 Float formats (F32, F16, BF16) multiply the float32 activations as they are, row by row
 (floats.py).
@@ -51,9 +46,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from numatp.quant import block32, floats, formats, kquants, packing
-from numatp.quant.activations import (empty_activations, empty_panel, quantize_row,
-                                      quantize_vector)
-from numatp.quant.activations import pack as pack_token
+from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
@@ -97,21 +90,20 @@ _FLOAT_TOKENS = 4   # rows of X per pass of the float batched path
 def _tile_source(q, tokens):
     """Source of tile(): R rows x `tokens` tokens of format q, over all blocks."""
     fmt = FORMATS[q]
+    per16 = fmt.unit == 16
     n_vec = fmt.unit // 4
-    # 16-element units are 4 dot products per token: one chain (a second one only added
-    # an addition per token and unit)
-    chains = _CHAINS if n_vec >= 8 else 1
     block_elems = formats.block_size(q)
-    W = tokens
-    sums = ("PI" if fmt.zero else "PS") + str(fmt.unit)
-    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, panel, j, t0, Y, r0, "
+    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, "
          "nvalid):",
-         "    PQ, PD, PS32, PS16, PI32, PI16 = panel",
-         f"    pq, pd, ps = PQ[j], PD[j], {sums}[j]",
+         "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
          "    zi = splat(np.int32(0), R)",
          "    zf = splat(np.float32(0), R)"]
     for t in range(tokens):
-        L.append(f"    a{t} = zf")
+        L += [f"    t{t} = min(t0 + {t}, T - 1)",
+              f"    x{t}, d{t} = XQ[t{t}], XD[t{t}]",
+              f"    s{t} = {'XI16' if per16 else 'XI32'}[t{t}]" if fmt.zero else
+              f"    s{t} = {'XS16' if per16 else 'XS32'}[t{t}]",
+              f"    a{t} = zf", f"    f{t} = zf"]
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
           f"        e = b * {block_elems}"]
@@ -132,27 +124,24 @@ def _tile_source(q, tokens):
         unit = f"p * {step} + {j}" if fmt.units > step else f"{j}"
         L += [f"{ind}u = {unit}",
               f"{ind}S, M = scales(w, ob, u)", f"{ind}v = vectors(w, ob, u)",
-              f"{ind}eu = e + u * {fmt.unit}",
-              f"{ind}xu = eu * {W}",
-              f"{ind}su = (eu // {fmt.unit}) * {W}",
-              f"{ind}du = (eu >> 5) * {W}"]
+              f"{ind}eu = e + u * {fmt.unit}"]
         for t in range(tokens):
             for k in range(n_vec):
-                c = k % chains
-                if k >= chains:
+                c = k % _CHAINS
+                if k >= _CHAINS:
                     src = f"i{c}"
                 elif k == 0 and fmt.zero:  # weights q - zero: start at -zero * sum(x)
-                    src = f"splat(np.int32(ps[su + {t}] * {-fmt.zero}), R)"
+                    src = f"splat(np.int32(s{t}[eu // {fmt.unit}] * {-fmt.zero}), R)"
                 else:
                     src = "zi"
-                L.append(f"{ind}i{c} = dot4({src}, v[{k}], bcast4(pq, xu + {4 * (k * W + t)}, R), "
+                L.append(f"{ind}i{c} = dot4({src}, v[{k}], bcast4(x{t}, eu + {4 * k}, R), "
                          f"{fmt.small})")
-            isum = " + ".join(f"i{c}" for c in range(chains))
-            L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * pd[du + {t}], a{t})")
+            isum = " + ".join(f"i{c}" for c in range(_CHAINS))
+            L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})")
             if not fmt.zero:
-                L.append(f"{ind}a{t} = fma(M, splat(ps[su + {t}], R), a{t})")
+                L.append(f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})")
     for t in range(tokens):
-        L.append(f"    _store_rows(Y[t0 + {t}], r0, nvalid, a{t})")
+        L.append(f"    _store_rows(Y[t{t}], r0, nvalid, {f'a{t}' if fmt.zero else f'a{t} + f{t}'})")
     return "\n".join(L)
 
 
@@ -165,14 +154,14 @@ def _tile_name(q, tokens):
     return f"tile_{formats.type_name(q)}_x{tokens}"
 
 
-def tile(qtype, tokens, w, go, nblk, panel, j, t0, Y, r0, nvalid):
-    """Y[t0 + t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted
-    with token t of tile j of `panel` (activations.panels with as many tokens per tile),
-    for r < nvalid and t < tokens. qtype and tokens are literal ints."""
+def tile(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+    """Y[t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted with
+    token t, for r < nvalid and t in t0 .. t0 + tokens - 1 (clamped to T - 1: a repeated
+    token stores the same value twice). qtype and tokens are literal ints."""
 
 
 @overload(tile, prefer_literal=True)
-def _tile_ov(qtype, tokens, w, go, nblk, panel, j, t0, Y, r0, nvalid):
+def _tile_ov(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     q = getattr(qtype, "literal_value", None)
     n = getattr(tokens, "literal_value", None)
     if q not in FORMATS or not isinstance(n, int):
@@ -203,12 +192,16 @@ def _store_rows(y, r0, nvalid, v):
 # the kernel set it is compiled for (kernel_set.py says why not over all types) that
 # have a kernel of that kind.
 
-def _tiles(kernels, qtype, w, go, nblk, panel, j, t0, Y, r0, nvalid):
+def _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """tile() for TOKENS tokens."""
 
 
-def _tile1(kernels, qtype, w, go, nblk, panel, j, t0, Y, r0, nvalid):
+def _tile1(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
     """tile() for one token."""
+
+
+def _tiles_half(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+    """tile() for TOKENS // 2 tokens."""
 
 
 def _float_rows(kernels, qtype, w, o, stride, n, cols, x, y):
@@ -226,11 +219,14 @@ def _dequant_row(kernels, qtype, w, o, nblk, out):
 # Each family's call, per dispatcher; {q} is the type code.
 _CALLS = {
     _tiles: {
-        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, panel, j, t0, Y, r0, nvalid)",
-        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, panel, j, t0, Y, r0, nvalid)"},
+        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
     _tile1: {
-        _BLOCK32: "tile({q}, 1, w, go, nblk, panel, j, t0, Y, r0, nvalid)",
-        _SUPER: "tile({q}, 1, w, go, nblk, panel, j, t0, Y, r0, nvalid)"},
+        _BLOCK32: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
+    _tiles_half: {
+        _BLOCK32: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
     _float_rows: {_FLOAT: "dot_float({q}, w, o, stride, n, cols, x, y)"},
     _float_rows_x4: {
         _FLOAT: "dot_float_x4({q}, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0)"},
@@ -303,28 +299,33 @@ def _check(kernels, qtype):
 # -- quantized: row groups --------------------------------------------------------------------
 
 @njit(boundscheck=False)
-def _group_rows(kernels, qtype, w, nblk, plain, panel, Y, g, rows):
-    """Row group g of a packed matrix of `rows` rows against every token: the whole
-    tiles of the panel, then the tokens of plain (those after the tiles, see _quantize)."""
+def _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows):
+    """Row group g of a packed matrix of `rows` rows against every token."""
+    T = acts[0].shape[0]
     go = g * nblk * R * BLOCK_BYTES[qtype]
     r0 = g * R
     nvalid = min(R, rows - r0)
-    tiles = panel[0].shape[0]
-    for j in range(tiles):
-        _tiles(kernels, qtype, w, go, nblk, panel, j, j * TOKENS, Y, r0, nvalid)
-    for i in range(plain[0].shape[0]):   # a token alone: its row of plain is a 1-token panel
-        _tile1(kernels, qtype, w, go, nblk, plain, i, tiles * TOKENS + i, Y, r0, nvalid)
+    full = T - T % TOKENS if T > 1 else 0
+    for t0 in range(0, full, TOKENS):
+        _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid)
+    # A batched decode of a few sequences is mostly the rest: half a tile reads the
+    # weights once for 4 of them (one-token tiles re-read them from L1 for each, and a
+    # full tile's repeated lanes would do twice the work). Every tile sums a token alike.
+    if T - full >= TOKENS // 2:
+        _tiles_half(kernels, qtype, w, go, nblk, acts, full, T, Y, r0, nvalid)
+        full += TOKENS // 2
+    for t in range(full, T):
+        _tile1(kernels, qtype, w, go, nblk, acts, t, T, Y, r0, nvalid)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear(kernels, qtype, w, rows, nblk, plain, panel, Y):
+def _packed_linear(kernels, qtype, w, rows, nblk, acts, Y):
     for g in prange((rows + R - 1) // R):
-        _group_rows(kernels, qtype, w, nblk, plain, panel, Y, g, rows)
+        _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, plain, panel, Ya, Yb,
-                    Yc):
+def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, Ya, Yb, Yc):
     ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
     for j in prange(ga + gb + (rc + R - 1) // R):
         i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
@@ -335,12 +336,12 @@ def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, plain, pa
             q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
         else:
             q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
-        _group_rows(kernels, q, w, nblk, plain, panel, Y, g, rows)
+        _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, plain, panel, G, U, H, pad):
-    T = panel[0].shape[0] * TOKENS + plain[0].shape[0]
+def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, G, U, H, pad):
+    T = acts[0].shape[0]
     for j in prange((rows + R - 1) // R):
         g = np.int64(j)
         for m in range(2):
@@ -348,7 +349,7 @@ def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, plain, panel, G, U, H, pad)
                 q, w, Y = qg, wg, G
             else:
                 q, w, Y = qu, wu, U
-            _group_rows(kernels, q, w, nblk, plain, panel, Y, g, rows)
+            _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
         for t in range(T):
             for r in range(g * R, min(rows, (g + 1) * R)):
                 H[t, pad + r] = _silu(G[t, r]) * U[t, r]
@@ -360,57 +361,20 @@ def _silu(x):
 
 
 @njit(parallel=True, boundscheck=False)
-def _quantize_tokens(X, plain, panel):
-    tiles = panel[0].shape[0]
-    tiled = tiles * TOKENS
-    n = X.shape[1]
-    # one item per tile (its tokens, then the tile), then one per token left over
-    for i in prange(tiles + X.shape[0] - tiled):
-        k = np.int64(i)   # a prange index may be unsigned: k * TOKENS would be a float
-        if k < tiles:
-            # small scratch rather than a (T, n) array: fresh large arrays on every call
-            # cost their page faults
-            scratch = empty_activations(TOKENS, n)
-            for t in range(TOKENS):
-                quantize_vector(X[k * TOKENS + t], scratch[0][t], scratch[1][t],
-                                scratch[2][t], scratch[3][t], scratch[4][t], scratch[5][t])
-            pack_token(scratch, 0, panel, k)
-        else:
-            quantize_row(X[tiled:], plain, k - tiles)
+def _quantize_tokens(X, acts):
+    for t in prange(X.shape[0]):
+        quantize_row(X, acts, t)
 
 
 @njit
 def _quantize(X):
-    """X (T, cols) in activations.py's int8 form: (plain, panel), the whole tiles of
-    TOKENS tokens as a panel (activations.pack), the tokens after them (all of them when
-    T = 1) in plain rows as empty_activations holds them. Tokens in parallel."""
-    T, n = X.shape
-    tiles = T // TOKENS if T > 1 else 0
-    plain = empty_activations(T - tiles * TOKENS, n)
-    panel = empty_panel(tiles, n, TOKENS)
-    if T > 1:
-        _quantize_tokens(X, plain, panel)
+    """X (T, cols) in activations.py's int8 form (empty_activations), tokens in parallel."""
+    acts = empty_activations(X.shape[0], X.shape[1])
+    if X.shape[0] > 1:
+        _quantize_tokens(X, acts)
     else:
-        quantize_row(X, plain, 0)
-    return plain, panel
-
-
-@njit
-def panels_of_segments(acts, start):
-    """(panel, first): the whole tiles of TOKENS tokens of each segment start[a] ..
-    start[a + 1] - 1 of the tokens of acts (empty_activations), segment a's in tiles
-    first[a] .. first[a + 1] - 1, so that the segment's tiles and its tokens after them
-    can be passed to the row-group kernels as its (plain, panel)."""
-    n = acts[0].shape[1]
-    segments = start.shape[0] - 1
-    first = np.zeros(segments + 1, np.int64)
-    for a in range(segments):
-        first[a + 1] = first[a] + (start[a + 1] - start[a]) // TOKENS
-    panel = empty_panel(first[segments], n, TOKENS)
-    for a in range(segments):
-        for j in range(first[a], first[a + 1]):
-            pack_token(acts, start[a] + (j - first[a]) * TOKENS, panel, j)
-    return panel, first
+        quantize_row(X, acts, 0)
+    return acts
 
 
 # -- float formats: rows ----------------------------------------------------------------------
@@ -471,8 +435,7 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, q) != _FLOAT:
-        plain, panel = _quantize(X)
-        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], plain, panel, Y)
+        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], _quantize(X), Y)
     elif X.shape[0] == 1:
         _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
     else:
@@ -487,9 +450,8 @@ def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
     qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
     fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
     if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
-        plain, panel = _quantize(X)
         _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
-                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], plain, panel,
+                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], _quantize(X),
                         Ya, Yb, Yc)
     else:
         linear(kernels, qa, wa, ra, cols, X, Ya)
@@ -506,8 +468,7 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     qg, qu = np.int64(qg), np.int64(qu)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
-        plain, panel = _quantize(X)
-        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], plain, panel,
+        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], _quantize(X),
                     G, U, H, np.int64(pad))
     else:
         linear(kernels, qg, wg, rows, cols, X, G)
