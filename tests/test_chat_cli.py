@@ -217,3 +217,23 @@ def test_a_turn_that_does_not_fit_is_reported_and_the_chat_goes_on(model):
         assert "Traceback" not in term.seen
     finally:
         term.close()
+
+
+def test_chat_with_attention_on_the_gpu_reuses_its_kv_cache(model):
+    # The GPU's KV cache holds the history as the CPU's does: each turn processes only its
+    # own tokens (the numpy stand-in runs the offload code where there is no GPU).
+    lines = QUESTIONS[:3] + ["/exit"]
+    r = subprocess.run([sys.executable, "-m", "numatp", "chat", "-m", str(model), "--nodes", "1",
+                        "--system", SYSTEM, "--temp", "0", "-n", str(MAX_TOKENS), "--gpu", "attn"],
+                       input="\n".join(lines) + "\n", capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "NUMATP_GPU_BACKEND": "numpy"})
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "numatp: gpu memory used: " in r.stderr
+    turns = reports(r.stderr)
+    assert len(turns) == 3
+    for (n_prompt, cached, processed, _, _), (p_prompt, _, _, p_gen, _) in zip(turns[1:],
+                                                                              turns[:-1]):
+        unfed = 1 if p_gen == MAX_TOKENS else 0
+        assert cached == p_prompt + p_gen - unfed
+        assert processed == n_prompt - cached

@@ -417,3 +417,27 @@ def test_a_port_in_use_is_one_line():
         code, _, err = finish(proc, WAIT_S)
     assert code == 2 and err.strip() == f"numatp: error: cannot listen on 127.0.0.1:{port}: " \
                                          "Address already in use", err
+
+
+# -- attention on the GPU (the numpy stand-in where there is none) -----------------------------
+
+def test_serve_with_attention_on_the_gpu(monkeypatch):
+    monkeypatch.setenv("NUMATP_GPU_BACKEND", "numpy")
+    s = Server("-m", STORIES, "--nodes", 1, "-c", 512, "--gpu", "attn")
+    try:
+        assert "numatp: gpu memory used: " in s.stderr
+        r = s.client().chat.completions.create(model="any", messages=CHAT, max_tokens=16,
+                                               temperature=0)
+        with numatp.load(STORIES, nodes=1, ctx_size=512, gpu="attn") as llm:
+            want = llm.create_chat_completion(CHAT, max_tokens=16, temperature=0)
+        assert r.choices[0].message.content == want["choices"][0]["message"]["content"]
+    finally:
+        check_clean_exit(*s.stop(signal.SIGINT), signal.SIGINT)
+
+
+def test_serve_with_the_gpu_keeps_one_slot():
+    proc = start_cli("serve", "-m", STORIES, "--nodes", 1, "--gpu", "attn", "--parallel", 2)
+    code, _, err = finish(proc, WAIT_S)
+    assert code == 2 and err.strip() == "numatp: error: --gpu attn serves one sequence at a " \
+                                         "time: --parallel must be 1", err
+

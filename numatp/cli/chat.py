@@ -17,10 +17,10 @@ from typing import Optional
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES,
+from numatp.cli.options import (CTX_SIZE, GPU, HF_REPO, MIN_P, MODEL, MOE_SPLIT, NODES,
                                 REPEAT_LAST_N, REPEAT_PENALTY, SEED, STOP, TEMP, THREADS,
                                 TOP_K, TOP_P, OptionalInt, OptionalStr, StrList, announce,
-                                model_option, sampling_params)
+                                gpu_lines, gpu_option, model_option, sampling_params)
 from numatp.errors import UsageError
 
 PROMPT = "> "
@@ -46,6 +46,7 @@ def chat(
     threads: OptionalInt = THREADS,
     nodes: str = NODES,
     moe_split: str = MOE_SPLIT,
+    gpu: OptionalStr = GPU,
     stop: StrList = STOP,
 ):
     """Chat with the model in turns: /clear forgets the conversation, /exit or Ctrl-D
@@ -64,6 +65,7 @@ def chat(
         as_text(system, "--system")
     stops = checked_stops([as_text(s, "--stop") for s in stop or ()])
     sampling_params(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)  # before loading
+    gpu = gpu_option(gpu)
     options = dict(max_tokens=None if n_predict == -1 else n_predict, stop=stops,
                    temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
                    repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
@@ -76,13 +78,15 @@ def chat(
             pass
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=announce, moe_split=moe_split) as llm:
+                     announce=announce, moe_split=moe_split, gpu=gpu) as llm:
         if llm.tokenizer.chat_template is None:
             say("warning: the model has no chat template; chat uses ChatML, which it may not "
                 "have been trained on")
         for line in getattr(llm.model, "placement_lines", list)():
             say(line)
         llm.warm_up()
+        for line in gpu_lines(llm):
+            say(line)
         conversation = Conversation(llm, system=system)
         say(f"chatting with {llm.path}: {CLEAR} forgets the conversation, {EXIT} or Ctrl-D "
             "leaves, Ctrl-C stops a reply")

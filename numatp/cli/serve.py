@@ -13,8 +13,9 @@ import sys
 import typer
 
 from numatp.cli.app import app
-from numatp.cli.options import (CTX_SIZE, HF_REPO, MODEL, MOE_SPLIT, NODES, THREADS,
-                                OptionalInt, OptionalStr, announce, model_option)
+from numatp.cli.options import (CTX_SIZE, GPU, HF_REPO, MODEL, MOE_SPLIT, NODES, THREADS,
+                                OptionalInt, OptionalStr, announce, gpu_lines, gpu_option,
+                                model_option)
 from numatp.errors import UsageError
 
 DEFAULT_QUEUE = 64
@@ -45,6 +46,7 @@ def serve(
     threads: OptionalInt = THREADS,
     nodes: str = NODES,
     moe_split: str = MOE_SPLIT,
+    gpu: OptionalStr = GPU,
     alias: OptionalStr = typer.Option(None, "-a", "--alias",
                                       help="The model's name in the API (default: its file "
                                            "name)."),
@@ -65,13 +67,19 @@ def serve(
         raise UsageError(f"invalid --ctx-size {ctx_size}: must be >= 0")
     if api_key is not None and not api_key:
         raise UsageError("empty --api-key")
+    gpu = gpu_option(gpu)
+    if gpu is not None and parallel != 1:
+        # The GPU holds one sequence's keys and values (numatp/gpu/attention.py).
+        raise UsageError(f"--gpu {gpu} serves one sequence at a time: --parallel must be 1")
     _check_can_bind(host, port)
 
     with numatp.load(model, nodes=nodes, threads=threads, ctx_size=ctx_size or None,
-                     announce=announce, moe_split=moe_split, parallel=parallel) as llm:
+                     announce=announce, moe_split=moe_split, parallel=parallel, gpu=gpu) as llm:
         for line in getattr(llm.model, "placement_lines", list)():
             announce(line)
         llm.warm_up()
+        for line in gpu_lines(llm):
+            announce(line)
         name = alias or os.path.basename(llm.path)
         engine = Engine(llm, queue)
         try:
