@@ -371,8 +371,10 @@ attend_split(const f16* __restrict__ q, const f16* __restrict__ k_cache,
     }
 }
 
-// One block per query head qh (KV head qh / G): its output, from the partials of the
-// warps that had positions, rounded to f16 (the f16 GEMM's result) and stored as f32.
+// Block (qh, y): dims y*32 .. y*32+31 of query head qh's output (KV head qh / G), from
+// the partials of the warps that had positions, rounded to f16 (the f16 GEMM's result)
+// and stored as f32. The block's warps take every warps-th split each (loads in flight
+// over the splits; one thread per dim over all of them was latency-bound at 32k).
 extern "C" __global__ void __launch_bounds__(THREADS)
 combine_splits(const float* __restrict__ part_m, const float* __restrict__ part_l,
                const float* __restrict__ part_acc, const int* __restrict__ pos_p,
@@ -380,7 +382,10 @@ combine_splits(const float* __restrict__ part_m, const float* __restrict__ part_
 {
     __shared__ float weight[SPLITS];
     __shared__ float partial[THREADS / 32];
+    __shared__ float sums[THREADS / 32][32];
     const int qh = blockIdx.x;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int d = blockIdx.y * 32 + lane;
     const int n = *pos_p + 1;
     const int chunk = split_chunk(n);
     const int active = (n + chunk - 1) / chunk;
@@ -397,10 +402,16 @@ combine_splits(const float* __restrict__ part_m, const float* __restrict__ part_
         total += w * part_l[row];
     }
     total = block_sum(total, partial);      // its barriers also publish weight[]
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float o = 0.f;
-        for (int u = 0; u < active; u++)
+    float o = 0.f;
+    if (d < HD) {
+#pragma unroll 8
+        for (int u = warp; u < active; u += warps)
             o += weight[u] * part_acc[(first + (long long)u * G) * HD + d];
+    }
+    sums[warp][lane] = o;
+    __syncthreads();
+    if (warp == 0 && d < HD) {
+        for (int w = 1; w < warps; w++) o += sums[w][lane];
         out[(long long)qh * HD + d] = round_f16(o / total);
     }
 }
@@ -504,7 +515,7 @@ class FusedDecode:
         self._attend((self.splits // ATTEND_WARPS, nkv), (ATTEND_WARPS * 32,),
                      (self._q, a.k[layer], a.v[layer], self._pos, i32(a.ctx),
                       self._part_m, self._part_l, self._part_acc))
-        self._combine((nq,), (THREADS,),
+        self._combine((nq, _blocks(hd, 32)), (THREADS,),
                       (self._part_m, self._part_l, self._part_acc, self._pos, self._att))
         self._gemv((_blocks(hidden, GEMV_WARPS),), (GEMV_WARPS * 32,),
                    (L.wo, self._att, self._zeros, o, i32(hidden), i32(nq * hd)))
