@@ -24,6 +24,17 @@ CuPy against the host stand-in: the same roundings in another summation order, a
 ulps: 5e-3 of the largest logit where the FFN multiplies in float32. The MoE model's
 experts are quantized, so those ulps become whole int8 steps of the experts' inputs, as
 against the CPU path: QUANT_TOL there (observed on an H200: 0.7% of the largest logit).
+A decoded token on CuPy runs numatp/gpu/decode.py's fused kernels, whose roundings are the
+array path's but for the attention probabilities, kept in f32 (one rounding fewer): the
+bounds above hold for it as they are.
+Fused kernels against the array path on the same GPU, one layer's output for the same
+input and cache (FUSED_TOL): the products' f32 sums run in another order, so a rounded
+result (q/k/v, a score, a head's output, attn_output's result) may land one f16 ulp (2u
+relative to the element) away, and the probabilities differ by their f16 rounding (u):
+~2u from attn_output's inputs (their errors add like a random walk, as the output's own
+terms do), 2u from its result, u from the probabilities, ~5u = 2.4e-3 of the output's
+largest magnitude; we allow 5e-3. The same bound holds for the keys and values the two
+write into the cache (one rounding each, 2u at most).
 """
 import os
 import subprocess
@@ -41,6 +52,7 @@ PROMPT = [1, 100, 42, 250, 3, 19, 77, 101, 5]
 N_GEN = 6
 TOL = 1e-2
 QUANT_TOL = 6e-2
+FUSED_TOL = 5e-3
 F32_ATTENTION = {"attn_q": "F32", "attn_k": "F32", "attn_v": "F32", "attn_output": "F32"}
 GREEDY = SamplingParams(temperature=0)
 
@@ -57,6 +69,10 @@ def models(tmp_path_factory):
                                    n_heads=4, n_kv_heads=2, head_dim=64, ffn=256, vocab=300,
                                    seed=5),
         "qwen3moe": synth.write_model(d / "qwen3moe.gguf", **moe),
+        # a 7B's attention shape in small: heads of 128, four query heads per KV head
+        "llama-hd128": synth.write_model(d / "llama128.gguf", arch="llama", qtype="F32",
+                                         hidden=512, n_heads=4, n_kv_heads=1, ffn=128,
+                                         vocab=300, seed=7),
         # quantized attention (Q4_K, Q6_K values), as in a Q4_K_M file
         "qwen3-q4_k": synth.write_model(d / "qwen3q.gguf", arch="qwen3", qtype="Q4_K",
                                         hidden=256, n_heads=4, n_kv_heads=2, head_dim=64,
@@ -148,6 +164,20 @@ def test_synthetic_depth_decodes_on_both_paths(models, standin):
             assert np.isfinite(logits).all()
 
 
+def test_standin_decodes_on_the_array_path(models, standin, monkeypatch):
+    monkeypatch.setenv("NUMATP_GPU_DECODE", "graph")   # CUDA's path: not the stand-in's
+    with numatp.load(str(models["qwen2"]), nodes=1, gpu="attn") as llm:
+        assert llm.gpu_report()["decode_path"] == "xp"
+
+
+def test_unknown_decode_path_is_refused(monkeypatch):
+    from numatp.gpu.decode import decode_mode
+    monkeypatch.setenv("NUMATP_GPU_DECODE", "fast")
+    with pytest.raises(numatp.NumatpError, match="NUMATP_GPU_DECODE='fast' is not one of "
+                                                 "graph, kernels, xp"):
+        decode_mode()
+
+
 def test_fit_check_refuses_before_loading(models, monkeypatch):
     monkeypatch.setenv("NUMATP_GPU_BACKEND", "numpy")
     monkeypatch.setenv("NUMATP_GPU_STANDIN_MEMORY", str(1 << 20))
@@ -237,3 +267,63 @@ def test_cuda_long_prompt_chunks(models):
     with numatp.load(str(models["llama"]), nodes=1, gpu="attn") as llm:
         got = np.array(llm.logits(ids))
     assert np.abs(got - ref).max() <= TOL * np.abs(ref).max()
+
+
+def _gpu_attention(path, decode, ctx):
+    from numatp.gpu.attention import CupyBackend, GpuAttention
+    from numatp.model.config import from_gguf
+    from numatp.model.gguf_file import GGUFFile
+    g = GGUFFile(str(path))
+    return GpuAttention(CupyBackend(), g, from_gguf(g), ctx, max_tokens=8, decode=decode)
+
+
+@needs_gpu
+@pytest.mark.parametrize("arch", ["llama", "llama-hd128", "qwen2", "qwen3"])
+def test_cuda_fused_decode_matches_array_path(arch, models):
+    # GQA throughout (stories260K: heads of 8; llama-hd128: 4 query heads per KV head),
+    # qwen2's biases, qwen3's q/k norms. A 5-token prompt chunk (the array path in all),
+    # decode steps at 5..8 (the graph replayed at each position), then at 1500 and 1501
+    # over synthetic keys and values: 16 splits of 96 positions, combined.
+    import cupyx
+    ctx = 2048
+    paths = {mode: _gpu_attention(models[arch], mode, ctx) for mode in ("xp", "kernels", "graph")}
+    assert {m: a.decode_path for m, a in paths.items()} == {m: m for m in paths}
+    cfg = paths["xp"].cfg
+    rng = np.random.default_rng(0)
+    pinned = lambda: cupyx.empty_pinned((8, cfg.hidden), np.float32)  # noqa: E731
+    xb, out, other_xb, other_out = pinned(), pinned(), pinned(), pinned()
+
+    def step(pos0, T, xb=xb, out=out):
+        got = {}
+        for mode, a in paths.items():
+            got[mode] = []
+            for layer in range(cfg.n_layers):
+                xb[:T] = inputs[layer]
+                a(layer, xb[:T], pos0, 0, out[:T])
+                got[mode].append(out[:T].copy())
+        for layer in range(cfg.n_layers):
+            ref = got["xp"][layer]
+            for mode in ("kernels", "graph"):
+                err = np.abs(got[mode][layer] - ref).max()
+                assert err <= FUSED_TOL * np.abs(ref).max(), (mode, pos0, layer, err)
+            # the same kernels, launched directly or replayed: the same sums, bit for bit
+            assert np.array_equal(got["kernels"][layer], got["graph"][layer]), (pos0, layer)
+
+    inputs = rng.standard_normal((cfg.n_layers, 5, cfg.hidden), dtype=np.float32)
+    step(0, 5)
+    for pos in range(5, 9):
+        inputs = rng.standard_normal((cfg.n_layers, 1, cfg.hidden), dtype=np.float32)
+        step(pos, 1)
+    for name in ("k", "v"):
+        ref = getattr(paths["xp"], name)[:, :, :9].get()
+        for mode in ("kernels", "graph"):
+            got = getattr(paths[mode], name)[:, :, :9].get()
+            assert np.abs(got - ref).max() <= FUSED_TOL * np.abs(ref).max(), (mode, name)
+
+    for a in paths.values():
+        a.fill_synthetic(1500, seed=1)
+    inputs = rng.standard_normal((cfg.n_layers, 1, cfg.hidden), dtype=np.float32)
+    step(1500, 1, other_xb, other_out)       # other pinned buffers: the graphs are recaptured
+    inputs = rng.standard_normal((cfg.n_layers, 1, cfg.hidden), dtype=np.float32)
+    pageable = np.empty((8, cfg.hidden), np.float32), np.empty((8, cfg.hidden), np.float32)
+    step(1501, 1, *pageable)                 # pageable buffers: the kernels without a graph

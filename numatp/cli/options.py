@@ -71,7 +71,8 @@ def gpu_lines(llm) -> list:
     if "round_trip_us" in r:
         trip = f"gpu round trip per layer: {r['round_trip_us']:.1f} us host->GPU->host (one hidden vector)"
         if "decode_attention_us" in r:
-            trip += f", {r['decode_attention_us']:.1f} us for a decode token's attention block"
+            trip += (f", {r['decode_attention_us']:.1f} us for a decode token's attention block"
+                     f" ({r.get('decode_path', 'xp')})")
         lines.append(trip)
     return lines
 

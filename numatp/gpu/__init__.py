@@ -6,5 +6,6 @@ FFN and the experts stay on the NUMA workers.
 device.py   find CuPy and the GPU (or the numpy host stand-in the tests use)
 budget.py   the bytes --gpu attn places on the GPU, and the check that they fit
 attention.py  the attention block on an array module (CuPy, or numpy as a stand-in)
+decode.py   a decoded token's attention block as fused CUDA kernels, a CUDA graph per layer
 The per-layer loop that alternates GPU attention and CPU FFN is numatp/forward/offload.py.
 """

@@ -12,6 +12,12 @@ Hidden vectors cross between host and GPU through buffers allocated once: the ca
 pinned host arrays (numatp/forward/offload.py allocates them with `Backend.empty_pinned`)
 and device arrays of max_tokens rows made here. Intermediate device arrays come from
 CuPy's memory pool, which reuses its blocks: no cudaMalloc per token.
+
+A decoded token (one row) on CuPy takes decode.py's fused kernels, one CUDA graph per
+layer, instead of the array expressions below; its roundings are these, but for the
+attention probabilities, which it keeps in f32 (decode.py). Prompt chunks, and every call
+on the host stand-in, run the array expressions; both write the KV cache in the layout
+(layer, KV head, position, head_dim) the kernels read.
 """
 import math
 import time
@@ -140,11 +146,29 @@ def head_rmsnorm(xp, h, w, eps):
 
 
 class _Layer:
-    """One layer's attention weights on the device."""
+    """One layer's attention weights on the device: the products' matrices (f16) with one
+    row per output, wqkv (q_dim + 2 kv_dim, hidden) and wo (hidden, q_dim); the biases of
+    q, k and v as one vector, and the q/k norm weights (f32), or None."""
 
-    def __init__(self, wqkv_t, bias, q_norm, k_norm, wo_t):
-        self.wqkv_t, self.bias, self.q_norm, self.k_norm, self.wo_t = \
-            wqkv_t, bias, q_norm, k_norm, wo_t
+    def __init__(self, wqkv, bias, q_norm, k_norm, wo):
+        self.wqkv, self.bias, self.q_norm, self.k_norm, self.wo = wqkv, bias, q_norm, k_norm, wo
+
+
+def file_weights(gguf, cfg):
+    """Per layer, (wqkv, bias, q_norm, k_norm, wo) of the file as host float32 arrays
+    (_Layer's layout; bias and the norms None where the file has none)."""
+    by_layer = [{} for _ in range(cfg.n_layers)]
+    for layer, slot, t in attention_tensors(gguf, cfg):
+        by_layer[layer][slot] = t
+    q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for ts in by_layer:
+        wqkv = np.concatenate([dequantized(ts[WQ]), dequantized(ts[WK]), dequantized(ts[WV])])
+        bias = None
+        if any(s in ts for s in (BQ, BK, BV)):
+            bias = np.concatenate([dequantized(ts[s]) if s in ts else np.zeros(n, F32)
+                                   for s, n in ((BQ, q_dim), (BK, kv_dim), (BV, kv_dim))])
+        norm = lambda s: dequantized(ts[s]) if s in ts else None  # noqa: E731
+        yield wqkv, bias, norm(Q_NORM), norm(K_NORM), dequantized(ts[WO])
 
 
 def dequantized(t) -> np.ndarray:
@@ -160,10 +184,16 @@ def dequantized(t) -> np.ndarray:
 
 
 class GpuAttention:
-    """Every layer's attention on the device: call(layer, xb, pos0, s, out)."""
+    """Every layer's attention on the device: call(layer, xb, pos0, s, out).
 
-    def __init__(self, backend, gguf, cfg, ctx, max_tokens):
+    weights: instead of the file's, per layer (wqkv, bias, q_norm, k_norm, wo) as _Layer
+    holds them, host or device arrays (a benchmark's random layers; gguf is then unused).
+    decode: the one-token path, decode.MODES (None: NUMATP_GPU_DECODE, else graph); the
+    host stand-in, and shapes the kernels do not take, always use the array path ("xp")."""
+
+    def __init__(self, backend, gguf, cfg, ctx, max_tokens, weights=None, decode=None):
         from numatp.forward.blocks import rope_tables
+        from numatp.gpu import decode as fused
         self.b, xp = backend, backend.xp
         self.cfg, self.ctx = cfg, ctx
         self.hd, self.nq, self.nkv, self.group = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads, cfg.group
@@ -173,7 +203,8 @@ class GpuAttention:
         cos, sin = rope_tables(ctx, cfg.rope_dim, cfg.rope_base, cfg.rope_scale,
                                cfg.rope_freq_factors)
         self.cos, self.sin = backend.to_device(cos), backend.to_device(sin)
-        self.layers = self._upload_weights(gguf, cfg)
+        self.layers = [self._to_device(*w) for w in
+                       (file_weights(gguf, cfg) if weights is None else weights)]
         kv_shape = (cfg.n_layers, self.nkv, ctx, self.hd)
         self.k = xp.zeros(kv_shape, dtype=F16)
         self.v = xp.zeros(kv_shape, dtype=F16)
@@ -181,37 +212,38 @@ class GpuAttention:
         self._o = xp.empty((max_tokens, cfg.hidden), dtype=F32)
         self.decode_seconds = 0.0    # time in decode calls (one token), and their count
         self.decode_calls = 0
+        mode = fused.decode_mode() if decode is None else decode
+        if backend.name != "cupy" or not fused.supports(self.hd, self.group):
+            mode = "xp"
+        self.decode_path = mode
+        self._fused = None if mode == "xp" else fused.FusedDecode(self, graphs=mode == "graph")
 
-    def _upload_weights(self, gguf, cfg):
-        by_layer = [{} for _ in range(cfg.n_layers)]
-        for layer, slot, t in attention_tensors(gguf, cfg):
-            by_layer[layer][slot] = t
-        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        layers = []
-        for ts in by_layer:
-            wqkv = np.concatenate([dequantized(ts[WQ]), dequantized(ts[WK]), dequantized(ts[WV])])
-            bias = None
-            if any(s in ts for s in (BQ, BK, BV)):
-                bias = np.concatenate([dequantized(ts[s]) if s in ts else np.zeros(n, F32)
-                                       for s, n in ((BQ, q_dim), (BK, kv_dim), (BV, kv_dim))])
-            norm = lambda s: self.b.to_device(dequantized(ts[s])) if s in ts else None  # noqa: E731
-            layers.append(_Layer(self.b.to_device(wqkv.astype(F16)).T,
-                                 None if bias is None else self.b.to_device(bias),
-                                 norm(Q_NORM), norm(K_NORM),
-                                 self.b.to_device(dequantized(ts[WO]).astype(F16)).T))
-        return layers
+    def _to_device(self, wqkv, bias, q_norm, k_norm, wo):
+        # converted where the array lies: a file's weights cross to the GPU as f16
+        up = lambda a, dtype: None if a is None else self.b.to_device(a.astype(dtype, copy=False))  # noqa: E731
+        return _Layer(up(wqkv, F16), up(bias, F32), up(q_norm, F32), up(k_norm, F32), up(wo, F16))
 
     def __call__(self, layer, xb, pos0, s, out):
         """Attention of the tokens xb (T, hidden: host, f32, normed) at positions pos0..:
         all of them go into the KV cache; rows s: get the attention block's output
         (after attn_output) in out[s:] (host, f32)."""
-        xp, b = self.b.xp, self.b
         start = time.perf_counter()
+        T = xb.shape[0]
+        if T == 1 and self._fused is not None:
+            self._fused(layer, xb, out, pos0)   # s == 0
+        else:
+            self._array_path(layer, xb, pos0, s, out)
+        if T == 1:
+            self.decode_seconds += time.perf_counter() - start
+            self.decode_calls += 1
+
+    def _array_path(self, layer, xb, pos0, s, out):
+        xp, b = self.b.xp, self.b
         T = xb.shape[0]
         L = self.layers[layer]
         x = self._x[:T]
         b.upload(xb, x)
-        qkv = b.matmul16(x.astype(F16), L.wqkv_t).astype(F32)
+        qkv = b.matmul16(x.astype(F16), L.wqkv.T).astype(F32)
         if L.bias is not None:
             qkv += L.bias
         q_dim, kv_dim = self.nq * self.hd, self.nkv * self.hd
@@ -228,11 +260,8 @@ class GpuAttention:
         self.v[layer, :, pos0:pos0 + T] = v.transpose(1, 0, 2)
         att = self._attend(q[s:], layer, pos0 + s)
         o = self._o[:T - s]
-        o[...] = b.matmul16(att, L.wo_t)
+        o[...] = b.matmul16(att, L.wo.T)
         b.download(o, out[s:])
-        if T == 1:
-            self.decode_seconds += time.perf_counter() - start
-            self.decode_calls += 1
 
     def _attend(self, q, layer, p0):
         """Causal attention of q (R, heads, hd: f32, rotated) at positions p0.. against
@@ -278,7 +307,7 @@ class GpuAttention:
     def device_bytes(self) -> dict:
         """Bytes of the arrays held for the model's lifetime, and of CuPy's pool."""
         weights = sum(int(a.nbytes) for L in self.layers
-                      for a in (L.wqkv_t, L.bias, L.q_norm, L.k_norm, L.wo_t) if a is not None)
+                      for a in (L.wqkv, L.bias, L.q_norm, L.k_norm, L.wo) if a is not None)
         return {"weight_bytes": weights, "kv_bytes": int(self.k.nbytes + self.v.nbytes),
                 "rope_bytes": int(self.cos.nbytes + self.sin.nbytes),
                 "io_bytes": int(self._x.nbytes + self._o.nbytes),

@@ -9,11 +9,13 @@ the file's header, before anything is loaded. No CuPy, no Numba: `numatp info` u
     workspace          what attention allocates for the largest chunk (`chunk` tokens
                        against the whole context): f16 scores, f32 scores, the f16
                        probabilities (8 bytes a score), the f32 causal mask of one
-                       head group, and the chunk's projections; plus MARGIN for cuBLAS's
+                       head group, and the chunk's projections; the fused decode
+                       kernels' buffers (decode.py); plus MARGIN for cuBLAS's
                        workspace and CuPy's pool rounding
 """
 from dataclasses import asdict, dataclass
 
+from numatp.gpu.decode import workspace_bytes as decode_workspace_bytes
 from numatp.model.declare import present
 from numatp.model.slots import BK, BQ, BV, K_NORM, Q_NORM, WK, WO, WQ, WV
 
@@ -58,7 +60,8 @@ def gpu_budget(gguf, cfg, ctx: int, chunk: int) -> GpuBudget:
     rope = 2 * ctx * (cfg.rope_dim // 2) * 4
     q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
     workspace = (cfg.n_heads * chunk * ctx * 8 + cfg.group * chunk * ctx * 4
-                 + 16 * chunk * (q_dim + 2 * kv_dim + cfg.hidden) + MARGIN)
+                 + 16 * chunk * (q_dim + 2 * kv_dim + cfg.hidden)
+                 + decode_workspace_bytes(cfg, ctx) + MARGIN)
     return GpuBudget(ctx, chunk, weights, kv, rope, workspace)
 
 

@@ -97,10 +97,11 @@ class ShardState:
                                                           dtype=np.float32)
 
     def gpu_report(self, repeats=200) -> dict:
-        """What the GPU holds, and the per-layer transfer round trip (pinned buffers)."""
+        """What the GPU holds, the per-layer transfer round trip (pinned buffers), and the
+        one-token path (numatp/gpu/decode.py's MODES)."""
         a = self.gpu_attention
         rt = a.round_trip_seconds(self._offload.xb, self._offload.proj, repeats)
-        return {**a.device_bytes(), "round_trip_us": rt * 1e6}
+        return {**a.device_bytes(), "round_trip_us": rt * 1e6, "decode_path": a.decode_path}
 
 
 class LocalModel:
