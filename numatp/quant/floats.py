@@ -11,7 +11,7 @@ from numatp import _env  # noqa: F401  (before numba)
 import numpy as np
 from numba import njit
 
-from numatp.quant.formats import BF16, F16, F32
+from numatp.quant.formats import BF16, F16, F32, type_name
 from numatp.quant.block32 import literal_qtype
 from numatp.quant.simd import (CACHE_LINE, PREFETCH_AHEAD, bf16_to_float, fma,
                                half_to_float, hsum, load, load_bytes, prefetch, read_bytes,
@@ -58,39 +58,67 @@ def dot_float(qtype, w, o, stride, nrows, n, x, y):
     o + r * stride, for r < nrows (the row loop is here for block32.dot32's reason)."""
 
 
-@overload(dot_float, prefer_literal=True)
-def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
+def _dot_source(q, tokens):
+    """The impl of dot_float (tokens=1) or dot_float_x4 (tokens=4), generated from one
+    template so that a token's sum is the same sequence of operations in both: four fma
+    chains over 32-element steps, the 8-element rest into the first chain, one horizontal
+    sum of ((c0 + c1) + (c2 + c3)), then the scalar tail. A batched decode's rows equal
+    single decodes because of it. The single row prefetches its weights; four tokens
+    share each load, so theirs arrive once per four products anyway."""
+    ts = range(tokens)
+    xs = ["x"] if tokens == 1 else [f"x{t}" for t in ts]
+    outs = ["y[r]"] if tokens == 1 else [f"Y[t{t}, c0 + r]" for t in ts]
+    args = ("x, y" if tokens == 1 else "X, t0, t1, t2, t3, Y, c0")
+    acc = lambda t, c: f"a{t}{c}"  # noqa: E731
+    lines = [f"def {_dot_name(q, tokens)}(qtype, w, o, stride, nrows, n, {args}):"]
+    if tokens > 1:
+        lines.append("    " + ", ".join(xs) + " = " + ", ".join(f"X[t{t}]" for t in ts))
+    lines += ["    for r in range(nrows):",
+              "        row = o + r * stride"]
+    lines += [f"        {', '.join(acc(t, c) for c in range(4))} = zeros4(LANES)" for t in ts]
+    lines += ["        k = 0",
+              "        while k + STEP <= n:"]
+    if tokens == 1:   # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
+        lines += ["            prefetch(w, row + k * eb + PREFETCH_AHEAD)",
+                  "            if eb == 4:",
+                  "                prefetch(w, row + k * eb + PREFETCH_AHEAD + CACHE_LINE)"]
+    lines += [f"            u{c} = vec(w, row + (k + {8 * c}) * eb)" for c in range(4)]
+    lines += [f"            {acc(t, c)} = fma(u{c}, load({xs[t]}, k + {8 * c}, LANES), {acc(t, c)})"
+              for t in ts for c in range(4)]
+    lines += ["            k += STEP",
+              "        while k + LANES <= n:",
+              "            v = vec(w, row + k * eb)"]
+    lines += [f"            {acc(t, 0)} = fma(v, load({xs[t]}, k, LANES), {acc(t, 0)})" for t in ts]
+    lines += ["            k += LANES"]
+    lines += [f"        s{t} = hsum(({acc(t, 0)} + {acc(t, 1)}) + ({acc(t, 2)} + {acc(t, 3)}))"
+              for t in ts]
+    lines += ["        while k < n:",
+              "            v1 = one(w, row + k * eb)"]
+    lines += [f"            s{t} += v1 * {xs[t]}[k]" for t in ts]
+    lines += ["            k += 1"]
+    lines += [f"        {outs[t]} = s{t}" for t in ts]
+    return "\n".join(lines)
+
+
+def _dot_name(q, tokens):
+    """A name of its own per type and token count (kernels.py's _tile_name says why)."""
+    return f"dot_{type_name(q)}_x{tokens}"
+
+
+def _dot_impl(qtype, tokens):
     q = literal_qtype(qtype, TYPES)
     if q is None:
         return None
-    eb = ELEMENT_BYTES[q]
-    vec, one = _VECTOR[q], _SCALAR[q]
+    namespace = dict(eb=ELEMENT_BYTES[q], vec=_VECTOR[q], one=_SCALAR[q], zeros4=zeros4,
+                     fma=fma, load=load, hsum=hsum, prefetch=prefetch, LANES=_LANES,
+                     STEP=_STEP, PREFETCH_AHEAD=PREFETCH_AHEAD, CACHE_LINE=CACHE_LINE)
+    exec(_dot_source(q, tokens), namespace)
+    return namespace[_dot_name(q, tokens)]
 
-    def impl(qtype, w, o, stride, nrows, n, x, y):
-        for r in range(nrows):
-            row = o + r * stride
-            a0, a1, a2, a3 = zeros4(_LANES)
-            k = 0
-            while k + _STEP <= n:
-                # a step reads 64 (F16, BF16) or 128 (F32) bytes of weights
-                prefetch(w, row + k * eb + PREFETCH_AHEAD)
-                if eb == 4:
-                    prefetch(w, row + k * eb + PREFETCH_AHEAD + CACHE_LINE)
-                a0 = fma(vec(w, row + k * eb), load(x, k, _LANES), a0)
-                a1 = fma(vec(w, row + (k + 8) * eb), load(x, k + 8, _LANES), a1)
-                a2 = fma(vec(w, row + (k + 16) * eb), load(x, k + 16, _LANES), a2)
-                a3 = fma(vec(w, row + (k + 24) * eb), load(x, k + 24, _LANES), a3)
-                k += _STEP
-            while k + _LANES <= n:
-                a0 = fma(vec(w, row + k * eb), load(x, k, _LANES), a0)
-                k += _LANES
-            total = hsum((a0 + a1) + (a2 + a3))
-            while k < n:
-                total += one(w, row + k * eb) * x[k]
-                k += 1
-            y[r] = total
 
-    return impl
+@overload(dot_float, prefer_literal=True)
+def _dot_float_ov(qtype, w, o, stride, nrows, n, x, y):
+    return _dot_impl(qtype, 1)
 
 
 def dot_float_x4(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
@@ -104,68 +132,7 @@ def dot_float_x4(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
 
 @overload(dot_float_x4, prefer_literal=True)
 def _dot_float_x4_ov(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
-    q = literal_qtype(qtype, TYPES)
-    if q is None:
-        return None
-    eb = ELEMENT_BYTES[q]
-    vec, one = _VECTOR[q], _SCALAR[q]
-
-    def impl(qtype, w, o, stride, nrows, n, X, t0, t1, t2, t3, Y, c0):
-        x0, x1, x2, x3 = X[t0], X[t1], X[t2], X[t3]
-        for r in range(nrows):
-            row = o + r * stride
-            # a<token><chain>: 16 accumulators, in registers with AVX-512's 32
-            a00, a01, a02, a03 = zeros4(_LANES)
-            a10, a11, a12, a13 = zeros4(_LANES)
-            a20, a21, a22, a23 = zeros4(_LANES)
-            a30, a31, a32, a33 = zeros4(_LANES)
-            k = 0
-            while k + _STEP <= n:
-                u0 = vec(w, row + k * eb)
-                u1 = vec(w, row + (k + 8) * eb)
-                u2 = vec(w, row + (k + 16) * eb)
-                u3 = vec(w, row + (k + 24) * eb)
-                a00 = fma(u0, load(x0, k, _LANES), a00)
-                a01 = fma(u1, load(x0, k + 8, _LANES), a01)
-                a02 = fma(u2, load(x0, k + 16, _LANES), a02)
-                a03 = fma(u3, load(x0, k + 24, _LANES), a03)
-                a10 = fma(u0, load(x1, k, _LANES), a10)
-                a11 = fma(u1, load(x1, k + 8, _LANES), a11)
-                a12 = fma(u2, load(x1, k + 16, _LANES), a12)
-                a13 = fma(u3, load(x1, k + 24, _LANES), a13)
-                a20 = fma(u0, load(x2, k, _LANES), a20)
-                a21 = fma(u1, load(x2, k + 8, _LANES), a21)
-                a22 = fma(u2, load(x2, k + 16, _LANES), a22)
-                a23 = fma(u3, load(x2, k + 24, _LANES), a23)
-                a30 = fma(u0, load(x3, k, _LANES), a30)
-                a31 = fma(u1, load(x3, k + 8, _LANES), a31)
-                a32 = fma(u2, load(x3, k + 16, _LANES), a32)
-                a33 = fma(u3, load(x3, k + 24, _LANES), a33)
-                k += _STEP
-            while k + _LANES <= n:
-                v = vec(w, row + k * eb)
-                a00 = fma(v, load(x0, k, _LANES), a00)
-                a10 = fma(v, load(x1, k, _LANES), a10)
-                a20 = fma(v, load(x2, k, _LANES), a20)
-                a30 = fma(v, load(x3, k, _LANES), a30)
-                k += _LANES
-            y0 = hsum((a00 + a01) + (a02 + a03))
-            y1 = hsum((a10 + a11) + (a12 + a13))
-            y2 = hsum((a20 + a21) + (a22 + a23))
-            y3 = hsum((a30 + a31) + (a32 + a33))
-            while k < n:
-                v1 = one(w, row + k * eb)
-                y0 += v1 * x0[k]
-                y1 += v1 * x1[k]
-                y2 += v1 * x2[k]
-                y3 += v1 * x3[k]
-                k += 1
-            Y[t0, c0 + r] = y0
-            Y[t1, c0 + r] = y1
-            Y[t2, c0 + r] = y2
-            Y[t3, c0 + r] = y3
-
-    return impl
+    return _dot_impl(qtype, 4)
 
 
 def dequant_float(qtype, w, o, n, out):
