@@ -107,7 +107,7 @@ def _tile_source(q, tokens):
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
           f"        e = b * {block_elems}"]
-    if tokens == 1:  # streaming one token: ask for the weights ahead of use
+    if tokens < TOKENS:  # a decode's tiles stream the weights: ask for them ahead of use
         for off in range(0, R * formats.block_bytes(q), CACHE_LINE):
             L.append(f"        prefetch(w, ob + {PREFETCH_AHEAD + off})")
     # A 256-element block's units run in a loop of `fmt.unroll` units at a time: unrolled
