@@ -20,7 +20,7 @@ from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_KV0, D_LA
                                    QTYPE, ROWS)
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
-from numatp.quant.kernels import glu, linear, linear3
+from numatp.quant.kernels import glu, linear, linear3, rows_in_parallel
 from numatp.shm.allreduce import allreduce
 
 # ---- the index --------------------------------------------------------------------------
@@ -84,12 +84,13 @@ def _rmsnorm_tokens(x, w, eps, out):
 
 @njit
 def rmsnorm(x, w, eps, out):
-    """Each row of x; tokens in parallel when there are several (one is too little work
-    for a parallel region)."""
-    if x.shape[0] > 1:
+    """Each row of x; tokens in parallel when there are enough (rows_in_parallel: a
+    decode's few rows are too little work for a parallel region)."""
+    if rows_in_parallel(x.shape[0], x.shape[1]):
         _rmsnorm_tokens(x, w, eps, out)
     else:
-        _rmsnorm_row(x[0], w, eps, out[0])
+        for t in range(x.shape[0]):
+            _rmsnorm_row(x[t], w, eps, out[t])
 
 
 @njit(parallel=True)
@@ -102,11 +103,12 @@ def _add_rmsnorm_tokens(x, d, w, eps, out):
 @njit
 def add_rmsnorm(x, d, w, eps, out):
     """x += d (the residual), then out = rmsnorm(x), in one pass."""
-    if x.shape[0] > 1:
+    if rows_in_parallel(x.shape[0], x.shape[1]):
         _add_rmsnorm_tokens(x, d, w, eps, out)
     else:
-        x[0] += d[0]
-        _rmsnorm_row(x[0], w, eps, out[0])
+        for t in range(x.shape[0]):
+            x[t] += d[t]
+            _rmsnorm_row(x[t], w, eps, out[t])
 
 
 @njit
@@ -163,10 +165,11 @@ def rope(v, n_heads, hd, rope_dim, neox, rope_cs, pos):
     neox: pairs (i, i + rope_dim/2); otherwise adjacent pairs (2i, 2i+1), which is what
     llama-architecture GGUFs expect."""
     cos, sin = rope_cs
-    if v.shape[0] > 1:
+    if rows_in_parallel(v.shape[0], v.shape[1]):
         _rope_tokens(v, n_heads, hd, rope_dim, neox, cos, sin, pos)
     else:
-        _rope_token(v, 0, n_heads, hd, rope_dim, neox, cos, sin, pos[0])
+        for t in range(v.shape[0]):
+            _rope_token(v, t, n_heads, hd, rope_dim, neox, cos, sin, pos[t])
 
 
 # ---- attention --------------------------------------------------------------------------

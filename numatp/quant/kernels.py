@@ -107,7 +107,7 @@ def _tile_source(q, tokens):
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
           f"        e = b * {block_elems}"]
-    if tokens == 1:  # streaming one token: ask for the weights ahead of use
+    if tokens < TOKENS:  # a decode's tiles stream the weights: ask for them ahead of use
         for off in range(0, R * formats.block_bytes(q), CACHE_LINE):
             L.append(f"        prefetch(w, ob + {PREFETCH_AHEAD + off})")
     # A 256-element block's units run in a loop of `fmt.unroll` units at a time: unrolled
@@ -366,14 +366,29 @@ def _quantize_tokens(X, acts):
         quantize_row(X, acts, t)
 
 
+# Row-wise passes (quantizing activations, norms, RoPE) over fewer values than this run on
+# one thread: a batched decode's few rows take a few microseconds, less than the entry
+# and exit of a parallel region on a busy machine (a step of a 30-layer model enters
+# some 8 of them per layer); a prompt chunk's rows still share the threads.
+PARALLEL_ROWS_MIN = 1 << 16
+
+
+@njit
+def rows_in_parallel(rows, cols):
+    """Whether a row-wise pass over a (rows, cols) array is worth a parallel region."""
+    return rows > 1 and rows * cols >= PARALLEL_ROWS_MIN
+
+
 @njit
 def _quantize(X):
-    """X (T, cols) in activations.py's int8 form (empty_activations), tokens in parallel."""
+    """X (T, cols) in activations.py's int8 form (empty_activations), tokens in parallel
+    when there are enough (rows_in_parallel)."""
     acts = empty_activations(X.shape[0], X.shape[1])
-    if X.shape[0] > 1:
+    if rows_in_parallel(X.shape[0], X.shape[1]):
         _quantize_tokens(X, acts)
     else:
-        quantize_row(X, acts, 0)
+        for t in range(X.shape[0]):
+            quantize_row(X, acts, t)
     return acts
 
 
