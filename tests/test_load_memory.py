@@ -184,3 +184,26 @@ def test_chunked_copy_is_the_whole_copy(monkeypatch, tmp_path):
                     assert np.array_equal(chunked.arena[piece], whole.arena[piece]), (n, split, e)
             assert len(released) > len(S.plan_pieces(g, cfg, shard))
     g.close()
+
+
+def test_a_worker_opens_the_file_without_the_vocabulary(tmp_path):
+    """tokenizer=False (a worker process's open) leaves the tokenizer's arrays out of the
+    metadata and keeps everything else; a vocabulary cut short still fails as corrupt."""
+    from numatp.errors import ModelFileError
+    from numatp.model.gguf_file import GGUFFile
+    path = synth.write_model(tmp_path / "m.gguf", vocab=300)
+    full, lean = GGUFFile(path), GGUFFile(path, tokenizer=False)
+    arrays = {k for k, v in full.metadata.items() if k.startswith("tokenizer.ggml.")
+              and isinstance(v, list)}
+    assert {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"} <= arrays
+    assert lean.metadata == {k: v for k, v in full.metadata.items() if k not in arrays}
+    assert lean.tensors.keys() == full.tensors.keys()
+    assert all(lean.tensors[n].offset == t.offset for n, t in full.tensors.items())
+    data = path.read_bytes()
+    at = data.index(b"tokenizer.ggml.merges")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[:at + 200])
+    with pytest.raises(ModelFileError, match="truncated|corrupt"):
+        GGUFFile(cut, tokenizer=False)
+    full.close()
+    lean.close()

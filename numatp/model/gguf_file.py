@@ -120,7 +120,25 @@ class _Cursor:
         self.pos = pos
         return out
 
-    def value(self, vtype, key, depth=0):
+    def skip_strings(self, count, what):
+        """Step over `count` length-prefixed strings, bounds-checked as strings() reads them."""
+        self.need(count * 8, what)
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, what)
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if pos + n > size:
+                self.pos = pos
+                self.need(n, what)
+            pos += n
+        self.pos = pos
+
+    def value(self, vtype, key, depth=0, skip=False):
+        """The value of `key`; with `skip`, an array is stepped over (checked, not built)
+        and None returned."""
         if vtype in _SCALARS:
             return self.scalar(vtype, f"value of {key}")
         if vtype == STRING:
@@ -131,17 +149,23 @@ class _Cursor:
             if etype in _NUMPY:
                 size = _SCALARS[etype][1]
                 self.need(count * size, f"array {key}")
+                if skip:
+                    self.pos += count * size
+                    return None
                 arr = np.frombuffer(self.buf, dtype=_NUMPY[etype], count=count, offset=self.pos)
                 self.pos += count * size
                 return arr.tolist()
             if etype == STRING:
+                if skip:
+                    return self.skip_strings(count, f"array {key}")
                 return self.strings(count, f"array {key}")
             if etype == ARRAY:
                 if depth + 1 >= MAX_ARRAY_DEPTH:
                     raise ModelFileError(f"{self.path}: corrupt metadata: {key} has arrays nested "
                                          f"more than {MAX_ARRAY_DEPTH} deep")
                 self.need(count * 12, f"array {key}")
-                return [self.value(ARRAY, key, depth + 1) for _ in range(count)]
+                items = [self.value(ARRAY, key, depth + 1, skip) for _ in range(count)]
+                return None if skip else items
             raise ModelFileError(f"{self.path}: corrupt metadata: array {key} has unknown "
                                  f"element type {etype}")
         raise ModelFileError(f"{self.path}: corrupt metadata: {key} has unknown type {vtype}")
@@ -153,10 +177,14 @@ class GGUFFile:
     model, `path` is the first split's, `tensors` those of all splits and `file_size`
     their total (see the module docstring)."""
 
-    def __init__(self, path, _split=None):
+    def __init__(self, path, _split=None, tokenizer=True):
         """`_split`: (index, count) when opening a split other than the first, as part of
-        the model its first split describes."""
+        the model its first split describes. `tokenizer` False leaves the tokenizer's
+        arrays (tokenizer.ggml.*: a vocabulary's tokens, scores and merges, tens of MB as
+        Python objects) out of `metadata`, checked but not read: a worker process, which
+        needs the tensors and the model's shape only, then does not hold them."""
         self.path = str(path)
+        self._tokenizer = tokenizer
         self._parts = []   # the other splits' GGUFFiles, when this is a first split
         # stat first: opening a FIFO or a device for reading could block forever.
         try:
@@ -229,7 +257,7 @@ class GGUFFile:
             path = split_path(name["prefix"], i, count)
             if not os.path.exists(path):
                 raise ModelFileError(f"{self.path}: split {i + 1} of {count} is missing ({path})")
-            part = GGUFFile(path, _split=(i, count))
+            part = GGUFFile(path, _split=(i, count), tokenizer=self._tokenizer)
             self._parts.append(part)
             for tname, info in part.tensors.items():
                 if tname in self.tensors:
@@ -256,13 +284,18 @@ class GGUFFile:
         if 12 * n_kv + 28 * n_tensors > self.file_size:
             raise ModelFileError(f"{self.path}: truncated or corrupt header (claims {n_tensors} tensors and "
                                  f"{n_kv} metadata entries in a {self.file_size}-byte file)")
-        metadata = {}
+        metadata, skipped = {}, set()
         for _ in range(n_kv):
             key = c.string("metadata key")
-            if key in metadata:
+            if key in metadata or key in skipped:
                 raise ModelFileError(f"{self.path}: corrupt metadata: key {key} appears twice")
             vtype = c.u32(f"type of {key}")
-            metadata[key] = c.value(vtype, key)
+            skip = not self._tokenizer and key.startswith("tokenizer.ggml.")
+            value = c.value(vtype, key, skip=skip)
+            if skip and value is None:
+                skipped.add(key)
+            else:
+                metadata[key] = value
         headers, names = [], set()
         for _ in range(n_tensors):
             name = c.string("tensor name")
