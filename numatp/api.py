@@ -257,8 +257,10 @@ class LLM:
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab):
             raise UsageError(f"token id out of range [0, {self.config.vocab})")
         out = np.empty((ids.shape[0], self.config.hidden), dtype=np.float32)
-        dequantize_rows(self._embd_kernels, self._embd.qtype, self._embd.data,
-                        self.config.hidden, ids, out)
+        # Read from the file, not the mmap: see GGUFFile.read_rows.
+        rows = self.gguf.read_rows(self._embd, ids)
+        dequantize_rows(self._embd_kernels, self._embd.qtype, rows.reshape(-1),
+                        self.config.hidden, np.arange(ids.shape[0], dtype=np.int64), out)
         return out
 
     def _checked_ids(self, ids) -> list:

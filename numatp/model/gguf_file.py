@@ -25,6 +25,7 @@ import os
 import re
 import stat
 import struct
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,7 +120,25 @@ class _Cursor:
         self.pos = pos
         return out
 
-    def value(self, vtype, key, depth=0):
+    def skip_strings(self, count, what):
+        """Step over `count` length-prefixed strings, bounds-checked as strings() reads them."""
+        self.need(count * 8, what)
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, what)
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if pos + n > size:
+                self.pos = pos
+                self.need(n, what)
+            pos += n
+        self.pos = pos
+
+    def value(self, vtype, key, depth=0, skip=False):
+        """The value of `key`; with `skip`, an array is stepped over (checked, not built)
+        and None returned."""
         if vtype in _SCALARS:
             return self.scalar(vtype, f"value of {key}")
         if vtype == STRING:
@@ -130,17 +149,23 @@ class _Cursor:
             if etype in _NUMPY:
                 size = _SCALARS[etype][1]
                 self.need(count * size, f"array {key}")
+                if skip:
+                    self.pos += count * size
+                    return None
                 arr = np.frombuffer(self.buf, dtype=_NUMPY[etype], count=count, offset=self.pos)
                 self.pos += count * size
                 return arr.tolist()
             if etype == STRING:
+                if skip:
+                    return self.skip_strings(count, f"array {key}")
                 return self.strings(count, f"array {key}")
             if etype == ARRAY:
                 if depth + 1 >= MAX_ARRAY_DEPTH:
                     raise ModelFileError(f"{self.path}: corrupt metadata: {key} has arrays nested "
                                          f"more than {MAX_ARRAY_DEPTH} deep")
                 self.need(count * 12, f"array {key}")
-                return [self.value(ARRAY, key, depth + 1) for _ in range(count)]
+                items = [self.value(ARRAY, key, depth + 1, skip) for _ in range(count)]
+                return None if skip else items
             raise ModelFileError(f"{self.path}: corrupt metadata: array {key} has unknown "
                                  f"element type {etype}")
         raise ModelFileError(f"{self.path}: corrupt metadata: {key} has unknown type {vtype}")
@@ -152,10 +177,14 @@ class GGUFFile:
     model, `path` is the first split's, `tensors` those of all splits and `file_size`
     their total (see the module docstring)."""
 
-    def __init__(self, path, _split=None):
+    def __init__(self, path, _split=None, tokenizer=True):
         """`_split`: (index, count) when opening a split other than the first, as part of
-        the model its first split describes."""
+        the model its first split describes. `tokenizer` False leaves the tokenizer's
+        arrays (tokenizer.ggml.*: a vocabulary's tokens, scores and merges, tens of MB as
+        Python objects) out of `metadata`, checked but not read: a worker process, which
+        needs the tensors and the model's shape only, then does not hold them."""
         self.path = str(path)
+        self._tokenizer = tokenizer
         self._parts = []   # the other splits' GGUFFiles, when this is a first split
         # stat first: opening a FIFO or a device for reading could block forever.
         try:
@@ -174,6 +203,10 @@ class GGUFFile:
                 if self.file_size < 24:
                     raise ModelFileError(f"{self.path}: not a GGUF file (only {self.file_size} bytes)")
                 self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # Kept for read_rows: the file as opened, even if its path is replaced later.
+                fd = os.dup(f.fileno())
+                self._close_fd = weakref.finalize(self, os.close, fd)
+                self._fd = fd
         except OSError as e:
             raise ModelFileError(f"{self.path}: cannot read: {e.strerror}") from None
         self._bytes = np.frombuffer(self._mmap, dtype=np.uint8)
@@ -224,7 +257,7 @@ class GGUFFile:
             path = split_path(name["prefix"], i, count)
             if not os.path.exists(path):
                 raise ModelFileError(f"{self.path}: split {i + 1} of {count} is missing ({path})")
-            part = GGUFFile(path, _split=(i, count))
+            part = GGUFFile(path, _split=(i, count), tokenizer=self._tokenizer)
             self._parts.append(part)
             for tname, info in part.tensors.items():
                 if tname in self.tensors:
@@ -251,13 +284,18 @@ class GGUFFile:
         if 12 * n_kv + 28 * n_tensors > self.file_size:
             raise ModelFileError(f"{self.path}: truncated or corrupt header (claims {n_tensors} tensors and "
                                  f"{n_kv} metadata entries in a {self.file_size}-byte file)")
-        metadata = {}
+        metadata, skipped = {}, set()
         for _ in range(n_kv):
             key = c.string("metadata key")
-            if key in metadata:
+            if key in metadata or key in skipped:
                 raise ModelFileError(f"{self.path}: corrupt metadata: key {key} appears twice")
             vtype = c.u32(f"type of {key}")
-            metadata[key] = c.value(vtype, key)
+            skip = not self._tokenizer and key.startswith("tokenizer.ggml.")
+            value = c.value(vtype, key, skip=skip)
+            if skip and value is None:
+                skipped.add(key)
+            else:
+                metadata[key] = value
         headers, names = [], set()
         for _ in range(n_tensors):
             name = c.string("tensor name")
@@ -310,29 +348,59 @@ class GGUFFile:
     def get(self, key, default=None):
         return self.metadata.get(key, default)
 
+    def _locate(self, view):
+        """(the GGUFFile among this one and its splits whose mmap holds `view`, the offset
+        of view's first byte in that file), or None."""
+        if self._bytes is None:
+            return None
+        start = view.ctypes.data - self._bytes.ctypes.data
+        if 0 <= start <= len(self._bytes) - view.nbytes:
+            return self, start
+        for part in self._parts:   # a tensor of another split
+            found = part._locate(view)
+            if found is not None:
+                return found
+        return None
+
     def release_view(self, view):
         """Drop the pages under `view` (a tensor's data, or part of it) from this
-        process's resident set; they stay in the page cache. Copying a shard tensor by
-        tensor and releasing each source keeps the file from being resident next to its
-        copy (which would double the peak). Pages shared with a neighbour go too: they
+        process's resident set; they stay in the page cache. Copying a shard a chunk at a
+        time and releasing each chunk's source keeps the file from being resident next to
+        its copy (which would double the peak). Pages shared with a neighbour go too: they
         come back from the page cache if the neighbour is read."""
-        if self._mmap is None or view.nbytes == 0:
+        if view.nbytes == 0:
             return
-        start = view.ctypes.data - self._bytes.ctypes.data
-        if not 0 <= start <= len(self._bytes) - view.nbytes:
-            for part in self._parts:   # a tensor of another split
-                part.release_view(view)
+        found = self._locate(view)
+        if found is None or found[0]._mmap is None:
             return
+        part, start = found
         first = start // mmap.PAGESIZE * mmap.PAGESIZE
-        end = min(len(self._bytes), -(-(start + view.nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
+        end = min(len(part._bytes), -(-(start + view.nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE)
         try:
-            self._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
+            part._mmap.madvise(mmap.MADV_DONTNEED, first, end - first)
         except (AttributeError, OSError, ValueError):
             pass
+
+    def read_rows(self, t: TensorInfo, ids) -> np.ndarray:
+        """Rows `ids` of tensor t, uint8 (len(ids), bytes per row), read from the file with
+        pread rather than through the mmap. A read through the mmap maps its pages into
+        this process, and the kernel maps a whole page-cache folio (up to 2 MiB) per fault:
+        an embedding lookup of a few KB left ~1.4 MB resident per distinct token (measured
+        on a 151936 x 2048 Q8_0 embedding), so a long generation would make the whole
+        embedding resident. pread copies from the page cache and maps nothing."""
+        row = t.nbytes // t.rows
+        out = np.empty((len(ids), row), dtype=np.uint8)
+        part, base = self._locate(t.data)
+        for k, i in enumerate(ids):
+            if os.preadv(part._fd, [out[k]], base + int(i) * row) != row:
+                raise ModelFileError(f"{part.path}: row {int(i)} of {t.name} could not be read: "
+                                     "the file was truncated after it was opened")
+        return out
 
     def close(self):
         for part in self._parts:
             part.close()
+        self._close_fd()
         self._parts = []
         self.tensors = {}
         self._bytes = None

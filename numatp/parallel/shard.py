@@ -15,6 +15,11 @@ the experts the shard holds; each expert's piece is stored as expert_ffn reads i
 
 Matrices are stored as the kernels read them (kernels.prepare: quantized ones in row
 groups); vectors (norms, biases) as they are in the file.
+
+A tensor is copied a few MB at a time, and the file pages each chunk read are dropped
+from the resident set (GGUFFile.release_view) before the next: a whole tensor's pages
+(an output head or a layer's stacked experts: hundreds of MB) would otherwise be
+resident next to the arena until the tensor is done, and set the load's peak.
 """
 from dataclasses import dataclass
 
@@ -29,9 +34,12 @@ from numatp.parallel.plan import Shard, make_plan
 from numatp.quant import formats
 from numatp.quant.experts import experts_nbytes, prepare_experts
 from numatp.quant.kernel_set import KernelSet
-from numatp.quant.kernels import prepare, prepared_nbytes
+from numatp.quant.kernels import R, prepare, prepared_nbytes
 
 ALIGN = 64  # every tensor starts on a cache line
+# File bytes copied between two releases of their pages: small next to a model's arena,
+# large enough that the per-chunk calls (a madvise, a prepare) cost nothing.
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass
@@ -64,14 +72,24 @@ class _Piece:
         """The file bytes of my rows (all their columns)."""
         return self.t.data[self.r0 * self.row_bytes:self.r1 * self.row_bytes]
 
-    def copy_to(self, dst):
+    def copy_to(self, dst, release=None):
+        """Write my rows to dst (nbytes long), CHUNK_BYTES of the file at a time, calling
+        release(view) on each chunk's file rows once they are copied. A chunk is whole row
+        groups, so each lands where prepare() of the whole would put it."""
         bb = formats.block_bytes(self.t.qtype)
         rows = self.source().reshape(self.r1 - self.r0, self.row_bytes)
-        m = rows[:, self.b0 * bb:self.b1 * bb]
-        if self.matrix:
-            prepare(self.t.qtype, m, out=dst)
-        else:
-            dst.reshape(m.shape)[:] = m
+        out_row = formats.row_bytes(self.t.qtype, self.cols)
+        step = max(1, CHUNK_BYTES // (R * self.row_bytes)) * R
+        for a in range(0, rows.shape[0], step):
+            src = rows[a:a + step]
+            m = src[:, self.b0 * bb:self.b1 * bb]
+            if self.matrix:
+                n = prepared_nbytes(self.t.qtype, m.shape[0], self.cols)
+                prepare(self.t.qtype, m, out=dst[a * out_row:a * out_row + n])
+            else:
+                dst[a * out_row:(a + m.shape[0]) * out_row].reshape(m.shape)[:] = m
+            if release is not None:
+                release(src)
 
 
 class _ExpertsPiece(_Piece):
@@ -87,11 +105,18 @@ class _ExpertsPiece(_Piece):
         per = self.per_expert * self.row_bytes
         return self.t.data[self.e0 * per:self.e1 * per]
 
-    def copy_to(self, dst):
+    def copy_to(self, dst, release=None):
+        """As _Piece.copy_to, a chunk being whole experts."""
         bb = formats.block_bytes(self.t.qtype)
         raw = self.source().reshape(self.e1 - self.e0, self.per_expert, self.row_bytes)
-        prepare_experts(self.t.qtype, raw[:, self.r0:self.r1, self.b0 * bb:self.b1 * bb],
-                        out=dst)
+        each = experts_nbytes(self.t.qtype, 1, self.r1 - self.r0, self.cols)
+        step = max(1, CHUNK_BYTES // (self.per_expert * self.row_bytes))
+        for a in range(0, raw.shape[0], step):
+            src = raw[a:a + step]
+            prepare_experts(self.t.qtype, src[:, self.r0:self.r1, self.b0 * bb:self.b1 * bb],
+                            out=dst[a * each:(a + src.shape[0]) * each])
+            if release is not None:
+                release(src)
 
 
 def _unit(gguf, cfg: ModelConfig, split) -> int:
@@ -173,8 +198,8 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None,
         offset += -(-p.nbytes // ALIGN) * ALIGN
     arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
     for e, p in pieces.items():
-        p.copy_to(arena[index[e, layout.OFFSET]:index[e, layout.OFFSET] + p.nbytes])
-        gguf.release_view(p.source())
+        p.copy_to(arena[index[e, layout.OFFSET]:index[e, layout.OFFSET] + p.nbytes],
+                  gguf.release_view)
     return ShardWeights(arena, index, shard_dims(cfg, shard, ctx), kernel_set(pieces))
 
 

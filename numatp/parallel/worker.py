@@ -81,7 +81,7 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names, n_slots, g
     from numatp.shm.segment import SharedSegment
 
     numba.set_num_threads(len(placement.cpus))
-    gguf = GGUFFile(model_path)
+    gguf = GGUFFile(model_path, tokenizer=False)   # the parent process tokenizes
     cfg = from_gguf(gguf)
     alloc = (lambda n: alloc_on_node(n, placement.node)) if placement.bind else None
     # build_shard releases each tensor's file pages as it copies them out.
