@@ -100,12 +100,13 @@ class _Cursor:
     def string(self, what):
         return self.strings(1, what)[0]
 
-    def strings(self, count, what):
+    def strings(self, count, what, keep=True):
         """`count` length-prefixed UTF-8 strings in a row, in one loop with its state in
-        locals: a vocabulary has 150k of them and every start-up parses it."""
+        locals: a vocabulary has 150k of them and every start-up parses it. With
+        keep=False they are stepped over, bounds-checked alike, and None is returned."""
         self.need(count * 8, what)  # each string has an 8-byte length
         buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
-        out = []
+        out = [] if keep else None
         for _ in range(count):
             if pos + 8 > size:
                 self.pos = pos
@@ -115,26 +116,11 @@ class _Cursor:
             if pos + n > size:
                 self.pos = pos
                 self.need(n, what)
-            out.append(str(buf[pos:pos + n], "utf-8", "replace"))
+            if keep:
+                out.append(str(buf[pos:pos + n], "utf-8", "replace"))
             pos += n
         self.pos = pos
         return out
-
-    def skip_strings(self, count, what):
-        """Step over `count` length-prefixed strings, bounds-checked as strings() reads them."""
-        self.need(count * 8, what)
-        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
-        for _ in range(count):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, what)
-            n = unpack(buf, pos)[0]
-            pos += 8
-            if pos + n > size:
-                self.pos = pos
-                self.need(n, what)
-            pos += n
-        self.pos = pos
 
     def value(self, vtype, key, depth=0, skip=False):
         """The value of `key`; with `skip`, an array is stepped over (checked, not built)
@@ -156,9 +142,7 @@ class _Cursor:
                 self.pos += count * size
                 return arr.tolist()
             if etype == STRING:
-                if skip:
-                    return self.skip_strings(count, f"array {key}")
-                return self.strings(count, f"array {key}")
+                return self.strings(count, f"array {key}", keep=not skip)
             if etype == ARRAY:
                 if depth + 1 >= MAX_ARRAY_DEPTH:
                     raise ModelFileError(f"{self.path}: corrupt metadata: {key} has arrays nested "
