@@ -38,6 +38,16 @@ def reports(stderr):
             for m in map(REPORT.match, stderr.splitlines(keepends=True)) if m]
 
 
+def assert_each_turn_processes_only_itself(turns):
+    """The previous prompt and reply are all in the cache (but a reply's last token, never
+    fed back, when it ended by length): only the new turn is processed."""
+    for (n_prompt, cached, processed, _, _), (p_prompt, _, _, p_gen, _) in zip(turns[1:],
+                                                                              turns[:-1]):
+        unfed = 1 if p_gen == MAX_TOKENS else 0
+        assert cached == p_prompt + p_gen - unfed
+        assert processed == n_prompt - cached
+
+
 def test_turns_from_stdin_process_only_the_new_turn(model):
     lines = QUESTIONS + ["/clear", QUESTIONS[0], "/exit", "never read"]
     r = subprocess.run([sys.executable, "-m", "numatp", "chat", "-m", str(model), "--nodes", "1",
@@ -49,13 +59,7 @@ def test_turns_from_stdin_process_only_the_new_turn(model):
     turns = reports(r.stderr)
     assert len(turns) == len(QUESTIONS) + 1
     assert r.stderr.count("numatp: conversation cleared") == 1
-    for (n_prompt, cached, processed, _, _), (p_prompt, _, _, p_gen, _) in zip(turns[1:10],
-                                                                              turns[:9]):
-        # The previous prompt and reply are all in the cache (but a reply's last token,
-        # never fed back, when it ended by length): only the new turn is processed.
-        unfed = 1 if p_gen == MAX_TOKENS else 0
-        assert cached == p_prompt + p_gen - unfed
-        assert processed == n_prompt - cached
+    assert_each_turn_processes_only_itself(turns[:10])
     assert {gen for *_, gen, _ in turns[:10]} > {MAX_TOKENS}   # one ended by itself
     # After /clear, the first question again has the first turn's prompt.
     assert turns[10][0] == turns[0][0]
@@ -232,8 +236,4 @@ def test_chat_with_attention_on_the_gpu_reuses_its_kv_cache(model):
     assert "numatp: gpu memory used: " in r.stderr
     turns = reports(r.stderr)
     assert len(turns) == 3
-    for (n_prompt, cached, processed, _, _), (p_prompt, _, _, p_gen, _) in zip(turns[1:],
-                                                                              turns[:-1]):
-        unfed = 1 if p_gen == MAX_TOKENS else 0
-        assert cached == p_prompt + p_gen - unfed
-        assert processed == n_prompt - cached
+    assert_each_turn_processes_only_itself(turns)
