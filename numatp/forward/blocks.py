@@ -15,12 +15,13 @@ import numpy as np
 from numba import njit, prange
 
 from numatp import _env  # noqa: F401
-from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_KV0, D_LAYERS, D_NKV,
-                                   D_NQ, D_Q0, D_ROPE_DIM, D_ROPE_NEOX, NBYTES, OFFSET, PAD,
-                                   QTYPE, ROWS)
+from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_HIDDEN, D_KV0,
+                                   D_LAYERS, D_NKV, D_NQ, D_Q0, D_ROPE_DIM, D_ROPE_NEOX, NBYTES,
+                                   OFFSET, PAD, QTYPE, ROWS, UNIT0, UNITS)
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
-from numatp.quant.kernels import glu, linear, linear3, rows_in_parallel
+from numatp.quant.kernels import (fold_units, glu, linear, linear3, linear_units,
+                                  rows_in_parallel)
 from numatp.shm.allreduce import allreduce
 
 # ---- the index --------------------------------------------------------------------------
@@ -50,6 +51,48 @@ def matmul(kernels, arena, index, e, X, Y):
     """Y = X @ (the matrix at index row e).T"""
     linear(kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS], index[e, COLS],
            X, Y)
+
+
+@njit
+def units(index, e):
+    """The reduce units of the matrix at index row e: their first blocks and the end."""
+    return index[e, UNIT0:UNIT0 + index[e, UNITS] + 1]
+
+
+@njit
+def unit_buffer(index, slot, T, width):
+    """Room for the reduce units' partial sums (unit_view) of T tokens' products of
+    `width` rows with the matrices in `slot` (every layer's have the units of layer
+    0's); empty for one unit, which needs none."""
+    n = index[slot, UNITS]
+    return np.empty(n * T * width if n > 1 else 0, dtype=np.float32)
+
+
+@njit
+def unit_view(buf, n, T, width):
+    """The (n, T, width) partial sums in a unit_buffer, for any T up to the buffer's."""
+    return buf[:n * T * width].reshape((n, T, width))
+
+
+@njit
+def unit_product(kernels, arena, index, e, X, Yu):
+    """Yu[u] = X @ (reduce unit u of the matrix at index row e).T, for each of its units
+    (numatp/parallel/plan.py)."""
+    linear_units(kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS],
+                 index[e, COLS], units(index, e), X, Yu)
+
+
+@njit
+def partial_product(kernels, arena, index, e, X, buf, Y):
+    """Y = X @ (the matrix at index row e).T for a matrix of this rank's input columns:
+    the rank's partial sum, its reduce units' partials added up (buf: unit_buffer's)."""
+    n = index[e, UNITS]
+    if n == 1:
+        matmul(kernels, arena, index, e, X, Y)
+    else:
+        Yu = unit_view(buf, n, X.shape[0], Y.shape[1])
+        unit_product(kernels, arena, index, e, X, Yu)
+        fold_units(Yu, n, Y)
 
 
 @njit
@@ -177,13 +220,14 @@ def rope(v, n_heads, hd, rope_dim, neox, rope_cs, pos):
 
 @njit
 def attention_work(index, dims, T):
-    """Buffers of `attention` for T tokens: q, k, v and the heads' outputs (zeros where
-    attn_output's padding columns are)."""
+    """Buffers of `attention` for T tokens: q, k, v, the heads' outputs (zeros where
+    attn_output's padding columns are) and attn_output's reduce units."""
     hd = dims[D_HEAD_DIM]
     return (np.empty((T, dims[D_NQ] * hd), dtype=np.float32),
             np.empty((T, dims[D_NKV] * hd), dtype=np.float32),
             np.empty((T, dims[D_NKV] * hd), dtype=np.float32),
-            np.zeros((T, widest(index, dims[D_LAYERS], WO)), dtype=np.float32))
+            np.zeros((T, widest(index, dims[D_LAYERS], WO)), dtype=np.float32),
+            unit_buffer(index, WO, T, dims[D_HIDDEN]))
 
 
 @njit
@@ -260,7 +304,7 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
     written before any row attends, so a row sees the rows before it of its own sequence
     in the same call (a prompt chunk). e: the layer's first index row; rope_cs:
     rope_tables' (cos, sin); work: from attention_work."""
-    q, k, v, att = work
+    q, k, v, att, att_units = work
     k_cache, v_cache = kv_cache
     hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
     _qkv(kernels, arena, index, e, xb, q, k, v)
@@ -284,7 +328,7 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
                 v_cache[layer, h, row, j] = v[t, h * hd + j]
     _attend(q[s:], k_cache, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
             dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
-    matmul(kernels, arena, index, e + WO, att[s:], out[s:])
+    partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
 
 
 # ---- the dense FFN ----------------------------------------------------------------------
@@ -292,24 +336,32 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
 
 @njit
 def dense_ffn_work(index, dims, T):
-    """Buffers of `dense_ffn` for T tokens: gate, up, and the GLU's output (zeros where
-    ffn_down's padding columns are)."""
+    """Buffers of `dense_ffn` for T tokens: gate, up, the GLU's output (zeros where
+    ffn_down's padding columns are) and ffn_down's reduce units."""
     ffn = dims[D_FFN]
     return (np.empty((T, ffn), dtype=np.float32), np.empty((T, ffn), dtype=np.float32),
-            np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32))
+            np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32),
+            unit_buffer(index, W_DOWN, T, dims[D_HIDDEN]))
 
 
 @njit
 def dense_ffn(kernels, arena, index, e, xb, s, work, out):
     """SwiGLU over my FFN rows for rows s: of xb: my rows of gate and up, my columns of
     down, into out[s:] (a partial sum for the reduce)."""
-    gate, up, h = work
+    h = ffn_glu(kernels, arena, index, e, xb, s, work)
+    partial_product(kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
+
+
+@njit
+def ffn_glu(kernels, arena, index, e, xb, s, work):
+    """The first half of dense_ffn: returns h, whose rows s: are ffn_down's input."""
+    gate, up, h, _ = work
     eg, eu, ed = e + W_GATE, e + W_UP, e + W_DOWN
     # h[:, pad:] = silu(gate(X)) * up(X), pad as ffn_down wants its input
     glu(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
         matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:], up[s:],
         h[s:], index[ed, PAD])
-    matmul(kernels, arena, index, ed, h[s:], out[s:])
+    return h
 
 
 # ---- between layers ---------------------------------------------------------------------

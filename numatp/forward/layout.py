@@ -3,9 +3,12 @@ the sizes of its share of the model (the dims vector). numatp/parallel/shard.py 
 both; the blocks read them. Plain numbers, no Numba: the loader imports this too."""
 
 # Columns of the index: one row per slot (numatp/model/slots.py). A slot the shard has
-# no tensor for keeps offset -1.
-OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD = range(6)
-INDEX_COLS = 6
+# no tensor for keeps offset -1. A matrix of input columns split into reduce units
+# (numatp/parallel/plan.py) has UNITS of them, the u-th from block UNIT0 + u to block
+# UNIT0 + u + 1 of its columns; any other has one, all its blocks.
+OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD, UNITS, UNIT0 = range(8)
+MAX_UNITS = 4   # numatp/parallel/plan.py's REDUCE_UNITS
+INDEX_COLS = UNIT0 + MAX_UNITS + 1
 
 # Fields of the int64 dims vector: the model's sizes, and the heads, FFN rows and
 # vocabulary rows of this shard (q0/kv0: its first query and KV head); for experts, how

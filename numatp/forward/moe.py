@@ -14,11 +14,13 @@ import math
 import numpy as np
 from numba import njit
 
-from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, dense_ffn, has,
-                                   matmul, matrix, next_norm, reduce, rmsnorm, vector,
-                                   widest)
+from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, ffn_glu, has,
+                                   matmul, matrix, next_norm, reduce, rmsnorm, unit_buffer,
+                                   unit_product, unit_view, units, vector, widest)
 from numatp.forward.layout import (COLS, D_E0, D_E1, D_EXPERT_FFN, D_EXPERT_NORM, D_EXPERTS,
-                                   D_EXPERTS_USED, D_FFN, D_HIDDEN, D_LAYERS, QTYPE, ROWS)
+                                   D_EXPERTS_USED, D_FFN, D_HIDDEN, D_LAYERS, QTYPE, ROWS,
+                                   UNITS)
+from numatp.quant.kernels import fold_units
 from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, ROUTER,
                                 SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE_EXPS, W_UP_EXPS)
 from numatp.quant.experts import expert_ffn
@@ -58,45 +60,60 @@ def route(router_logits, normalise, sel, wt):
 @njit
 def moe_ffn_work(index, dims, T):
     """Buffers of `moe_ffn` for T tokens: router logits, choices, weights, the local
-    number of each expert (-1: held by another rank), and the shared expert's output and
-    dense-FFN buffers (empty without a shared expert)."""
+    number of each expert (-1: held by another rank), the experts' and the shared
+    expert's reduce units' partial sums, and the shared expert's dense-FFN buffers
+    (empty without a shared expert)."""
     k = dims[D_EXPERTS_USED]
     local = np.full(dims[D_EXPERTS], -1, np.int64)
     for e in range(dims[D_E0], dims[D_E1]):
         local[e] = e - dims[D_E0]
+    hidden = dims[D_HIDDEN]
+    n = max(index[W_DOWN_EXPS, UNITS], 1)
     ffn = dims[D_FFN] if has(index, SHARED_GATE) else 0
     shared = (np.empty((T, ffn), dtype=np.float32), np.empty((T, ffn), dtype=np.float32),
-              np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32))
+              np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32),
+              unit_buffer(index, W_DOWN, 0, 0))
     return (np.empty((T, dims[D_EXPERTS]), np.float32), np.empty((T, k), np.int64),
-            np.empty((T, k), np.float32), local,
-            np.empty((T, dims[D_HIDDEN] if ffn else 0), np.float32), shared)
+            np.empty((T, k), np.float32), local, np.empty(n * T * hidden, np.float32),
+            np.empty(n * T * hidden if ffn else 0, np.float32), shared)
 
 
 @njit
 def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
-    """The MoE FFN of rows s: of xb into out[s:], this rank's partial sum for the reduce."""
-    router_logits, sel, wt, local, shared, shared_work = work
+    """The MoE FFN of rows s: of xb into out[s:], this rank's partial sum for the reduce.
+    Each reduce unit (numatp/parallel/plan.py) gets its experts' weighted outputs and its
+    part of the shared expert's before the units are added up, so that a unit's partial
+    sum is the same whichever rank holds it."""
+    router_logits, sel, wt, local, routed_buf, shared_buf, shared_work = work
     X = xb[s:]
+    T, hidden = X.shape[0], out.shape[1]
     matmul(kernels, arena, index, e + ROUTER, X, router_logits[s:])
     route(router_logits[s:], dims[D_EXPERT_NORM] != 0, sel[s:], wt[s:])
     eg, eu, ed = e + W_GATE_EXPS, e + W_UP_EXPS, e + W_DOWN_EXPS
+    n = index[ed, UNITS]
+    routed = unit_view(routed_buf, n, T, hidden)
     if dims[D_EXPERT_FFN] > 0 and dims[D_E1] > dims[D_E0]:
         expert_ffn(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
                    matrix(arena, index, eu), index[ed, QTYPE], matrix(arena, index, ed),
-                   index[eg, ROWS], index[eg, COLS], index[ed, ROWS], local, X, sel[s:],
-                   wt[s:], out[s:])
+                   index[eg, ROWS], index[eg, COLS], index[ed, ROWS], units(index, ed), local,
+                   X, sel[s:], wt[s:], routed)
     else:
-        out[s:] = 0
+        routed[:] = 0
     if has(index, e + SHARED_GATE) and dims[D_FFN] > 0:
-        dense_ffn(kernels, arena, index, e, xb, s, shared_work, shared)
+        # the plan cuts the shared expert's columns into as many units as the experts'
+        h = ffn_glu(kernels, arena, index, e, xb, s, shared_work)
+        shared = unit_view(shared_buf, n, T, hidden)
+        unit_product(kernels, arena, index, e + W_DOWN, h[s:], shared)
         g = vector(arena, index, e + SHARED_GATE)
-        for t in range(s, xb.shape[0]):
+        for t in range(T):
             dot = 0.0
             for j in range(g.shape[0]):
-                dot += np.float64(xb[t, j]) * g[j]
+                dot += np.float64(X[t, j]) * g[j]
             scale = np.float32(1.0 / (1.0 + math.exp(-dot)))
-            for j in range(out.shape[1]):
-                out[t, j] += scale * shared[t, j]
+            for u in range(n):
+                for j in range(hidden):
+                    routed[u, t, j] += scale * shared[u, t, j]
+    fold_units(routed, n, out[s:])
 
 
 @njit

@@ -4,6 +4,22 @@ Megatron-style, as in gpt-fast's tp.py: Q/K/V and gate/up are split by output ro
 (colwise), attn_output and ffn_down by input columns (rowwise, giving partial sums that
 an all-reduce adds up), the output head by vocabulary rows. The model code never sees N;
 it runs whatever ranges its shard was given.
+
+Reduce units, so that 1, 2 and 4 ranks give bit-identical results. A row-split product
+leaves partial sums over slices of its input columns, and float additions in another
+order give other bits: one rank summing a whole row is not two ranks summing halves and
+adding them. So the plan cuts those inner dimensions (the heads of attn_output, the FFN
+columns of ffn_down, each expert's) into REDUCE_UNITS fixed units, the same for every
+rank count, and gives each of N ranks (N dividing REDUCE_UNITS) REDUCE_UNITS / N whole
+units. Every unit's partial sum is computed alone, from zero, and the partials are added
+as one fixed tree, ((u0 + u1) + (u2 + u3)): a rank adds its own units' subtree, the
+all-reduce the rest (numatp/shm/allreduce.py sums 4 ranks as (r0 + r1) + (r2 + r3)).
+
+A model takes units when they cut evenly and on quant blocks: its KV heads a multiple of
+REDUCE_UNITS (so the units are whole KV groups and balanced for every N) and every unit
+boundary on a block of attn_output (FFN splits are on blocks already). Other models, 3
+or more than 4 ranks, and whole experts per node (--moe-split experts) keep one unit per
+rank: correct, but their round-off depends on the rank count.
 """
 from dataclasses import dataclass
 
@@ -38,6 +54,22 @@ class Shard:
     # of the experts [e0, e1).
     expert_ffn: tuple = (0, 0)
     experts: tuple = (0, 0)
+    # Reduce units (see the top of this file): the boundaries of this rank's units in
+    # each part a row-split product's inner dimension is cut by, e.g. ffn (0, 2816, 5632)
+    # for two units of 2816 FFN columns. Empty: one unit, the rank's whole range.
+    units: tuple = ()
+
+    def unit_bounds(self, part: str) -> tuple:
+        """The boundaries of my units within my range of `part` (q_heads, ffn,
+        expert_ffn): n_units + 1 values from my range's start to its end."""
+        for name, bounds in self.units:
+            if name == part:
+                return bounds
+        return getattr(self, part)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units[0][1]) - 1 if self.units else 1
 
     def describe(self) -> str:
         text = (f"rank {self.rank}: q heads {self.q_heads[0]}-{self.q_heads[1] - 1}, "
@@ -46,6 +78,8 @@ class Shard:
         if self.experts[1] > self.experts[0]:
             text += (f", experts {self.experts[0]}-{self.experts[1] - 1} "
                      f"rows {self.expert_ffn[0]}:{self.expert_ffn[1]}")
+        if self.n_units > 1:
+            text += f", {self.n_units} reduce units"
         return text
 
 
@@ -62,15 +96,50 @@ def check_moe_split(split: str):
         raise UsageError(f"invalid MoE split {split!r} (one of: {', '.join(MOE_SPLITS)})")
 
 
+# Units of the fixed reduce decomposition; rank counts that divide it are bit-identical.
+# (numatp/forward/layout.py's MAX_UNITS: not imported, because importing numatp.forward
+# loads Numba, and a spawned worker unpickles its Shard before it sets Numba's threads.)
+REDUCE_UNITS = 4
+# The parts a row-split product's inner dimension is cut by (the units' parts).
+UNIT_PARTS = ("q_heads", "ffn", "expert_ffn")
+
+
 def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1, expert_unit: int = 1,
-              moe_split: str = "rows") -> list:
+              moe_split: str = "rows", head_unit: int = 1) -> list:
     """Shards for n ranks. ffn_unit, expert_unit: split points of the FFN and of each
     expert's FFN land on multiples of them (the block size of ffn_down, ffn_down_exps)
-    so that no quant block straddles two ranks. moe_split: one of MOE_SPLITS."""
+    so that no quant block straddles two ranks. moe_split: one of MOE_SPLITS.
+    head_unit: the block size of attn_output, which reduce units must not cut (see the
+    top of this file)."""
     if n < 1:
         raise ValueError("need at least one rank")
     if moe_split not in MOE_SPLITS:
         raise ValueError(f"unknown MoE split {moe_split!r} (one of {', '.join(MOE_SPLITS)})")
+    plan = _ranges(cfg, n, ffn_unit, expert_unit, moe_split)
+    if REDUCE_UNITS % n or (n > 1 and moe_split != "rows"):
+        return plan
+    units = _ranges(cfg, REDUCE_UNITS, ffn_unit, expert_unit, "rows")
+    if cfg.n_kv_heads % REDUCE_UNITS or any(
+            u.q_heads[0] * cfg.head_dim % head_unit for u in units):
+        return plan
+    per = REDUCE_UNITS // n
+    return [_merge(plan[r], units[r * per:(r + 1) * per]) for r in range(n)]
+
+
+def _merge(shard: Shard, units: list) -> Shard:
+    """`shard` holding the consecutive `units`: their heads, FFN columns and expert rows,
+    with the units' boundaries."""
+    first, last = units[0], units[-1]
+    span = lambda part: (getattr(first, part)[0], getattr(last, part)[1])  # noqa: E731
+    bounds = tuple((part, tuple(getattr(u, part)[0] for u in units) + (span(part)[1],))
+                   for part in UNIT_PARTS)
+    return Shard(shard.rank, shard.n_ranks, span("q_heads"), span("kv_heads"), span("ffn"),
+                 shard.vocab, span("expert_ffn"), shard.experts,
+                 bounds if len(units) > 1 else ())
+
+
+def _ranges(cfg: ModelConfig, n: int, ffn_unit: int, expert_unit: int, moe_split: str) -> list:
+    """Shards for n ranks, each one unit: near-equal ranges of every part."""
     g = cfg.group
     if cfg.n_kv_heads >= n:
         # Whole KV-head groups per rank: GQA stays local, nothing replicated.

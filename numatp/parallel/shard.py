@@ -27,16 +27,17 @@ import numpy as np
 
 from numatp.forward import layout
 from numatp.model.config import ModelConfig
-from numatp.model.declare import (BY_EXPERT_FFN_COLUMN, BY_FFN_COLUMN, STEP, extent,
-                                  matrix_types, present)
+from numatp.model.declare import (BY_EXPERT_FFN_COLUMN, BY_FFN_COLUMN, BY_Q_HEAD_COLUMN,
+                                  PART_TOTALS, STEP, extent, matrix_types, present)
 from numatp.model.slots import LAYER_SLOTS, MODEL_SLOTS, entry
-from numatp.parallel.plan import Shard, make_plan
+from numatp.parallel.plan import REDUCE_UNITS, Shard, make_plan
 from numatp.quant import formats
 from numatp.quant.experts import experts_nbytes, prepare_experts
 from numatp.quant.kernel_set import KernelSet
 from numatp.quant.kernels import R, prepare, prepared_nbytes
 
 ALIGN = 64  # every tensor starts on a cache line
+assert REDUCE_UNITS <= layout.MAX_UNITS
 # File bytes copied between two releases of their pages: small next to a model's arena,
 # large enough that the per-chunk calls (a madvise, a prepare) cost nothing.
 CHUNK_BYTES = 16 << 20
@@ -63,6 +64,8 @@ class _Piece:
         self.cols = (self.b1 - self.b0) * bs
         self.row_bytes = formats.row_bytes(t.qtype, t.cols)
         self.matrix = matrix
+        # the reduce units' first blocks, and the end (plan.py: one unit unless set)
+        self.units = (0, self.b1 - self.b0)
         if matrix:
             self.nbytes = prepared_nbytes(t.qtype, r1 - r0, self.cols)
         else:
@@ -134,11 +137,27 @@ def ffn_unit(gguf, cfg: ModelConfig) -> int:
 def shard_plan(gguf, cfg: ModelConfig, n: int, moe_split: str = "rows") -> list:
     """The shard plan of this model over n ranks, split points on whole quant blocks."""
     return make_plan(cfg, n, ffn_unit(gguf, cfg), _unit(gguf, cfg, BY_EXPERT_FFN_COLUMN),
-                     moe_split)
+                     moe_split, _unit(gguf, cfg, BY_Q_HEAD_COLUMN))
 
 
 def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
-    """This shard's piece of tensor t, as its declaration splits it."""
+    """This shard's piece of tensor t, as its declaration splits it; a piece of input
+    columns knows where its reduce units start, in blocks."""
+    piece = _cut_piece(decl, t, cfg, shard)
+    if decl.split is not None and decl.split.axis == len(decl.shape) - 1 and piece.matrix:
+        length = t.shape[decl.split.axis]
+        per = length // getattr(cfg, PART_TOTALS[decl.split.part])
+        lo = extent(decl.split, length, cfg, shard)[0]
+        bs = formats.block_size(t.qtype)
+        bounds = [(u * per - lo) for u in shard.unit_bounds(decl.split.part)]
+        if any(b % bs for b in bounds) and shard.n_units > 1:
+            raise ValueError(f"reduce units of {t.name} are not on its blocks")  # plan.py
+        if shard.n_units > 1:
+            piece.units = tuple(b // bs for b in bounds)
+    return piece
+
+
+def _cut_piece(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
     if len(decl.shape) == 3:
         e0, e1 = shard.experts
         lo, hi = extent(decl.split, t.shape[decl.split.axis], cfg, shard)
@@ -194,7 +213,9 @@ def build_shard(gguf, cfg: ModelConfig, shard: Shard, ctx: int, alloc=None,
     index = np.full((n_entries, layout.INDEX_COLS), -1, dtype=np.int64)
     offset = 0
     for e, p in pieces.items():
-        index[e] = (offset, p.t.qtype, p.r1 - p.r0, p.cols, p.nbytes, p.pad)
+        index[e, :layout.UNITS] = (offset, p.t.qtype, p.r1 - p.r0, p.cols, p.nbytes, p.pad)
+        index[e, layout.UNITS] = len(p.units) - 1
+        index[e, layout.UNIT0:layout.UNIT0 + len(p.units)] = p.units
         offset += -(-p.nbytes // ALIGN) * ALIGN
     arena = (alloc or (lambda n: np.empty(n, dtype=np.uint8)))(max(offset, ALIGN))
     for e, p in pieces.items():

@@ -23,7 +23,8 @@ from numba import njit, prange
 from numatp.quant import formats
 from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.kernels import (BLOCK_BYTES, BLOCK_ELEMS, R, _check, _FLOAT, _group_rows,
-                                  _quantize, _silu, prepare, prepared_nbytes)
+                                  _group_units, _quantize, _silu, prepare, prepared_nbytes,
+                                  rows_in_parallel)
 
 
 def prepare_experts(qtype, raw, out=None):
@@ -118,14 +119,37 @@ def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, start, exp
 
 
 @njit(parallel=True, boundscheck=False)
-def _experts_down(kernels, qd, wd, rows, nblk, d_bytes, acts, start, expert, D):
+def _experts_down(kernels, qd, wd, rows, nblk, units, d_bytes, acts, start, expert, D):
     groups = (rows + R - 1) // R
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
         base = expert[a] * d_bytes
-        _group_rows(kernels, qd, wd[base:base + d_bytes], nblk, _rows(acts, s, e), D[s:e],
-                    g, rows)
+        _group_units(kernels, qd, wd[base:base + d_bytes], nblk, units, _rows(acts, s, e), D,
+                     g, rows, s, e)
+
+
+@njit
+def _weigh_token(D, where, wt, t, Yu):
+    """Yu[u, t] = sum over j of wt[t, j] * D[u, pair of (t, j)], in the order of t's choices
+    (pairs of experts not held here count as zero)."""
+    k = wt.shape[1]
+    for u in range(Yu.shape[0]):
+        y = Yu[u, t]
+        y[:] = 0
+        for j in range(k):
+            p = where[t * k + j]
+            if p >= 0:
+                w = np.float32(wt[t, j])
+                d = D[u, p]
+                for r in range(y.shape[0]):
+                    y[r] += w * d[r]
+
+
+@njit(parallel=True)
+def _weigh_tokens(D, where, wt, Yu):
+    for t in prange(Yu.shape[1]):
+        _weigh_token(D, where, wt, t, Yu)
 
 
 @njit(parallel=True, boundscheck=False)
@@ -135,10 +159,14 @@ def _quantize_pairs(H, acts):
 
 
 @njit
-def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, local, X, sel, wt, Y):
-    """Y[t] = sum over j of wt[t, j] * down_e(silu(gate_e(X[t])) * up_e(X[t])), e = sel[t, j],
-    over the experts held here (local[e] >= 0); Y (T, rows) is overwritten. Quantized
-    expert types only; n_ff and cols whole blocks of their types."""
+def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, X, sel, wt,
+               Yu):
+    """Yu[u, t] = sum over j of wt[t, j] * down_e,u(silu(gate_e(X[t])) * up_e(X[t])),
+    e = sel[t, j], over the experts held here (local[e] >= 0), down_e,u being reduce unit
+    u of down_e's columns (units: their first blocks and the end; numatp/parallel/plan.py):
+    each unit's weighted sum is the same on any rank that holds it. Yu (n_units, T, rows)
+    is overwritten. Quantized expert types only; n_ff and cols whole blocks of their
+    types."""
     qg, qu, qd = np.int64(qg), np.int64(qu), np.int64(qd)
     n_ff, cols, rows = np.int64(n_ff), np.int64(cols), np.int64(rows)
     if (_check(kernels, qg) == _FLOAT or _check(kernels, qu) == _FLOAT
@@ -156,20 +184,17 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, local, X, sel,
                  start, expert, G, U, H)
     hacts = empty_activations(pairs, n_ff)
     _quantize_pairs(H, hacts)
-    D = np.empty((pairs, rows), np.float32)
-    _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], _expert_bytes(qd, rows, n_ff),
-                  hacts, start, expert, D)
+    D = np.empty((units.shape[0] - 1, pairs, rows), np.float32)
+    _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], units,
+                  _expert_bytes(qd, rows, n_ff), hacts, start, expert, D)
     where = np.full(T * k, -1, np.int64)
     for p in range(pairs):
         where[order[p]] = p
-    for t in range(T):
-        Y[t, :] = 0
-        for j in range(k):
-            p = where[t * k + j]
-            if p >= 0:
-                w = np.float32(wt[t, j])
-                for r in range(rows):
-                    Y[t, r] += w * D[p, r]
+    if rows_in_parallel(T, rows * Yu.shape[0] * k):
+        _weigh_tokens(D, where, wt, Yu)
+    else:
+        for t in range(T):
+            _weigh_token(D, where, wt, t, Yu)
 
 
 @njit

@@ -5,6 +5,9 @@ Public entry points (all @njit, callable from other jitted code and from Python)
   linear(kernels, qtype, w, rows, cols, X, Y)
       Y[t, :] = W @ X[t, :] for every t; X is (T, cols), Y is (T, rows), both float32
       C-contiguous. w is the matrix as `prepare` returns it.
+  linear_units(kernels, qtype, w, rows, cols, units, X, Yu), fold_units(Yu, n, Y)
+      a row-split product as reduce units' partial sums, and their sum
+      (numatp/parallel/plan.py says why).
   linear3(...), glu(...)
       three products of one input (Q, K, V), and a SwiGLU's gate and up with its silu,
       each in one parallel region.
@@ -93,7 +96,7 @@ def _tile_source(q, tokens):
     per16 = fmt.unit == 16
     n_vec = fmt.unit // 4
     block_elems = formats.block_size(q)
-    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, "
+    L = [f"def {_tile_name(q, tokens)}(qtype, tokens, w, go, nblk, e0, acts, t0, T, Y, r0, "
          "nvalid):",
          "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
          "    zi = splat(np.int32(0), R)",
@@ -106,7 +109,7 @@ def _tile_source(q, tokens):
               f"    a{t} = zf", f"    f{t} = zf"]
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
-          f"        e = b * {block_elems}"]
+          f"        e = e0 + b * {block_elems}"]
     if tokens < TOKENS:  # a decode's tiles stream the weights: ask for them ahead of use
         for off in range(0, R * formats.block_bytes(q), CACHE_LINE):
             L.append(f"        prefetch(w, ob + {PREFETCH_AHEAD + off})")
@@ -154,14 +157,15 @@ def _tile_name(q, tokens):
     return f"tile_{formats.type_name(q)}_x{tokens}"
 
 
-def tile(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+def tile(qtype, tokens, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """Y[t, r0 + r] = row r of the row group at byte `go` (nblk packed blocks) dotted with
-    token t, for r < nvalid and t in t0 .. t0 + tokens - 1 (clamped to T - 1: a repeated
-    token stores the same value twice). qtype and tokens are literal ints."""
+    token t's activations from element e0 on, for r < nvalid and t in t0 .. t0 + tokens - 1
+    (clamped to T - 1: a repeated token stores the same value twice). qtype and tokens
+    are literal ints."""
 
 
 @overload(tile, prefer_literal=True)
-def _tile_ov(qtype, tokens, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+def _tile_ov(qtype, tokens, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     q = getattr(qtype, "literal_value", None)
     n = getattr(tokens, "literal_value", None)
     if q not in FORMATS or not isinstance(n, int):
@@ -192,15 +196,15 @@ def _store_rows(y, r0, nvalid, v):
 # the kernel set it is compiled for (kernel_set.py says why not over all types) that
 # have a kernel of that kind.
 
-def _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+def _tiles(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """tile() for TOKENS tokens."""
 
 
-def _tile1(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+def _tile1(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """tile() for one token."""
 
 
-def _tiles_half(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid):
+def _tiles_half(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """tile() for TOKENS // 2 tokens."""
 
 
@@ -219,14 +223,14 @@ def _dequant_row(kernels, qtype, w, o, nblk, out):
 # Each family's call, per dispatcher; {q} is the type code.
 _CALLS = {
     _tiles: {
-        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
-        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
+        _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)"},
     _tile1: {
-        _BLOCK32: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
-        _SUPER: "tile({q}, 1, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
+        _BLOCK32: "tile({q}, 1, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: "tile({q}, 1, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)"},
     _tiles_half: {
-        _BLOCK32: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)",
-        _SUPER: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, acts, t0, T, Y, r0, nvalid)"},
+        _BLOCK32: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)",
+        _SUPER: f"tile({{q}}, {TOKENS // 2}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)"},
     _float_rows: {_FLOAT: "dot_float({q}, w, o, stride, n, cols, x, y)"},
     _float_rows_x4: {
         _FLOAT: "dot_float_x4({q}, w, o, stride, n, cols, X, t0, t1, t2, t3, Y, c0)"},
@@ -301,27 +305,56 @@ def _check(kernels, qtype):
 @njit(boundscheck=False)
 def _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows):
     """Row group g of a packed matrix of `rows` rows against every token."""
+    _group_span(kernels, qtype, w, g * nblk * R * BLOCK_BYTES[qtype], nblk, 0, acts, Y, g * R,
+                min(R, rows - g * R))
+
+
+@njit(boundscheck=False)
+def _group_span(kernels, qtype, w, go, nblk, e0, acts, Y, r0, nvalid):
+    """Rows r0 .. r0 + nvalid - 1 (a row group, its nblk blocks from byte go on) against
+    every token's activations from element e0 on."""
     T = acts[0].shape[0]
-    go = g * nblk * R * BLOCK_BYTES[qtype]
-    r0 = g * R
-    nvalid = min(R, rows - r0)
     full = T - T % TOKENS if T > 1 else 0
     for t0 in range(0, full, TOKENS):
-        _tiles(kernels, qtype, w, go, nblk, acts, t0, T, Y, r0, nvalid)
+        _tiles(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)
     # A batched decode of a few sequences is mostly the rest: half a tile reads the
     # weights once for 4 of them (one-token tiles re-read them from L1 for each, and a
     # full tile's repeated lanes would do twice the work). Every tile sums a token alike.
     if T - full >= TOKENS // 2:
-        _tiles_half(kernels, qtype, w, go, nblk, acts, full, T, Y, r0, nvalid)
+        _tiles_half(kernels, qtype, w, go, nblk, e0, acts, full, T, Y, r0, nvalid)
         full += TOKENS // 2
     for t in range(full, T):
-        _tile1(kernels, qtype, w, go, nblk, acts, t, T, Y, r0, nvalid)
+        _tile1(kernels, qtype, w, go, nblk, e0, acts, t, T, Y, r0, nvalid)
+
+
+@njit(boundscheck=False)
+def _group_units(kernels, qtype, w, nblk, units, acts, Yu, g, rows, s, e):
+    """Row group g against every token, each reduce unit u (blocks units[u] to
+    units[u + 1] of the row) summed alone into Yu[u][s:e]: the same operations whatever
+    the blocks around it, so a unit's sum does not depend on which rank holds it."""
+    bb = BLOCK_BYTES[qtype]
+    go = g * nblk * R * bb
+    r0 = g * R
+    nvalid = min(R, rows - r0)
+    for u in range(units.shape[0] - 1):
+        b0, b1 = units[u], units[u + 1]
+        if b1 > b0:
+            _group_span(kernels, qtype, w, go + b0 * R * bb, b1 - b0, b0 * BLOCK_ELEMS[qtype],
+                        acts, Yu[u][s:e], r0, nvalid)
+        else:
+            Yu[u, s:e, r0:r0 + nvalid] = 0
 
 
 @njit(parallel=True, boundscheck=False)
 def _packed_linear(kernels, qtype, w, rows, nblk, acts, Y):
     for g in prange((rows + R - 1) // R):
         _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows)
+
+
+@njit(parallel=True, boundscheck=False)
+def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, Yu):
+    for g in prange((rows + R - 1) // R):
+        _group_units(kernels, qtype, w, nblk, units, acts, Yu, g, rows, 0, Yu.shape[1])
 
 
 @njit(parallel=True, boundscheck=False)
@@ -458,6 +491,69 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
 
 
 @njit
+def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
+    """Yu[u, t, :] = the product of X[t] with the columns of reduce unit u alone, for the
+    units u: blocks units[u] to units[u + 1] of the matrix's columns (a partial sum that
+    fold_units adds up as every rank count does; numatp/parallel/plan.py). One unit
+    (units (0, all blocks)) is linear()."""
+    n = units.shape[0] - 1
+    if n == 1:
+        linear(kernels, qtype, w, rows, cols, X, Yu[0])
+        return
+    q = np.int64(qtype)
+    rows, cols = np.int64(rows), np.int64(cols)
+    if _check(kernels, q) != _FLOAT:
+        _packed_linear_units(kernels, q, w, rows, cols // BLOCK_ELEMS[q], units, _quantize(X),
+                             Yu)
+        return
+    # Float rows: a unit is a range of each row's elements, times its slice of X.
+    eb = row_stride(q, np.int64(1))
+    stride = row_stride(q, cols)
+    for u in range(n):
+        c0, c1 = units[u], units[u + 1]
+        Xu = np.ascontiguousarray(X[:, c0:c1])
+        if c1 == c0:
+            Yu[u] = 0
+        elif X.shape[0] == 1:
+            _float_matvec(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu[0], Yu[u, 0])
+        else:
+            _float_matmul(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu, Yu[u])
+
+
+@njit(parallel=True)
+def _fold_tokens(Yu, n, Y):
+    for t in prange(Y.shape[0]):
+        _fold_row(Yu, n, t, Y[t])
+
+
+@njit
+def _fold_row(Yu, n, t, y):
+    a, b, c, d = Yu[0, t], Yu[min(1, n - 1), t], Yu[min(2, n - 1), t], Yu[min(3, n - 1), t]
+    if n == 1:
+        for j in range(y.shape[0]):
+            y[j] = a[j]
+    elif n == 2:
+        for j in range(y.shape[0]):
+            y[j] = a[j] + b[j]
+    elif n == 4:
+        for j in range(y.shape[0]):
+            y[j] = (a[j] + b[j]) + (c[j] + d[j])
+    else:
+        raise ValueError("a rank holds 1, 2 or 4 reduce units")
+
+
+@njit
+def fold_units(Yu, n, Y):
+    """Y = the sum of the first n reduce units' partials Yu[:n] (n 1, 2 or 4), as the tree
+    ((u0 + u1) + (u2 + u3)) that the all-reduce continues across ranks."""
+    if rows_in_parallel(Y.shape[0], Y.shape[1]):
+        _fold_tokens(Yu, n, Y)
+    else:
+        for t in range(Y.shape[0]):
+            _fold_row(Yu, n, t, Y[t])
+
+
+@njit
 def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
     """Ya, Yb, Yc = X @ A.T, X @ B.T, X @ C.T for three matrices of `cols` columns that
     read the same input (a layer's Q, K and V; rc = 0 for two): X is quantized once and
@@ -521,5 +617,5 @@ def prepared_nbytes(qtype, rows, cols):
     return rows * formats.row_bytes(qtype, cols)
 
 
-__all__ = ["KernelSet", "linear", "dequantize_rows", "prepare", "prepared_nbytes",
+__all__ = ["KernelSet", "linear", "linear_units", "fold_units", "dequantize_rows", "prepare", "prepared_nbytes",
            "row_stride", "rowgroups"]

@@ -24,7 +24,9 @@ Algorithm. Call number s (1, 2, ...) on rank r:
   1. copy x into slot [s % 2][r]
   2. store-release seq[r] = s                     (seq[r] has its own cache line)
   3. for every peer p: spin until load-acquire seq[p] >= s, watching the abort word
-  4. x = slot[s%2][0] + slot[s%2][1] + ... + slot[s%2][n-1], in rank order
+  4. x = slot[s%2][0] + slot[s%2][1] + ... + slot[s%2][n-1], in rank order; 4 ranks as
+     (slot 0 + slot 1) + (slot 2 + slot 3), the tree of the shard plan's reduce units
+     (numatp/parallel/plan.py), so that 4 ranks add up as 1 and 2 do
 Every rank adds the same numbers in the same order, so all get the same bits, and no
 second barrier is needed to say "everyone has read the slots".
 
@@ -108,6 +110,13 @@ def allreduce(ctl, data, rank, nranks, x):
                 return status
 
     first = data[base:base + n]
+    if nranks == 4:   # the reduce units' tree (numatp/parallel/plan.py)
+        s1 = data[base + stride:base + stride + n]
+        s2 = data[base + 2 * stride:base + 2 * stride + n]
+        s3 = data[base + 3 * stride:base + 3 * stride + n]
+        for i in range(n):
+            x[i] = (first[i] + s1[i]) + (s2[i] + s3[i])
+        return OK
     for i in range(n):
         x[i] = first[i]
     for p in range(1, nranks):
