@@ -52,3 +52,26 @@ def test_one_rank_holds_everything():
     c = cfg(14, 2, 4864)
     (s,) = make_plan(c, 1, 256)
     assert (s.q_heads, s.kv_heads, s.ffn, s.vocab) == ((0, 14), (0, 2), (0, 4864), (0, 1000))
+
+
+def test_reduce_units_where_they_cut_evenly():
+    """numatp/parallel/plan.py: 4 fixed units, 4 / n per rank, where the KV heads are a
+    multiple of 4 and attn_output's blocks do not straddle a unit."""
+    c = cfg(16, 4, 1024)   # units of 4 heads x 64 = 256 columns
+    assert [s.n_units for s in make_plan(c, 1, 32, head_unit=256)] == [4]
+    assert [s.n_units for s in make_plan(c, 2, 32, head_unit=256)] == [2, 2]
+    assert [s.n_units for s in make_plan(c, 4, 32, head_unit=256)] == [1, 1, 1, 1]
+    # 3 ranks, whole experts per rank, blocks wider than a unit, 2 KV heads: one unit each
+    assert [s.n_units for s in make_plan(c, 3, 32)] == [1, 1, 1]
+    assert [s.n_units for s in make_plan(c, 2, 32, moe_split="experts")] == [1, 1]
+    assert [s.n_units for s in make_plan(c, 1, 32, head_unit=512)] == [1]
+    assert make_plan(cfg(16, 2, 1024), 1, 32)[0].n_units == 1
+    # a rank's units make up its ranges, and 2 ranks hold the 4-rank plan's units in pairs
+    four = make_plan(c, 4, 32)
+    for r, s in enumerate(make_plan(c, 2, 32)):
+        for part in ("q_heads", "ffn"):
+            bounds = s.unit_bounds(part)
+            assert bounds == tuple(getattr(u, part)[0] for u in four[2 * r:2 * r + 2]) + (
+                getattr(four[2 * r + 1], part)[1],)
+            assert (bounds[0], bounds[-1]) == getattr(s, part)
+        assert s.kv_heads == (four[2 * r].kv_heads[0], four[2 * r + 1].kv_heads[1])

@@ -1,0 +1,73 @@
+"""1, 2 and 4 ranks give bit-identical logits (numatp/parallel/plan.py: reduce units).
+
+Every row-split product (attn_output, ffn_down, each expert's down, a shared expert's
+down) is computed as four fixed units' partial sums added as ((u0 + u1) + (u2 + u3)),
+whatever the rank count: one rank adds all four, two ranks two each and then their
+sums, four ranks one each in the all-reduce's tree. Everything else is either the same
+computation on every rank (norms, the router) or a row's whole dot product on the rank
+that holds the row, so no tolerance is needed: the logits are compared for equality, in
+the prompt path (a 9-token and a 12-token prompt: full, half and one-token tiles) and in
+decode steps.
+
+The models have 4 KV heads (a unit each) and attn_output units on whole blocks, which the
+plan requires; tests/test_tp.py covers one that does not (its round-off then depends on
+the rank count).
+"""
+import numpy as np
+import pytest
+
+import numatp
+import synth
+from numatp.model.config import from_gguf
+from numatp.model.gguf_file import GGUFFile
+from numatp.parallel.shard import shard_plan
+
+PROMPT = [5, 17, 42, 99, 3, 250, 7, 11, 13]
+LONGER = PROMPT + [60, 61, 62]
+
+# Q4_K_M-like: attn_output in units of 4 heads x 64 = 256 columns, one Q4_K block.
+KQUANT = dict(qtype="Q4_K", hidden=256, n_heads=16, n_kv_heads=4, head_dim=64,
+              tensor_types={"attn_v": "Q6_K", "ffn_down": "Q6_K", "ffn_down_exps": "Q6_K"})
+SMALL = dict(qtype="Q8_0", hidden=128, n_heads=8, n_kv_heads=4, head_dim=32)
+MOE = dict(n_experts=8, n_experts_used=3)
+MODELS = {
+    "llama-q8_0": dict(SMALL, arch="llama", ffn=192),
+    "llama-f16": dict(SMALL, arch="llama", ffn=192, qtype="F16"),
+    "qwen2-q4_k_m": dict(KQUANT, arch="qwen2", ffn=1024),
+    "qwen3-q8_0": dict(SMALL, arch="qwen3", ffn=256),
+    # 2 expert blocks over 4 units: two units of every expert are empty
+    "qwen3moe-q4_k_m": dict(KQUANT, arch="qwen3moe", ffn=256, expert_ffn=512, **MOE),
+    "qwen2moe-q8_0": dict(SMALL, arch="qwen2moe", ffn=128, expert_ffn=96, shared_ffn=160,
+                          **MOE),
+    "mixtral-q8_0": dict(SMALL, arch="llama", ffn=128, **MOE),
+}
+
+
+def run(path, nodes):
+    """Prompt logits of two prompts, and of three greedy decode steps after the first."""
+    out = []
+    with numatp.load(path, nodes=nodes, ctx_size=64) as llm:
+        out.append(llm.logits(LONGER))
+        llm.reset()
+        ids = list(PROMPT)
+        out.append(llm.logits(ids))
+        for _ in range(3):
+            ids.append(int(np.argmax(out[-1])))
+            out.append(llm.logits(ids))
+            assert llm.stats.n_prompt_processed == 1  # a decode step
+    return out
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_one_two_and_four_ranks_are_bit_identical(tmp_path, name):
+    path = synth.write_model(tmp_path / f"{name}.gguf", n_layers=2, vocab=300, seed=5,
+                             **MODELS[name])
+    g = GGUFFile(path)
+    cfg = from_gguf(g)
+    for n in (1, 2, 4):   # the plan gives every rank 4 / n units: the test is not vacuous
+        assert {s.n_units for s in shard_plan(g, cfg, n)} == {4 // n}
+    g.close()
+    one = run(path, 1)
+    for n in (2, 4):
+        for a, b in zip(one, run(path, n)):
+            assert np.array_equal(a, b), f"{n} ranks: max difference {np.abs(a - b).max()}"
