@@ -21,6 +21,7 @@ import synth
 from numatp.model.config import from_gguf
 from numatp.model.gguf_file import GGUFFile
 from numatp.parallel.shard import shard_plan
+from numatp.sampling import SamplingParams
 
 PROMPT = [5, 17, 42, 99, 3, 250, 7, 11, 13]
 LONGER = PROMPT + [60, 61, 62]
@@ -44,17 +45,14 @@ MODELS = {
 
 
 def run(path, nodes):
-    """Prompt logits of two prompts, and of three greedy decode steps after the first."""
-    out = []
+    """Prompt logits of a 12-token prompt, then of a 9-token one and of the three decode
+    steps (one token each) that follow it greedily."""
     with numatp.load(path, nodes=nodes, ctx_size=64) as llm:
-        out.append(llm.logits(LONGER))
+        out = [llm.logits(LONGER)]
         llm.reset()
-        ids = list(PROMPT)
-        out.append(llm.logits(ids))
-        for _ in range(3):
-            ids.append(int(np.argmax(out[-1])))
-            out.append(llm.logits(ids))
-            assert llm.stats.n_prompt_processed == 1  # a decode step
+        _, steps = llm.generation(PROMPT, 4, SamplingParams(temperature=0), stop_at_eog=False)
+        out += [np.array(logits) for _, logits in steps]
+    assert len(out) == 5
     return out
 
 
