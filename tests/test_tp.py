@@ -2,9 +2,11 @@
 logits within float32 round-off of the single-shard logits (on synthetic models; a real
 model's outliers amplify the round-off: see test_smollm2_tp_agrees_with_one_node).
 
-Why round-off and not bit equality: with N ranks, attn_output and ffn_down are summed as N
-partial sums (each over a rank's columns) and then added, instead of one running sum, so
-the float32 additions happen in another order. Reordering a K-term float32 sum changes it
+Why round-off and not bit equality: these models' splits have no reduce units
+(numatp/parallel/plan.py; tests/test_reduce_units.py has bit equality where they do), so
+with N ranks attn_output and ffn_down are summed as N partial sums (each over a rank's
+columns) and then added, instead of one running sum: the float32 additions happen in
+another order. Reordering a K-term float32 sum changes it
 by at most ~K * 6e-8 * sum|terms|; for these models (K <= 512, activations O(1)) that is
 < 1e-5 per matmul, growing through the layers and the output head to ~1e-5 of the logits'
 scale. We allow 1e-4 of the largest logit magnitude. Virtual nodes share this machine's 2
