@@ -21,7 +21,8 @@ import synth
 from reference import int8_rounded
 from numatp.quant import formats as F
 from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert
-from numatp.quant.kernels import KernelSet
+from numatp.parallel.plan import split_even
+from numatp.quant.kernels import KernelSet, fold_units
 
 TOLERANCE = 5e-3
 
@@ -52,7 +53,10 @@ def numpy_experts(Wg, Wu, Wd, X, sel, wt, held):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("held", ["all", "even"])
-def test_expert_ffn_matches_numpy(case, held):
+@pytest.mark.parametrize("n_units", [1, 4])
+def test_expert_ffn_matches_numpy(case, held, n_units):
+    """The weighted expert outputs, as one reduce unit or four (numatp/parallel/plan.py:
+    each unit's partial over its columns of down, added up as the all-reduce would)."""
     qg, qd, E, n_ff, hidden, T, k = CASES[case]
     rng = np.random.default_rng(sum(map(ord, case)))
     G, Wg = stacked(rng, qg, E, n_ff, hidden)
@@ -65,10 +69,14 @@ def test_expert_ffn_matches_numpy(case, held):
     local = np.full(E, -1, np.int64)
     local[mine] = np.arange(len(mine))
     q_gu, q_d = F.parse_type(qg), F.parse_type(qd)
-    Y = np.full((T, hidden), np.nan, np.float32)
+    blocks = n_ff // F.block_size(q_d)
+    units = np.array([a for a, _ in split_even(blocks, n_units)] + [blocks], np.int64)
+    Yu = np.full((n_units, T, hidden), np.nan, np.float32)
     expert_ffn(KernelSet([q_gu, q_d]), q_gu, prepare_experts(q_gu, G[mine]), q_gu,
                prepare_experts(q_gu, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
-               hidden, hidden, local, X, sel, wt, Y)
+               hidden, hidden, units, local, X, sel, wt, Yu)
+    Y = np.zeros((T, hidden), np.float32)
+    fold_units(Yu, n_units, Y)
     want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine))
     assert np.abs(Y - want).max() <= TOLERANCE * np.abs(want).max()
 
