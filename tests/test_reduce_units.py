@@ -13,6 +13,9 @@ The models have 4 KV heads (a unit each) and attn_output units on whole blocks, 
 plan requires; tests/test_tp.py covers one that does not (its round-off then depends on
 the rank count).
 """
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -65,6 +68,9 @@ def test_one_two_and_four_ranks_are_bit_identical(tmp_path, name):
     for n in (1, 2, 4):   # the plan gives every rank 4 / n units: the test is not vacuous
         assert {s.n_units for s in shard_plan(g, cfg, n)} == {4 // n}
     g.close()
+    assert "the same logits on 1, 2 and 4 nodes" in subprocess.run(
+        [sys.executable, "-m", "numatp", "info", str(path), "--nodes", "2"],
+        capture_output=True, text=True, check=True).stdout
     one = run(path, 1)
     for n in (2, 4):
         for a, b in zip(one, run(path, n)):
