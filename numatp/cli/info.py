@@ -161,9 +161,10 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
         print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}"
           + (f", experts split by {d['moe_split']}" if d["experts"] and nodes > 1 else "") + ":")
+    from numatp.parallel.plan import REDUCE_UNITS
     units = sum(s["reduce_units"] for s in d["shards"])
     print(f"    row-split products summed as {units} reduce unit{'s' if units > 1 else ''}: "
-          + ("the same logits on 1, 2 and 4 nodes" if units == 4 else
+          + ("the same logits on 1, 2 and 4 nodes" if units == REDUCE_UNITS else
              "the node count changes the float round-off"))
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "

@@ -70,11 +70,13 @@ def moe_ffn_work(index, dims, T):
     hidden = dims[D_HIDDEN]
     n = max(index[W_DOWN_EXPS, UNITS], 1)
     ffn = dims[D_FFN] if has(index, SHARED_GATE) else 0
+    # the dense-FFN buffers without room for down's units: moe_ffn keeps the shared
+    # expert's units with the experts'
     shared = (np.empty((T, ffn), dtype=np.float32), np.empty((T, ffn), dtype=np.float32),
               np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32),
-              unit_buffer(index, W_DOWN, 0, 0))
+              np.empty(0, dtype=np.float32))
     return (np.empty((T, dims[D_EXPERTS]), np.float32), np.empty((T, k), np.int64),
-            np.empty((T, k), np.float32), local, np.empty(n * T * hidden, np.float32),
+            np.empty((T, k), np.float32), local, unit_buffer(index, W_DOWN_EXPS, T, hidden),
             np.empty(n * T * hidden if ffn else 0, np.float32), shared)
 
 
@@ -91,7 +93,9 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
     route(router_logits[s:], dims[D_EXPERT_NORM] != 0, sel[s:], wt[s:])
     eg, eu, ed = e + W_GATE_EXPS, e + W_UP_EXPS, e + W_DOWN_EXPS
     n = index[ed, UNITS]
-    routed = unit_view(routed_buf, n, T, hidden)
+    # one unit is the partial sum itself: written in place, nothing to fold
+    routed = (out[s:].reshape((1, T, hidden)) if n == 1 else
+              unit_view(routed_buf, n, T, hidden))
     if dims[D_EXPERT_FFN] > 0 and dims[D_E1] > dims[D_E0]:
         expert_ffn(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
                    matrix(arena, index, eu), index[ed, QTYPE], matrix(arena, index, ed),
@@ -113,7 +117,8 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
             for u in range(n):
                 for j in range(hidden):
                     routed[u, t, j] += scale * shared[u, t, j]
-    fold_units(routed, n, out[s:])
+    if n > 1:
+        fold_units(routed, n, out[s:])
 
 
 @njit

@@ -144,16 +144,16 @@ def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:
     """This shard's piece of tensor t, as its declaration splits it; a piece of input
     columns knows where its reduce units start, in blocks."""
     piece = _cut_piece(decl, t, cfg, shard)
-    if decl.split is not None and decl.split.axis == len(decl.shape) - 1 and piece.matrix:
-        length = t.shape[decl.split.axis]
-        per = length // getattr(cfg, PART_TOTALS[decl.split.part])
-        lo = extent(decl.split, length, cfg, shard)[0]
+    split = decl.split
+    if shard.n_units > 1 and piece.matrix and split and split.axis == len(decl.shape) - 1:
+        length = t.shape[split.axis]
+        per = length // getattr(cfg, PART_TOTALS[split.part])
+        lo = extent(split, length, cfg, shard)[0]
         bs = formats.block_size(t.qtype)
-        bounds = [(u * per - lo) for u in shard.unit_bounds(decl.split.part)]
-        if any(b % bs for b in bounds) and shard.n_units > 1:
+        bounds = [u * per - lo for u in shard.unit_bounds(split.part)]
+        if any(b % bs for b in bounds):
             raise ValueError(f"reduce units of {t.name} are not on its blocks")  # plan.py
-        if shard.n_units > 1:
-            piece.units = tuple(b // bs for b in bounds)
+        piece.units = tuple(b // bs for b in bounds)
     return piece
 
 

@@ -511,10 +511,11 @@ def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
     stride = row_stride(q, cols)
     for u in range(n):
         c0, c1 = units[u], units[u + 1]
-        Xu = np.ascontiguousarray(X[:, c0:c1])
         if c1 == c0:
             Yu[u] = 0
-        elif X.shape[0] == 1:
+            continue
+        Xu = np.ascontiguousarray(X[:, c0:c1])
+        if X.shape[0] == 1:
             _float_matvec(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu[0], Yu[u, 0])
         else:
             _float_matmul(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu, Yu[u])
