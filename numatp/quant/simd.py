@@ -23,6 +23,7 @@ Operations (all usable only inside @njit code):
   load_bytes(a, i, dtype, N), read_bytes(a, i, dtype), read_half(a, i)
                            typed reads at a byte offset of a uint8 array
   round_even, vabs, hmax   rounding, |v|, largest lane
+  vmax(a, b)               lane-wise larger of two float vectors (NaN if either is)
   stack_empty(N, dtype)    scratch array on the caller's stack
   prefetch(a, i)           cache hint for a[i]
   dot4(acc, u, s, small)   acc + the sum of each 4 consecutive products of unsigned bytes
@@ -532,6 +533,18 @@ def vabs(typingctx, vec):
         return _float_intrinsic_call(builder, "fabs", args)
 
     return vec(vec), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """Lane-wise larger of two float vectors; NaN where either lane is NaN."""
+    if not (isinstance(a, Vec) and isinstance(a.dtype, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _float_intrinsic_call(builder, "maximum", args)
+
+    return a(a, b), codegen
 
 
 @intrinsic
