@@ -287,11 +287,11 @@ def _row_of(r, T):
 
 # reassoc lets LLVM vectorize the q.k dot products (a float sum in a fixed order cannot
 # be); each head is still summed by one thread, so results do not depend on the threads.
-# The loops run over 1-D rows (K[p], V[p]) rather than indexing the 4-D caches element
-# by element, which let LLVM vectorize them: a 64-token chunk at position 448 of a
-# 32-head model ran 4x faster (50 -> 13 ms per layer on 2 threads). The softmax's
-# exponentials and the weighted sum of V are explicit vectors: one math.exp per score
-# cost more than its two dot products.
+# The loops run over 1-D rows (K[p], V[p], a local accumulator) rather than indexing the
+# 4-D caches element by element: LLVM then vectorizes both the dot products and the
+# weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
+# 4x faster (50 -> 13 ms per layer on 2 threads). The softmax's exponentials run
+# EXP_LANES at a time (_vexp): one math.exp per score cost more than its two dot products.
 @njit(parallel=True, fastmath={"reassoc", "contract"})
 def _attend(q, k_cache, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens against the cache, per local q head: token t, at
@@ -325,25 +325,31 @@ def _attend(q, k_cache, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, 
             store(scores, p, e)
             totals = totals + e
         inv = np.float32(1.0) / hsum(totals)
-        # The weighted sum of V: EXP_LANES of the head's dims at a time, their sums in
-        # a register while it runs over a block of positions whose values stay in L1
-        # for the next dims (one pass over all positions per EXP_LANES dims made long
-        # contexts slower); dims past the last whole vector one at a time.
-        acc = np.zeros(hd, dtype=np.float32)
-        hv = hd - hd % EXP_LANES
-        for p0 in range(0, n, V_BLOCK):
-            p1 = min(n, p0 + V_BLOCK)
-            for c in range(0, hv, EXP_LANES):
-                a = load(acc, c, EXP_LANES)
-                for p in range(p0, p1):
-                    a = fma(splat(scores[p], EXP_LANES), load(V[p], c, EXP_LANES), a)
-                store(acc, c, a)
-            for j in range(hv, hd):
-                for p in range(p0, p1):
-                    acc[j] += scores[p] * V[p, j]
         o = pad + h * hd
-        for j in range(hd):
-            out[t, o + j] = acc[j] * inv
+        if hd % EXP_LANES == 0:
+            # EXP_LANES of the head's dims at a time, their sums in a register while it
+            # runs over a block of positions whose values stay in L1 for the next dims
+            # (one pass over all positions per EXP_LANES dims made long contexts slower)
+            acc = np.zeros(hd, dtype=np.float32)
+            for p0 in range(0, n, V_BLOCK):
+                p1 = min(n, p0 + V_BLOCK)
+                for c in range(0, hd, EXP_LANES):
+                    a = load(acc, c, EXP_LANES)
+                    for p in range(p0, p1):
+                        a = fma(splat(scores[p], EXP_LANES), load(V[p], c, EXP_LANES), a)
+                    store(acc, c, a)
+            ot = out[t]
+            for c in range(0, hd, EXP_LANES):
+                store(ot, o + c, load(acc, c, EXP_LANES) * inv)
+        else:
+            acc1 = np.zeros(hd, dtype=np.float32)
+            for p in range(n):
+                w = scores[p]
+                vp = V[p]
+                for j in range(hd):
+                    acc1[j] += w * vp[j]
+            for j in range(hd):
+                out[t, o + j] = acc1[j] * inv
 
 
 @njit
