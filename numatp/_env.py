@@ -16,11 +16,19 @@ owns, or that cannot be written at all, is not used: Numba would quietly fall ba
 caching next to the package's sources, where the fingerprint does not apply. The
 kernels then go to a private temporary directory removed at exit (every run compiles
 again), and CACHE_PROBLEM says why, for the first-run notice.
+
+AMX (numatp/quant/amx.py) is decided here too, since the kernels compiled with and
+without it must not share a cache: it is used when the CPU Numba compiles for has
+AMX-INT8 and Linux grants this process the tile state, unless NUMATP_AMX=0. Kernels
+compiled with it live under their own cache directory (a "-amx" suffix, or an "amx"
+subdirectory of a NUMBA_CACHE_DIR given from outside).
 """
 import atexit
+import ctypes
 import errno
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +44,34 @@ def _source_fingerprint() -> str:
         st = path.stat()
         h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
+
+
+_ARCH_PRCTL = 158            # x86-64 syscall number
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+
+
+def _amx_usable() -> bool:
+    """Whether the kernels may use AMX tiles (see the module docstring)."""
+    if os.environ.get("NUMATP_AMX", "1") == "0" or platform.machine() != "x86_64":
+        return False
+    if os.environ.get("NUMBA_CPU_NAME", "host") != "host" or "NUMBA_CPU_FEATURES" in os.environ:
+        # another target than this CPU: only if it names AMX itself
+        if not {"+amx-tile", "+amx-int8"} <= set(os.environ.get("NUMBA_CPU_FEATURES", "").split(",")):
+            return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+        if not {"amx_tile", "amx_int8"} <= set(flags):
+            return False
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+AMX = _amx_usable()
 
 
 def cache_root() -> Path:
@@ -81,7 +117,7 @@ def _private_kernel_cache(path: Path) -> Path:
 
 def _numba_cache_dir():
     """(directory, problem): the fingerprinted cache, or a private temporary one and why."""
-    wanted = cache_root() / "numba" / _source_fingerprint()
+    wanted = cache_root() / "numba" / (_source_fingerprint() + ("-amx" if AMX else ""))
     try:
         return str(_private_kernel_cache(wanted)), None
     except OSError as e:
@@ -98,6 +134,18 @@ def _remove_if_mine(path, pid):
 CACHE_PROBLEM = None
 if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"], CACHE_PROBLEM = _numba_cache_dir()
+else:  # given from outside, or inherited from a parent (a worker's is its parent's)
+    _given = Path(os.environ["NUMBA_CACHE_DIR"])
+    if _given.name == "amx":
+        _plain = _given.parent
+    elif _given.name.endswith("-amx"):
+        _plain = _given.with_name(_given.name[:-len("-amx")])
+    else:
+        _plain = None
+    if AMX and _plain is None:
+        os.environ["NUMBA_CACHE_DIR"] = str(_given / "amx")
+    elif not AMX and _plain is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(_plain)
 
 
 def _compiled_marker(key: str) -> Path:

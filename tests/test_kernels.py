@@ -92,7 +92,7 @@ def test_matvec(qtype, rows, nblk, rng):
 
 
 @pytest.mark.parametrize("qtype", TYPES)
-@pytest.mark.parametrize("T", [2, 5, 9])
+@pytest.mark.parametrize("T", [2, 5, 9, 37])
 def test_batched(qtype, T, rng):
     rows = R + 7
     cols = _cols(qtype, 3) if qtype not in FLOATS else 29

@@ -106,13 +106,14 @@ def _gather(acts, order, k):
 @njit(parallel=True, boundscheck=False)
 def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, start, expert, G, U, H):
     groups = (n_ff + R - 1) // R
+    none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
         base = expert[a] * gu_bytes
         mine = _rows(acts, s, e)
-        _group_rows(kernels, qg, wg[base:base + gu_bytes], nblk, mine, G[s:e], g, n_ff)
-        _group_rows(kernels, qu, wu[base:base + gu_bytes], nblk, mine, U[s:e], g, n_ff)
+        _group_rows(kernels, qg, wg[base:base + gu_bytes], nblk, mine, none, G[s:e], g, n_ff)
+        _group_rows(kernels, qu, wu[base:base + gu_bytes], nblk, mine, none, U[s:e], g, n_ff)
         for p in range(s, e):
             for r in range(g * R, min(n_ff, (g + 1) * R)):
                 H[p, r] = _silu(G[p, r]) * U[p, r]
@@ -121,11 +122,12 @@ def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, start, exp
 @njit(parallel=True, boundscheck=False)
 def _experts_down(kernels, qd, wd, rows, nblk, units, d_bytes, acts, start, expert, D):
     groups = (rows + R - 1) // R
+    none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
         base = expert[a] * d_bytes
-        _group_units(kernels, qd, wd[base:base + d_bytes], nblk, units, _rows(acts, s, e), D,
+        _group_units(kernels, qd, wd[base:base + d_bytes], nblk, units, _rows(acts, s, e), none, D,
                      g, rows, s, e)
 
 

@@ -29,6 +29,12 @@ accumulators. No horizontal sums: a tile's result is one vector store per token.
 tile's code is generated per format and token count (_tile_source), since it is the
 same few lines unrolled over the units of a block and the tokens of a tile.
 
+With AMX (amx.py; Xeons since Sapphire Rapids), a prompt's tokens in whole groups of 16
+go through amx_span instead (_amx_span_source): one tile instruction per unit and 16
+tokens gives the same integer sums, scaled by the same float operations in the same
+order, so the results are the same bits (tests/test_amx.py); on the 16-core device it
+made prompt processing 1.16-1.42x faster. NUMATP_AMX=0 turns it off (numatp/_env.py).
+
 Float formats (F32, F16, BF16) multiply the float32 activations as they are, row by row
 (floats.py).
 
@@ -48,8 +54,9 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from numatp.quant import block32, floats, formats, kquants, packing
-from numatp.quant.activations import empty_activations, quantize_row
+from numatp import _env
+from numatp.quant import amx, block32, floats, formats, kquants, packing
+from numatp.quant.activations import GROUP, empty_activations, quantize_row
 from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
@@ -58,7 +65,7 @@ from numatp.quant.rowgroups import FORMATS, R
 from numatp.quant import rowgroups
 from numatp.quant.isa import dot_isa, target_features
 from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, convert, dot4, fma,
-                               prefetch, splat, stack_empty, store)
+                               load, prefetch, splat, stack_empty, store)
 
 # Block shape by type code, for jitted code (0: no kernel for that code).
 _MAX_CODE = 64
@@ -86,6 +93,11 @@ FAMILY[list(kquants.TYPES)] = _SUPER
 TOKENS = 8
 _CHAINS = 2 if dot_isa(target_features()) in ("vnni512", "avxvnni") else 1
 _FLOAT_TOKENS = 4   # rows of X per pass of the float batched path
+# Tokens per AMX tile (amx.py), 0 where the kernels do not use AMX: its tiles need the
+# 16-row groups of the 512-bit kernels.
+AMX_TOKENS = amx.ROWS if _env.AMX and R == amx.ROW_BYTES // 4 else 0
+AMX_REGS = ((0, 1), (3, 4))   # two sets of tile registers: sums, activations
+AMX_B = 2                     # the tile register of a unit's weights
 
 
 # -- packed tiles, generated per format and token count ----------------------------------------
@@ -148,6 +160,82 @@ def _tile_source(q, tokens):
     return "\n".join(L)
 
 
+def _amx_span_source(q):
+    """Source of amx_span(): R rows x the first n tokens (n a multiple of AMX_TOKENS) of
+    format q, over all blocks, with the same integer sums as _tile_source's and the same
+    float operations on them, in the same order.
+
+    Units run outside, tokens inside: a unit's weights are decoded into one B tile once
+    for all the tokens, and each 16 tokens' activations are an A tile; their product is
+    stored and scaled into float accumulators that stay in L1. Tile registers are not
+    renamed, so consecutive token groups use two sets of A and C registers (and of
+    scratch): one group's product runs while the other's sums are being scaled."""
+    fmt = FORMATS[q]
+    g = AMX_TOKENS
+    block_elems = formats.block_size(q)
+    block_bytes = R * formats.block_bytes(q)
+    per = "XS16" if fmt.unit == 16 else "XS32"   # sums of the activations, for offsets
+    L = [f"def {_tile_name(q, 'amx')}(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):",
+         "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
+         "    cols = XQ.shape[1]",
+         f"    B = stack_empty({R * fmt.unit}, np.uint8)",
+         f"    C0 = stack_empty({g * R}, np.int32)",
+         f"    C1 = stack_empty({g * R}, np.int32)",
+         f"    acc = np.zeros(n * R, np.float32)",
+         f"    off = np.zeros(n * R, np.float32)" if not fmt.zero else "",
+         f"    groups = n // {g}",
+         "    tile_config(CONFIG)"]
+
+    def group(ind, first, k):
+        """Lines for the token group starting at token `first`, with register set k."""
+        c, a = AMX_REGS[k]
+        body = [f"{ind}tile_load({a}, P, (eu >> 5) * {32 * 1} * n + ({first}) * 32 + (eu & 31), 32)",
+                f"{ind}tile_zero({c})",
+                f"{ind}tile_dot_{'ss' if fmt.zero else 'su'}({c}, {a}, {AMX_B})",
+                f"{ind}tile_store({c}, C{k}, 0, {4 * R})",
+                f"{ind}for i in range({g}):",
+                f"{ind}    t = {first} + i",
+                f"{ind}    isum = load(C{k}, i * R, R)"]
+        body.append(f"{ind}    store(acc, t * R, fma(convert(isum, np.float32), "
+                    f"S * XD[t, eu >> 5], load(acc, t * R, R)))")
+        if not fmt.zero:
+            body.append(f"{ind}    store(off, t * R, fma(M, splat({per}[t, eu // {fmt.unit}], R), "
+                        f"load(off, t * R, R)))")
+        return body
+
+    def unit_body(ind, u):
+        body = [f"{ind}u = {u}",
+                f"{ind}S, M = scales(w, ob, u)", f"{ind}v = vectors(w, ob, u)",
+                f"{ind}eu = e + u * {fmt.unit}"]
+        # q - zero as signed bytes (mod 256), for tdpbssd: the same integer sums as the
+        # vector tiles' sum of q x minus zero x sum(x)
+        body += [f"{ind}store(B, {4 * R * i}, v[{i}]{f' - np.uint8({fmt.zero})' if fmt.zero else ''})"
+                 for i in range(fmt.unit // 4)]
+        body += [f"{ind}tile_load({AMX_B}, B, 0, {4 * R})",
+                 f"{ind}for h in range(0, groups - 1, 2):"]
+        body += group(ind + "    ", f"h * {g}", 0) + group(ind + "    ", f"h * {g} + {g}", 1)
+        body.append(f"{ind}if groups % 2:")
+        body += group(ind + "    ", f"(groups - 1) * {g}", 0)
+        return body
+
+    L += ["    for b in range(nblk):",
+          f"        ob = go + b * {block_bytes}",
+          f"        e = e0 + b * {block_elems}"]
+    step = fmt.unroll
+    if fmt.units > step:
+        L.append(f"        for p in range({fmt.units // step}):")
+        for j in range(step):
+            L += unit_body("            ", f"p * {step} + {j}")
+    else:
+        for j in range(step):
+            L += unit_body("        ", f"{j}")
+    L += ["    tile_release()",
+          "    for t in range(n):",
+          "        _store_rows(Y[t], r0, nvalid, load(acc, t * R, R)" +
+          (")" if fmt.zero else " + load(off, t * R, R))")]
+    return "\n".join(line for line in L if line)
+
+
 def _tile_name(q, tokens):
     """Generated functions get names of their own: Numba's symbol for a function is its
     name, its argument types and a per-process counter, so two generated functions of
@@ -178,6 +266,32 @@ def _tile_ov(qtype, tokens, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     return namespace[_tile_name(q, n)]
 
 
+def amx_span(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):
+    """Y[t, r0 + r] as tile() computes it, for tokens t < n (a multiple of AMX_TOKENS,
+    P their activations as _quantize_tiles orders them), with AMX: the same bits.
+    qtype is a literal int."""
+
+
+@overload(amx_span, prefer_literal=True)
+def _amx_span_ov(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):
+    q = getattr(qtype, "literal_value", None)
+    if q not in FORMATS or not AMX_TOKENS:
+        return None
+    fmt = FORMATS[q]
+    shapes = {AMX_B: (fmt.unit // 4, 4 * R)}
+    for c, a in AMX_REGS:
+        shapes[c], shapes[a] = (AMX_TOKENS, 4 * R), (AMX_TOKENS, fmt.unit)
+    namespace = {"np": np, "R": R, "splat": splat, "convert": convert, "fma": fma,
+                 "load": load, "store": store, "stack_empty": stack_empty,
+                 "tile_config": amx.tile_config, "tile_release": amx.tile_release,
+                 "tile_load": amx.tile_load, "tile_store": amx.tile_store,
+                 "tile_zero": amx.tile_zero, "tile_dot_su": amx.tile_dot_su,
+                 "tile_dot_ss": amx.tile_dot_ss, "CONFIG": amx.tile_shapes(shapes),
+                 "scales": fmt.scales, "vectors": fmt.vectors, "_store_rows": _store_rows}
+    exec(_amx_span_source(q), namespace)
+    return namespace[_tile_name(q, "amx")]
+
+
 @njit(boundscheck=False)
 def _store_rows(y, r0, nvalid, v):
     if nvalid == R:
@@ -204,6 +318,10 @@ def _tile1(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """tile() for one token."""
 
 
+def _amx_span(kernels, qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):
+    """amx_span(), or nothing where the kernels do not use AMX."""
+
+
 def _tiles_half(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid):
     """tile() for TOKENS // 2 tokens."""
 
@@ -225,6 +343,9 @@ _CALLS = {
     _tiles: {
         _BLOCK32: f"tile({{q}}, {TOKENS}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)",
         _SUPER: f"tile({{q}}, {TOKENS}, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)"},
+    _amx_span: {
+        _BLOCK32: "amx_span({q}, w, go, nblk, e0, acts, P, n, Y, r0, nvalid)",
+        _SUPER: "amx_span({q}, w, go, nblk, e0, acts, P, n, Y, r0, nvalid)"} if AMX_TOKENS else {},
     _tile1: {
         _BLOCK32: "tile({q}, 1, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)",
         _SUPER: "tile({q}, 1, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)"},
@@ -239,7 +360,7 @@ _CALLS = {
         _BLOCK32: "dequant32({q}, w, o, nblk, out)",
         _SUPER: "dequant_k({q}, w, o, nblk, out)"},
 }
-_CALLEES = {"tile": tile, "dot_float": dot_float, "dot_float_x4": dot_float_x4,
+_CALLEES = {"tile": tile, "amx_span": amx_span, "dot_float": dot_float, "dot_float_x4": dot_float_x4,
             "dequant_float": dequant_float, "dequant32": dequant32, "dequant_k": dequant_k}
 
 
@@ -303,20 +424,25 @@ def _check(kernels, qtype):
 # -- quantized: row groups --------------------------------------------------------------------
 
 @njit(boundscheck=False)
-def _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows):
+def _group_rows(kernels, qtype, w, nblk, acts, P, Y, g, rows):
     """Row group g of a packed matrix of `rows` rows against every token."""
-    _group_span(kernels, qtype, w, g * nblk * R * BLOCK_BYTES[qtype], nblk, 0, acts, Y, g * R,
+    _group_span(kernels, qtype, w, g * nblk * R * BLOCK_BYTES[qtype], nblk, 0, acts, P, Y, g * R,
                 min(R, rows - g * R))
 
 
 @njit(boundscheck=False)
-def _group_span(kernels, qtype, w, go, nblk, e0, acts, Y, r0, nvalid):
+def _group_span(kernels, qtype, w, go, nblk, e0, acts, P, Y, r0, nvalid):
     """Rows r0 .. r0 + nvalid - 1 (a row group, its nblk blocks from byte go on) against
     every token's activations from element e0 on."""
     T = acts[0].shape[0]
-    full = T - T % TOKENS if T > 1 else 0
-    for t0 in range(0, full, TOKENS):
-        _tiles(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)
+    full = 0
+    if AMX_TOKENS and P.size:
+        full = P.size // acts[0].shape[1]
+        _amx_span(kernels, qtype, w, go, nblk, e0, acts, P, full, Y, r0, nvalid)
+    if T > 1:
+        for t0 in range(full, T - (T - full) % TOKENS, TOKENS):
+            _tiles(kernels, qtype, w, go, nblk, e0, acts, t0, T, Y, r0, nvalid)
+        full = T - (T - full) % TOKENS
     # A batched decode of a few sequences is mostly the rest: half a tile reads the
     # weights once for 4 of them (one-token tiles re-read them from L1 for each, and a
     # full tile's repeated lanes would do twice the work). Every tile sums a token alike.
@@ -328,7 +454,7 @@ def _group_span(kernels, qtype, w, go, nblk, e0, acts, Y, r0, nvalid):
 
 
 @njit(boundscheck=False)
-def _group_units(kernels, qtype, w, nblk, units, acts, Yu, g, rows, s, e):
+def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s, e):
     """Row group g against every token, each reduce unit u (blocks units[u] to
     units[u + 1] of the row) summed alone into Yu[u][s:e]: the same operations whatever
     the blocks around it, so a unit's sum does not depend on which rank holds it."""
@@ -340,25 +466,25 @@ def _group_units(kernels, qtype, w, nblk, units, acts, Yu, g, rows, s, e):
         b0, b1 = units[u], units[u + 1]
         if b1 > b0:
             _group_span(kernels, qtype, w, go + b0 * R * bb, b1 - b0, b0 * BLOCK_ELEMS[qtype],
-                        acts, Yu[u][s:e], r0, nvalid)
+                        acts, P, Yu[u][s:e], r0, nvalid)
         else:
             Yu[u, s:e, r0:r0 + nvalid] = 0
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear(kernels, qtype, w, rows, nblk, acts, Y):
+def _packed_linear(kernels, qtype, w, rows, nblk, acts, P, Y):
     for g in prange((rows + R - 1) // R):
-        _group_rows(kernels, qtype, w, nblk, acts, Y, g, rows)
+        _group_rows(kernels, qtype, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, Yu):
+def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
     for g in prange((rows + R - 1) // R):
-        _group_units(kernels, qtype, w, nblk, units, acts, Yu, g, rows, 0, Yu.shape[1])
+        _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, 0, Yu.shape[1])
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, Ya, Yb, Yc):
+def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb, Yc):
     ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
     for j in prange(ga + gb + (rc + R - 1) // R):
         i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
@@ -369,11 +495,11 @@ def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, Ya,
             q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
         else:
             q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
-        _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
+        _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, G, U, H, pad):
+def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad):
     T = acts[0].shape[0]
     for j in prange((rows + R - 1) // R):
         g = np.int64(j)
@@ -382,7 +508,7 @@ def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, G, U, H, pad):
                 q, w, Y = qg, wg, G
             else:
                 q, w, Y = qu, wu, U
-            _group_rows(kernels, q, w, nblk, acts, Y, g, rows)
+            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
         for t in range(T):
             for r in range(g * R, min(rows, (g + 1) * R)):
                 H[t, pad + r] = _silu(G[t, r]) * U[t, r]
@@ -423,6 +549,38 @@ def _quantize(X):
         for t in range(X.shape[0]):
             quantize_row(X, acts, t)
     return acts
+
+
+@njit(boundscheck=False)
+def _panel_row(XQ, n, t, P):
+    for b in range(XQ.shape[1] // GROUP):
+        store(P, (b * n + t) * GROUP, load(XQ[t], b * GROUP, GROUP))
+
+
+@njit(parallel=True, boundscheck=False)
+def _panel_tokens(XQ, n, P):
+    for t in prange(n):
+        _panel_row(XQ, n, t, P)
+
+
+@njit
+def _quantize_tiles(X):
+    """(_quantize(X), P): P holds the int8 activations of the first n tokens, n = T -
+    T % AMX_TOKENS, in the order AMX tiles read them: for each 32 columns, each token's
+    32 bytes in turn, so that 16 tokens' part of a unit is one run of contiguous bytes
+    (read from rows 2 KiB or more apart, it took AMX tiles 2x longer). Empty without
+    AMX, or with fewer than AMX_TOKENS tokens."""
+    acts = _quantize(X)
+    XQ = acts[0]
+    T, cols = XQ.shape
+    n = T - T % max(AMX_TOKENS, 1) if AMX_TOKENS else 0
+    P = np.empty(n * cols, np.int8)
+    if rows_in_parallel(n, cols):
+        _panel_tokens(XQ, n, P)
+    else:
+        for t in range(n):
+            _panel_row(XQ, n, t, P)
+    return acts, P
 
 
 # -- float formats: rows ----------------------------------------------------------------------
@@ -483,7 +641,8 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, q) != _FLOAT:
-        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], _quantize(X), Y)
+        acts, P = _quantize_tiles(X)
+        _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], acts, P, Y)
     elif X.shape[0] == 1:
         _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
     else:
@@ -503,8 +662,8 @@ def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, q) != _FLOAT:
-        _packed_linear_units(kernels, q, w, rows, cols // BLOCK_ELEMS[q], units, _quantize(X),
-                             Yu)
+        acts, P = _quantize_tiles(X)
+        _packed_linear_units(kernels, q, w, rows, cols // BLOCK_ELEMS[q], units, acts, P, Yu)
         return
     # Float rows: a unit is a range of each row's elements, times its slice of X.
     eb = row_stride(q, np.int64(1))
@@ -562,9 +721,9 @@ def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
     qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
     fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
     if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
+        acts, P = _quantize_tiles(X)
         _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
-                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], _quantize(X),
-                        Ya, Yb, Yc)
+                        np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], acts, P, Ya, Yb, Yc)
     else:
         linear(kernels, qa, wa, ra, cols, X, Ya)
         linear(kernels, qb, wb, rb, cols, X, Yb)
@@ -580,8 +739,9 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     qg, qu = np.int64(qg), np.int64(qu)
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
-        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], _quantize(X),
-                    G, U, H, np.int64(pad))
+        acts, P = _quantize_tiles(X)
+        _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], acts, P, G, U, H,
+                    np.int64(pad))
     else:
         linear(kernels, qg, wg, rows, cols, X, G)
         linear(kernels, qu, wu, rows, cols, X, U)
