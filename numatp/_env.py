@@ -74,6 +74,12 @@ def _amx_usable() -> bool:
 AMX = _amx_usable()
 
 
+def kernel_cache_name() -> str:
+    """The kernel cache's directory name under <cache root>/numba: the source fingerprint,
+    "-amx" added where the kernels use AMX."""
+    return _source_fingerprint() + ("-amx" if AMX else "")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("NUMATP_CACHE") or Path.home() / ".cache" / "numatp")
 
@@ -117,7 +123,7 @@ def _private_kernel_cache(path: Path) -> Path:
 
 def _numba_cache_dir():
     """(directory, problem): the fingerprinted cache, or a private temporary one and why."""
-    wanted = cache_root() / "numba" / (_source_fingerprint() + ("-amx" if AMX else ""))
+    wanted = cache_root() / "numba" / kernel_cache_name()
     try:
         return str(_private_kernel_cache(wanted)), None
     except OSError as e:

@@ -31,7 +31,7 @@ def _mode(path):
 def test_kernel_cache_is_private_under_umask_000(tmp_path):
     cache = tmp_path / "new" / "cache"
     _import_with_umask_000(cache)
-    kernels = cache / "numba" / _env._source_fingerprint()
+    kernels = cache / "numba" / _env.kernel_cache_name()
     assert any(kernels.iterdir())   # Numba did set up its cache there
     for d in (tmp_path / "new", cache, cache / "numba", kernels):
         assert _mode(d) == 0o700, d
@@ -39,7 +39,7 @@ def test_kernel_cache_is_private_under_umask_000(tmp_path):
 
 def test_kernel_cache_others_could_write_is_closed_and_emptied(tmp_path):
     """Made world-writable by an older numatp: someone else may have put pickles there."""
-    kernels = tmp_path / "cache" / "numba" / _env._source_fingerprint()
+    kernels = tmp_path / "cache" / "numba" / _env.kernel_cache_name()
     kernels.mkdir(parents=True)
     planted = kernels / "forward.step-1.py311.nbi"
     planted.write_text("not ours")
