@@ -177,7 +177,6 @@ def _amx_span_source(q):
     per = "XS16" if fmt.unit == 16 else "XS32"   # sums of the activations, for offsets
     L = [f"def {_tile_name(q, 'amx')}(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):",
          "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
-         "    cols = XQ.shape[1]",
          f"    B = stack_empty({R * fmt.unit}, np.uint8)",
          f"    C0 = stack_empty({g * R}, np.int32)",
          f"    C1 = stack_empty({g * R}, np.int32)",
@@ -189,7 +188,9 @@ def _amx_span_source(q):
     def group(ind, first, k):
         """Lines for the token group starting at token `first`, with register set k."""
         c, a = AMX_REGS[k]
-        body = [f"{ind}tile_load({a}, P, (eu >> 5) * {32 * 1} * n + ({first}) * 32 + (eu & 31), 32)",
+        # P's layout (_quantize_tiles): GROUP columns at a time, each token's in turn
+        body = [f"{ind}tile_load({a}, P, (eu // {GROUP} * n + {first}) * {GROUP} + eu % {GROUP}, "
+                f"{GROUP})",
                 f"{ind}tile_zero({c})",
                 f"{ind}tile_dot_{'ss' if fmt.zero else 'su'}({c}, {a}, {AMX_B})",
                 f"{ind}tile_store({c}, C{k}, 0, {4 * R})",
