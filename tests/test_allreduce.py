@@ -20,7 +20,8 @@ import pytest
 from numba import njit
 
 from numatp.shm.allreduce import (ABORTED, BAD_ARGS, OK, TIMED_OUT, AllReduceGroup,
-                                       allreduce)
+                                       PARALLEL_FLOATS, allreduce, allreduce_parts,
+                                       fold_parts)
 from numatp.shm.atomics import fetch_add, load_acquire, store_release
 from numatp.shm.segment import SharedSegment, leftover_segments
 
@@ -83,23 +84,30 @@ def test_fetch_add_loses_no_updates():
     assert words[0] == 1 + 400_000 and words[1] == 200_000
 
 
-def _inputs(seed, call, rank, n):
+def _inputs(seed, call, rank, n, parts=1):
+    """Rank `rank`'s parts in call `call`: (parts, n) float32."""
     rng = np.random.default_rng([seed, call, rank])
-    return (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+    return (rng.standard_normal((parts, n)) * 10.0 ** rng.integers(-3, 4, (parts, 1))
+            ).astype(np.float32)
 
 
-def _expected(seed, call, nranks, n):
-    x = [_inputs(seed, call, r, n) for r in range(nranks)]
-    if nranks == 4:  # the reduce units' tree (numatp/parallel/plan.py)
-        return (x[0] + x[1]) + (x[2] + x[3])
-    acc = x[0]
-    for r in range(1, nranks):
-        acc = acc + x[r]  # float32 + float32, in rank order
+def _n_parts(call, rank, max_parts):
+    """How many parts a rank holds in a call: varying by rank and by call, as reduce units
+    do (a rank of 4 holds 1 or 2 units of 6; the GPU's attention output is one part)."""
+    return 1 + (call + rank) % max_parts
+
+
+def _expected(seed, call, nranks, n, max_parts):
+    """Every rank's parts added one at a time, in rank order, float32."""
+    acc = None
+    for r in range(nranks):
+        for x in _inputs(seed, call, r, n, _n_parts(call, r, max_parts)):
+            acc = x.copy() if acc is None else acc + x
     return acc
 
 
 # One job = one group; job fields: (group name, nranks, max_floats, seed, calls, sizes,
-# slow_rank). Process p takes part, as rank p, in every job with nranks > p.
+# slow_rank, max_parts). Process p takes part, as rank p, in every job with nranks > p.
 def _rank_process(jobs, p, report_name, start):
     # Start together: ranks waiting on a peer that is still importing numba would spend
     # most of the run yielding to the importers of the other jobs.
@@ -107,7 +115,7 @@ def _rank_process(jobs, p, report_name, start):
     report_seg = SharedSegment.attach(report_name)
     report = report_seg.array(np.int64, 0, len(jobs) * 8 * 3).reshape(len(jobs), 8, 3)
     delays = np.random.default_rng(p)
-    for j, (name, nranks, max_floats, seed, calls, sizes, slow_rank) in enumerate(jobs):
+    for j, (name, nranks, max_floats, seed, calls, sizes, slow_rank, max_parts) in enumerate(jobs):
         if p >= nranks:
             continue
         group = AllReduceGroup.attach(name, nranks, max_floats, rank=p)
@@ -116,12 +124,18 @@ def _rank_process(jobs, p, report_name, start):
             n = sizes[call % len(sizes)]
             if p == slow_rank and delays.random() < 0.4:
                 time.sleep(delays.random() * 0.003)  # arrive late, and at random
-            x = _inputs(seed, call, p, n)
-            status = allreduce(ctl, data, p, nranks, x)
+            parts = _inputs(seed, call, p, n, _n_parts(call, p, max_parts))
+            if max_parts == 1:
+                x = parts[0]
+                status = allreduce(ctl, data, p, nranks, x)
+            else:
+                x = np.empty(n, np.float32)
+                status = allreduce_parts(ctl, data, p, nranks, parts, x)
             if status != OK:
                 report[j, p, 0] = status
                 break
-            if not np.array_equal(x.view(np.uint32), _expected(seed, call, nranks, n).view(np.uint32)):
+            want = _expected(seed, call, nranks, n, max_parts)
+            if not np.array_equal(x.view(np.uint32), want.view(np.uint32)):
                 report[j, p, 1] += 1
             report[j, p, 2] += 1
         del ctl, data
@@ -131,24 +145,29 @@ def _rank_process(jobs, p, report_name, start):
 
 
 def test_sums_are_exact_and_identical_on_every_rank():
-    specs = [  # nranks, calls, sizes, slow rank
-        (2, 60, SIZES, -1),
-        (3, 60, SIZES, -1),
-        (4, 48, SIZES, -1),
-        (7, 30, SIZES, -1),
+    specs = [  # nranks, calls, sizes, slow rank, most parts a rank holds
+        (2, 60, SIZES, -1, 1),
+        (3, 60, SIZES, -1, 1),
+        (4, 48, SIZES, -1, 1),
+        (7, 30, SIZES, -1, 1),
+        # Ranks with 1-3 parts each, a different count each call: the counts of two
+        # consecutive calls must not mix.
+        (3, 60, SIZES, 2, 3),
+        (4, 40, SIZES, -1, 2),
         # A rank that is often late while the others race ahead, with vectors large
         # enough that summing takes a while: a fast rank that overwrote a slot still
         # being read would show up as a mismatch here.
-        (3, 40, BIG_SIZES, 1),
+        (3, 40, BIG_SIZES, 1, 1),
     ]
     groups, jobs = [], []
     report_seg = SharedSegment.create("testreport", len(specs) * 8 * 3 * 8)
     procs = []
     try:
-        for seed, (nranks, calls, sizes, slow) in enumerate(specs):
-            g = AllReduceGroup.create(nranks, max(sizes), timeout_s=60)
+        for seed, (nranks, calls, sizes, slow, max_parts) in enumerate(specs):
+            g = AllReduceGroup.create(nranks, max_parts * max(sizes), timeout_s=60)
             groups.append(g)
-            jobs.append((g.name, nranks, max(sizes), seed, calls, sizes, slow))
+            jobs.append((g.name, nranks, max_parts * max(sizes), seed, calls, sizes, slow,
+                         max_parts))
         ctl, data = groups[0].arrays()
         allreduce(ctl, data, 0, 1, np.zeros(4, np.float32))  # compile (or load) once here
         del ctl, data
@@ -161,7 +180,7 @@ def test_sums_are_exact_and_identical_on_every_rank():
             proc.join(120)
         assert [proc.exitcode for proc in procs] == [0] * 7
         report = report_seg.array(np.int64, 0, len(specs) * 8 * 3).reshape(len(specs), 8, 3)
-        for j, (nranks, calls, _, _) in enumerate(specs):
+        for j, (nranks, calls, *_) in enumerate(specs):
             assert report[j, :nranks, 0].tolist() == [OK] * nranks, f"job {j}: statuses"
             assert report[j, :nranks, 1].tolist() == [0] * nranks, f"job {j}: wrong sums"
             assert report[j, :nranks, 2].tolist() == [calls] * nranks, f"job {j}: calls"
@@ -180,6 +199,28 @@ def test_single_rank_returns_at_once_and_leaves_x_alone():
     x = np.arange(5, dtype=np.float32)
     assert allreduce(np.zeros(1, np.int64), np.zeros(1, np.float32), 0, 1, x) == OK
     assert x.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_one_rank_folds_its_parts_as_ranks_add_them():
+    """One rank holding all the reduce units adds them in the order N ranks do, also in
+    the threaded fold of a prompt-sized vector (over PARALLEL_FLOATS)."""
+    for n in (3000, PARALLEL_FLOATS + 12345):
+        parts = _inputs(9, n, 0, n, 5)
+        out = np.empty(n, np.float32)
+        assert allreduce_parts(np.zeros(1, np.int64), np.zeros(1, np.float32), 0, 1, parts,
+                               out) == OK
+        want = (((parts[0] + parts[1]) + parts[2]) + parts[3]) + parts[4]
+        assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+        again = np.empty((1, n), np.float32)
+        fold_parts(parts.reshape(5, 1, n), again)
+        assert np.array_equal(again[0].view(np.uint32), want.view(np.uint32))
+
+
+def test_more_parts_than_the_group_holds_are_refused():
+    with AllReduceGroup.create(2, 100) as g:
+        ctl, data = g.arrays()
+        assert allreduce_parts(ctl, data, 0, 2, np.zeros((3, 40), np.float32),
+                               np.zeros(40, np.float32)) == BAD_ARGS
 
 
 def test_bad_arguments_are_refused():

@@ -10,8 +10,8 @@ from numatp.model.config import from_gguf
 from numatp.model.declare import bytes_per_token, cache_nbytes, cache_shape, present
 from numatp.model.gguf_file import GGUFFile
 from numatp.parallel.local import ShardState
-from numatp.parallel.plan import make_plan
-from numatp.parallel.shard import ffn_unit, plan_pieces
+from numatp.parallel.plan import heads_by_kv
+from numatp.parallel.shard import plan_pieces, shard_plan
 from numatp.quant import formats
 
 ARCHS = ("llama", "qwen2", "qwen3")   # the dense ones; tests/test_moe.py runs the others
@@ -57,7 +57,7 @@ def test_kv_cache_of_each_shard_is_its_kv_heads(model, n):
     ctx = 16
     per_head = cfg.n_layers * ctx * cfg.head_dim * 4 * 2   # keys and values, float32
     assert cache_nbytes(cfg, ctx) == per_head * cfg.n_kv_heads
-    for shard in make_plan(cfg, n, ffn_unit(g, cfg)):
+    for shard in shard_plan(g, cfg, n):
         k0, k1 = shard.kv_heads
         assert cache_nbytes(cfg, ctx, shard) == per_head * (k1 - k0)
         state = ShardState(g, cfg, shard, ctx)
@@ -77,11 +77,11 @@ def _span(piece, axis):
 @pytest.mark.parametrize("n", [2, 3, 4])
 def test_rank_pieces_split_each_tensor_as_declared(model, n):
     """A split tensor's pieces cover its axis in rank order, each rank the next slice, the
-    other axis whole; they overlap only where KV heads are replicated (fewer than ranks)
-    or neighbours share the quant block their column cut falls in. A replicated tensor
-    is whole on every rank."""
+    other axis whole; they overlap only where KV heads are replicated (query heads cut:
+    plan.heads_by_kv) or neighbours share the quant block their column cut falls in. A
+    replicated tensor is whole on every rank."""
     g, cfg = model
-    plan = make_plan(cfg, n, ffn_unit(g, cfg))
+    plan = shard_plan(g, cfg, n)
     shards = [plan_pieces(g, cfg, s) for s in plan]
     assert len({frozenset(p) for p in shards}) == 1   # every rank fills the same slots
     declarations = {id(t): d for d, _, t in present(g, cfg)}
@@ -93,7 +93,8 @@ def test_rank_pieces_split_each_tensor_as_declared(model, n):
             continue
         spans, length = zip(*(_span(p, split.axis) for p in pieces))
         assert spans[0][0] == 0 and spans[-1][1] == length[0]
-        may_overlap = split.axis == 1 or (split.part == "kv_heads" and cfg.n_kv_heads < n)
+        may_overlap = split.axis == 1 or (split.part == "kv_heads"
+                                          and not heads_by_kv(cfg, n))
         for (lo0, hi0), (lo1, hi1) in zip(spans, spans[1:]):
             assert lo0 <= lo1 <= hi0 <= hi1 if may_overlap else hi0 == lo1
         if split.axis == 1:

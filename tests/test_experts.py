@@ -22,7 +22,8 @@ from reference import int8_rounded
 from numatp.quant import formats as F
 from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert
 from numatp.parallel.plan import split_even
-from numatp.quant.kernels import KernelSet, fold_units
+from numatp.shm.allreduce import fold_parts
+from numatp.quant.kernels import KernelSet
 
 TOLERANCE = 5e-3
 
@@ -76,7 +77,7 @@ def test_expert_ffn_matches_numpy(case, held, n_units):
                prepare_experts(q_gu, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
                hidden, hidden, units, local, X, sel, wt, Yu)
     Y = np.zeros((T, hidden), np.float32)
-    fold_units(Yu, n_units, Y)
+    fold_parts(Yu, Y)
     want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine))
     assert np.abs(Y - want).max() <= TOLERANCE * np.abs(want).max()
 

@@ -6,7 +6,7 @@ import pytest
 
 from numatp.model.archs import get_arch
 from numatp.model.config import ModelConfig
-from numatp.parallel.plan import make_plan, split_even
+from numatp.parallel.plan import identical_counts, make_plan, split_even
 
 
 def cfg(n_heads, n_kv, ffn, vocab=1000, head_dim=64):
@@ -43,7 +43,7 @@ def test_plan_owns_everything_once(n_heads, n_kv, ffn, unit, n):
         h0, h1 = s.q_heads
         if h1 > h0:  # the KV heads a rank holds are exactly those its query heads read
             assert s.kv_heads == (h0 // c.group, (h1 - 1) // c.group + 1)
-    if n_kv >= n:  # whole groups: no KV head held twice
+    if n_kv >= max(n, 4):  # whole groups: no KV head held twice (plan.heads_by_kv)
         held = [k for s in plan for k in range(*s.kv_heads)]
         assert sorted(held) == list(range(n_kv))
 
@@ -54,24 +54,40 @@ def test_one_rank_holds_everything():
     assert (s.q_heads, s.kv_heads, s.ffn, s.vocab) == ((0, 14), (0, 2), (0, 4864), (0, 1000))
 
 
-def test_reduce_units_where_they_cut_evenly():
-    """numatp/parallel/plan.py: 4 fixed units, 4 / n per rank, where the KV heads are a
-    multiple of 4 and attn_output's blocks do not straddle a unit."""
-    c = cfg(16, 4, 1024)   # units of 4 heads x 64 = 256 columns
-    assert [s.n_units for s in make_plan(c, 1, 32, head_unit=256)] == [4]
-    assert [s.n_units for s in make_plan(c, 2, 32, head_unit=256)] == [2, 2]
-    assert [s.n_units for s in make_plan(c, 4, 32, head_unit=256)] == [1, 1, 1, 1]
-    # 3 ranks, whole experts per rank, blocks wider than a unit, 2 KV heads: one unit each
-    assert [s.n_units for s in make_plan(c, 3, 32)] == [1, 1, 1]
-    assert [s.n_units for s in make_plan(c, 2, 32, moe_split="experts")] == [1, 1]
-    assert [s.n_units for s in make_plan(c, 1, 32, head_unit=512)] == [1]
-    assert make_plan(cfg(16, 2, 1024), 1, 32)[0].n_units == 1
-    # a rank's units make up its ranges, and 2 ranks hold the 4-rank plan's units in pairs
-    four = make_plan(c, 4, 32)
-    for r, s in enumerate(make_plan(c, 2, 32)):
+def test_reduce_units_cut_at_the_same_fractions_for_every_count():
+    """numatp/parallel/plan.py: units between the cuts i/N of N = 1 to 4, every rank
+    holding the one-rank plan's units of its range, where attn_output's blocks allow."""
+    c = cfg(16, 4, 1024)   # KV groups of 4 heads x 64 = 256 columns
+    (one,) = make_plan(c, 1, 32, head_unit=256)
+    # cuts 0, 1/4, 1/3, 1/2, 2/3, 3/4, 1 of 4 KV heads (rounded half up) and of 32 blocks
+    assert one.unit_bounds("q_heads") == (0, 4, 4, 8, 12, 12, 16)
+    assert one.unit_bounds("ffn") == (0, 256, 352, 512, 672, 768, 1024)
+    for n, counts in ((2, [3, 3]), (3, [2, 2, 2]), (4, [1, 2, 2, 1])):
+        plan = make_plan(c, n, 32, head_unit=256)
+        assert [s.n_units for s in plan] == counts
         for part in ("q_heads", "ffn"):
-            bounds = s.unit_bounds(part)
-            assert bounds == tuple(getattr(u, part)[0] for u in four[2 * r:2 * r + 2]) + (
-                getattr(four[2 * r + 1], part)[1],)
-            assert (bounds[0], bounds[-1]) == getattr(s, part)
-        assert s.kv_heads == (four[2 * r].kv_heads[0], four[2 * r + 1].kv_heads[1])
+            joined = ()
+            for s in plan:
+                bounds = s.unit_bounds(part)
+                assert (bounds[0], bounds[-1]) == getattr(s, part)
+                joined += bounds[1:] if joined else bounds
+            assert joined == one.unit_bounds(part)
+    # 2 KV heads: query heads are cut, for every count
+    assert make_plan(cfg(16, 2, 1024), 1, 32)[0].unit_bounds("q_heads") == (
+        0, 4, 5, 8, 11, 12, 16)
+    assert make_plan(cfg(16, 2, 1024), 2, 32)[1].q_heads == (8, 16)
+
+
+def test_counts_whose_cuts_straddle_blocks_are_left_out():
+    c = cfg(16, 4, 1024)
+    assert identical_counts(c, 256) == (1, 2, 3, 4)
+    # blocks of 512 columns = 2 KV groups: only the cut at 1/2 lands on one
+    assert identical_counts(c, 512) == (1, 2)
+    assert [s.n_units for s in make_plan(c, 1, 32, head_unit=512)] == [2]
+    assert [s.n_units for s in make_plan(c, 2, 32, head_unit=512)] == [1, 1]
+    assert make_plan(c, 3, 32, head_unit=512)[0].units == ()
+    # Llama-7B's shape with Q4_K attn_output: 32 KV heads of 128, a third is 10.67 heads
+    assert identical_counts(cfg(32, 32, 11008, head_dim=128), 256) == (1, 2, 4)
+    # whole experts per rank, more than 4 ranks: one unit each
+    assert [s.n_units for s in make_plan(c, 2, 32, moe_split="experts")] == [1, 1]
+    assert {s.n_units for s in make_plan(c, 5, 32)} == {1}

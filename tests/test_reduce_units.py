@@ -1,17 +1,18 @@
-"""1, 2 and 4 ranks give bit-identical logits (numatp/parallel/plan.py: reduce units).
+"""1, 2, 3 and 4 ranks give bit-identical logits (numatp/parallel/plan.py: reduce units).
 
 Every row-split product (attn_output, ffn_down, each expert's down, a shared expert's
-down) is computed as four fixed units' partial sums added as ((u0 + u1) + (u2 + u3)),
-whatever the rank count: one rank adds all four, two ranks two each and then their
-sums, four ranks one each in the all-reduce's tree. Everything else is either the same
-computation on every rank (norms, the router) or a row's whole dot product on the rank
-that holds the row, so no tolerance is needed: the logits are compared for equality, in
-the prompt path (a 9-token and a 12-token prompt: full, half and one-token tiles) and in
-decode steps.
+down) is computed as six fixed units' partial sums (cut at every i/N for N = 1 to 4)
+added one at a time in unit order, whatever the rank count: one rank adds all six, N
+ranks publish the units of their ranges and the all-reduce adds them in the same order.
+Everything else is either the same computation on every rank (norms, the router) or a
+row's whole dot product on the rank that holds the row, so no tolerance is needed: the
+logits are compared for equality, in the prompt path (a 9-token and a 12-token prompt:
+full, half and one-token tiles) and in decode steps.
 
-The models have 4 KV heads (a unit each) and attn_output units on whole blocks, which the
-plan requires; tests/test_tp.py covers one that does not (its round-off then depends on
-the rank count).
+The models' cuts land on attn_output's blocks, which the plan requires; one has 2 KV
+heads (query heads are cut, the KV heads a cut shares are replicated).
+tests/test_tp.py covers a model whose cuts do not (its round-off then depends on the
+rank count).
 """
 import subprocess
 import sys
@@ -39,7 +40,8 @@ MODELS = {
     "llama-f16": dict(SMALL, arch="llama", ffn=192, qtype="F16"),
     "qwen2-q4_k_m": dict(KQUANT, arch="qwen2", ffn=1024),
     "qwen3-q8_0": dict(SMALL, arch="qwen3", ffn=256),
-    # 2 expert blocks over 4 units: two units of every expert are empty
+    "qwen2-2kv-q8_0": dict(SMALL, arch="qwen2", ffn=192, n_kv_heads=2),
+    # 2 expert blocks over 6 units: four units of every expert are empty
     "qwen3moe-q4_k_m": dict(KQUANT, arch="qwen3moe", ffn=256, expert_ffn=512, **MOE),
     "qwen2moe-q8_0": dict(SMALL, arch="qwen2moe", ffn=128, expert_ffn=96, shared_ffn=160,
                           **MOE),
@@ -60,18 +62,19 @@ def run(path, nodes):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_one_two_and_four_ranks_are_bit_identical(tmp_path, name):
+def test_one_to_four_ranks_are_bit_identical(tmp_path, name):
     path = synth.write_model(tmp_path / f"{name}.gguf", n_layers=2, vocab=300, seed=5,
                              **MODELS[name])
     g = GGUFFile(path)
     cfg = from_gguf(g)
-    for n in (1, 2, 4):   # the plan gives every rank 4 / n units: the test is not vacuous
-        assert {s.n_units for s in shard_plan(g, cfg, n)} == {4 // n}
+    # the plan gives the ranks the units of their ranges: the test is not vacuous
+    for n, units in ((1, [6]), (2, [3, 3]), (3, [2, 2, 2]), (4, [1, 2, 2, 1])):
+        assert [s.n_units for s in shard_plan(g, cfg, n)] == units
     g.close()
-    assert "the same logits on 1, 2 and 4 nodes" in subprocess.run(
+    assert "the same logits on 1, 2, 3 and 4 nodes" in subprocess.run(
         [sys.executable, "-m", "numatp", "info", str(path), "--nodes", "2"],
         capture_output=True, text=True, check=True).stdout
     one = run(path, 1)
-    for n in (2, 4):
+    for n in (2, 3, 4):
         for a, b in zip(one, run(path, n)):
             assert np.array_equal(a, b), f"{n} ranks: max difference {np.abs(a - b).max()}"

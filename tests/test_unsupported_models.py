@@ -159,12 +159,16 @@ def test_info_shows_each_nodes_experts_for_either_split(tmp_path, monkeypatch, c
     assert (code, d["moe_split"]) == (0, split)
     assert [s["experts"] for s in d["shards"]] == experts
     assert [s["expert_ffn"] for s in d["shards"]] == rows
-    # 2 KV heads cannot make the 4 reduce units of numatp/parallel/plan.py: one per node
-    assert [s["reduce_units"] for s in d["shards"]] == [1, 1]
+    # rows: each node holds 3 of numatp/parallel/plan.py's 6 reduce units; whole experts
+    # per node: one unit each, and no node counts that give the same bits
+    rows_split = split == "rows"
+    assert [s["reduce_units"] for s in d["shards"]] == ([3, 3] if rows_split else [1, 1])
+    assert d["identical_nodes"] == ([1, 2, 3, 4] if rows_split else [1])
     code, out, _ = run_main(["info", path, "--nodes", "2", "--moe-split", split], monkeypatch,
                             capsys)
     assert f"experts split by {split}:" in out
-    assert "summed as 2 reduce units: the node count changes the float round-off" in out
+    assert ("summed as 6 reduce units: the same logits on 1, 2, 3 and 4 nodes" if rows_split
+            else "summed as 2 reduce units: the node count changes the float round-off") in out
 
 
 def test_info_rejects_an_unknown_moe_split_in_one_line(tmp_path, monkeypatch, capsys):

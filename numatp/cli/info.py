@@ -17,7 +17,7 @@ def describe(path, n_nodes=1, ctx=None, moe_split="rows") -> dict:
     from numatp.errors import ModelFileError
     from numatp.model.config import from_gguf
     from numatp.model.gguf_file import GGUFFile
-    from numatp.parallel.shard import shard_bytes, shard_plan
+    from numatp.parallel.shard import shard_bytes, shard_identical_counts, shard_plan
 
     g = GGUFFile(path)
     contents = file_contents(g)
@@ -46,6 +46,9 @@ def describe(path, n_nodes=1, ctx=None, moe_split="rows") -> dict:
                        if cfg.n_experts else {}),
                     "reduce_units": s.n_units, "bytes": shard_bytes(g, cfg, s)}
                    for s in plan],
+        # node counts whose logits are the same bits (numatp/parallel/plan.py)
+        "identical_nodes": list(shard_identical_counts(g, cfg)
+                                if moe_split == "rows" or not cfg.n_experts else (1,)),
         "gpu": gpu_placement(g, cfg, ctx),
     }
 
@@ -161,11 +164,13 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
         print(f"  bytes read per generated token: {mb(d['bytes_per_token'])}")
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}"
           + (f", experts split by {d['moe_split']}" if d["experts"] and nodes > 1 else "") + ":")
-    from numatp.parallel.plan import REDUCE_UNITS
     units = sum(s["reduce_units"] for s in d["shards"])
+    same = d["identical_nodes"]
+    same = f"the same logits on {', '.join(map(str, same[:-1]))} and {same[-1]} nodes"
     print(f"    row-split products summed as {units} reduce unit{'s' if units > 1 else ''}: "
-          + ("the same logits on 1, 2 and 4 nodes" if units == REDUCE_UNITS else
-             "the node count changes the float round-off"))
+          + (same if nodes in d["identical_nodes"] and len(d["identical_nodes"]) > 1 else
+             "the node count changes the float round-off"
+             + (f" ({same})" if len(d["identical_nodes"]) > 1 else "")))
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "
               f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, "

@@ -20,10 +20,9 @@ from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_HIDDEN, D
                                    OFFSET, PAD, QTYPE, ROWS, UNIT0, UNITS)
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
-from numatp.quant.kernels import (fold_units, glu, linear, linear3, linear_units,
-                                  rows_in_parallel)
+from numatp.quant.kernels import glu, linear, linear3, linear_units, rows_in_parallel
 from numatp.quant.simd import bitcast, convert, fma, hsum, load, round_even, splat, store, vmax
-from numatp.shm.allreduce import allreduce
+from numatp.shm.allreduce import allreduce_parts
 
 # ---- the index --------------------------------------------------------------------------
 
@@ -85,15 +84,23 @@ def unit_product(kernels, arena, index, e, X, Yu):
 
 @njit
 def partial_product(kernels, arena, index, e, X, buf, Y):
-    """Y = X @ (the matrix at index row e).T for a matrix of this rank's input columns:
-    the rank's partial sum, its reduce units' partials added up (buf: unit_buffer's)."""
+    """X @ (the matrix at index row e).T for a matrix of this rank's input columns, as
+    the partial sums of its reduce units (numatp/parallel/plan.py) for the reduce to add
+    up: returns them as (n_units, T, width), in buf (unit_buffer's), or for one unit in
+    Y itself."""
     n = index[e, UNITS]
     if n == 1:
         matmul(kernels, arena, index, e, X, Y)
-    else:
-        Yu = unit_view(buf, n, X.shape[0], Y.shape[1])
-        unit_product(kernels, arena, index, e, X, Yu)
-        fold_units(Yu, n, Y)
+        return whole(Y)
+    Yu = unit_view(buf, n, X.shape[0], Y.shape[1])
+    unit_product(kernels, arena, index, e, X, Yu)
+    return Yu
+
+
+@njit
+def whole(Y):
+    """Y (T, width) as the one part of a partial sum: (1, T, width)."""
+    return Y.reshape((1, Y.shape[0], Y.shape[1]))
 
 
 @njit
@@ -357,11 +364,12 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
               work, out):
     """Self-attention of my heads for the tokens xb (normed; row t at position pos[t] of
     the sequence whose cache rows start at base[t]): all of them go into the KV cache;
-    rows s: (the tokens that go on) get attn_output over my heads' columns in out[s:], a
-    partial sum of the full projection for the reduce. The keys and values are all
-    written before any row attends, so a row sees the rows before it of its own sequence
-    in the same call (a prompt chunk). e: the layer's first index row; rope_cs:
-    rope_tables' (cos, sin); work: from attention_work."""
+    rows s: (the tokens that go on) get attn_output over my heads' columns, a partial sum
+    of the full projection for the reduce, returned as partial_product's parts (in
+    out[s:] for one unit). The keys and values are all written before any row attends,
+    so a row sees the rows before it of its own sequence in the same call (a prompt
+    chunk). e: the layer's first index row; rope_cs: rope_tables' (cos, sin); work: from
+    attention_work."""
     q, k, v, att, att_units = work
     k_cache, v_cache = kv_cache
     hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
@@ -386,7 +394,7 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
                 v_cache[layer, h, row, j] = v[t, h * hd + j]
     _attend(q[s:], k_cache, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
             dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
-    partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
+    return partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
 
 
 # ---- the dense FFN ----------------------------------------------------------------------
@@ -405,9 +413,9 @@ def dense_ffn_work(index, dims, T):
 @njit
 def dense_ffn(kernels, arena, index, e, xb, s, work, out):
     """SwiGLU over my FFN rows for rows s: of xb: my rows of gate and up, my columns of
-    down, into out[s:] (a partial sum for the reduce)."""
+    down; returns partial_product's parts (a partial sum for the reduce)."""
     h = ffn_glu(kernels, arena, index, e, xb, s, work)
-    partial_product(kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
+    return partial_product(kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
 
 
 @njit
@@ -438,9 +446,10 @@ def next_norm(layer, n_layers):
 
 
 @njit
-def reduce(group, v):
-    """Sum the rows v (a partial sum each rank made) over the ranks of `group`, the
-    all-reduce's (ctl, data, rank, n_ranks); returns at once for one rank. Returns the
-    all-reduce's status (0: done)."""
+def reduce(group, parts, out):
+    """out = the sum of every rank's partial sums (a block's parts) over the ranks of
+    `group`, the all-reduce's (ctl, data, rank, n_ranks), its units added one at a time in
+    plan order; one rank adds up its own parts the same way. Returns the all-reduce's
+    status (0: done)."""
     ctl, data, rank, n_ranks = group
-    return allreduce(ctl, data, rank, n_ranks, v.reshape(-1))
+    return allreduce_parts(ctl, data, rank, n_ranks, parts, out)

@@ -10,18 +10,19 @@ from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT
 
 
 @njit
-def after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
-    """The rest of a layer once proj[s:] holds this rank's share of its attention block's
-    output: reduce, residual and FFN norm, my FFN rows, reduce, residual and the next norm
-    into xb[s:]. Returns 0, or the reduce's non-zero status. (The GPU's step,
-    numatp/forward/offload.py, runs it after attention on the GPU.)"""
+def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer, s, work,
+                    group):
+    """The rest of a layer once `parts` hold this rank's share of its attention block's
+    output (rows s:): reduce into proj[s:], residual and FFN norm, my FFN rows, reduce,
+    residual and the next norm into xb[s:]. Returns 0, or the reduce's non-zero status.
+    (The GPU's step, numatp/forward/offload.py, runs it after attention on the GPU.)"""
     e = layer * LAYER_SLOTS
-    status = reduce(group, proj[s:])
+    status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    dense_ffn(kernels, arena, index, e, xb, s, work, proj)
-    status = reduce(group, proj[s:])
+    parts = dense_ffn(kernels, arena, index, e, xb, s, work, proj)
+    status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, next_norm(layer, dims[D_LAYERS])), eps,
@@ -53,10 +54,10 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
         # logits are its last token's; a batched decode wants every row's), so from its
         # attention on the layer runs for rows s: alone.
         s = T - n_out if layer == L - 1 else 0
-        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
-                  s, att_work, proj)
-        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s,
-                                 ffn_work, group)
+        parts = attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
+                          pos, base, s, att_work, proj)
+        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
+                                 s, ffn_work, group)
         if status != 0:
             return status
     # Output head: my vocabulary rows, for the rows that get logits.

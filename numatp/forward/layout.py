@@ -7,7 +7,7 @@ both; the blocks read them. Plain numbers, no Numba: the loader imports this too
 # (numatp/parallel/plan.py) has UNITS of them, the u-th from block UNIT0 + u to block
 # UNIT0 + u + 1 of its columns; any other has one, all its blocks.
 OFFSET, QTYPE, ROWS, COLS, NBYTES, PAD, UNITS, UNIT0 = range(8)
-MAX_UNITS = 4   # numatp/parallel/plan.py's REDUCE_UNITS
+MAX_UNITS = 6   # the units of numatp/parallel/plan.py's IDENTICAL_RANKS
 INDEX_COLS = UNIT0 + MAX_UNITS + 1
 
 # Fields of the int64 dims vector: the model's sizes, and the heads, FFN rows and

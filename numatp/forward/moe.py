@@ -16,11 +16,10 @@ from numba import njit
 
 from numatp.forward.blocks import (add_rmsnorm, attention, attention_work, ffn_glu, has,
                                    matmul, matrix, next_norm, reduce, rmsnorm, unit_buffer,
-                                   unit_product, unit_view, units, vector, widest)
+                                   unit_product, unit_view, units, vector, whole, widest)
 from numatp.forward.layout import (COLS, D_E0, D_E1, D_EXPERT_FFN, D_EXPERT_NORM, D_EXPERTS,
                                    D_EXPERTS_USED, D_FFN, D_HIDDEN, D_LAYERS, QTYPE, ROWS,
                                    UNITS)
-from numatp.quant.kernels import fold_units
 from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, ROUTER,
                                 SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE_EXPS, W_UP_EXPS)
 from numatp.quant.experts import expert_ffn
@@ -82,7 +81,8 @@ def moe_ffn_work(index, dims, T):
 
 @njit
 def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
-    """The MoE FFN of rows s: of xb into out[s:], this rank's partial sum for the reduce.
+    """The MoE FFN of rows s: of xb, this rank's partial sum for the reduce, returned as
+    partial_product's parts (in out[s:] for one unit).
     Each reduce unit (numatp/parallel/plan.py) gets its experts' weighted outputs and its
     part of the shared expert's before the units are added up, so that a unit's partial
     sum is the same whichever rank holds it."""
@@ -93,9 +93,8 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
     route(router_logits[s:], dims[D_EXPERT_NORM] != 0, sel[s:], wt[s:])
     eg, eu, ed = e + W_GATE_EXPS, e + W_UP_EXPS, e + W_DOWN_EXPS
     n = index[ed, UNITS]
-    # one unit is the partial sum itself: written in place, nothing to fold
-    routed = (out[s:].reshape((1, T, hidden)) if n == 1 else
-              unit_view(routed_buf, n, T, hidden))
+    # one unit is the partial sum itself: written in place
+    routed = whole(out[s:]) if n == 1 else unit_view(routed_buf, n, T, hidden)
     if dims[D_EXPERT_FFN] > 0 and dims[D_E1] > dims[D_E0]:
         expert_ffn(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
                    matrix(arena, index, eu), index[ed, QTYPE], matrix(arena, index, ed),
@@ -117,20 +116,20 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
             for u in range(n):
                 for j in range(hidden):
                     routed[u, t, j] += scale * shared[u, t, j]
-    if n > 1:
-        fold_units(routed, n, out[s:])
+    return routed
 
 
 @njit
-def after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
+def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer, s, work,
+                    group):
     """As the dense step's (numatp/forward/dense.py), with the MoE FFN."""
     e = layer * LAYER_SLOTS
-    status = reduce(group, proj[s:])
+    status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    moe_ffn(kernels, arena, index, dims, e, xb, s, work, proj)
-    status = reduce(group, proj[s:])
+    parts = moe_ffn(kernels, arena, index, dims, e, xb, s, work, proj)
+    status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, next_norm(layer, dims[D_LAYERS])), eps,
@@ -153,10 +152,10 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
     for layer in range(L):
         e = layer * LAYER_SLOTS
         s = T - n_out if layer == L - 1 else 0
-        attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
-                  s, att_work, proj)
-        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s,
-                                 ffn_work, group)
+        parts = attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
+                          pos, base, s, att_work, proj)
+        status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
+                                 s, ffn_work, group)
         if status != 0:
             return status
     matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 from numatp.forward import dense, moe
-from numatp.forward.blocks import dense_ffn_work, matmul, rmsnorm, vector
+from numatp.forward.blocks import dense_ffn_work, matmul, rmsnorm, vector, whole
 from numatp.forward.layout import D_HIDDEN, D_LAYERS
 from numatp.forward.moe import moe_ffn_work
 from numatp.model.slots import ATTN_NORM, LAYER_SLOTS, OUTPUT
@@ -45,14 +45,16 @@ def _begin_moe(arena, index, dims, eps, x, xb):
 @njit(cache=True, nogil=True)
 def _after_attention_dense(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
                            group):
-    return dense.after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
-                                 group)
+    # the GPU's attention output is one part: the whole projection on rank 0, zeros on
+    # the others
+    return dense.after_attention(kernels, arena, index, dims, eps, x, xb, proj,
+                                 whole(proj[s:]), layer, s, work, group)
 
 
 @njit(cache=True, nogil=True)
 def _after_attention_moe(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
-    return moe.after_attention(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work,
-                               group)
+    return moe.after_attention(kernels, arena, index, dims, eps, x, xb, proj, whole(proj[s:]),
+                               layer, s, work, group)
 
 
 @njit(cache=True, nogil=True)

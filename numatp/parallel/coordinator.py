@@ -56,13 +56,16 @@ class ProcessGroupModel:
         # ever free that memory.
         reclaim_stale_segments()
         try:
-            self._ar = AllReduceGroup.create(self.n_ranks, self.max_tokens * cfg.hidden)
+            # a rank publishes each of its reduce units' partial sums (plan.py)
+            ar_floats = self.max_tokens * cfg.hidden * max(s.n_units for s in self.plan)
+            self._ar = AllReduceGroup.create(self.n_ranks, ar_floats)
             self._channel = ControlChannel.create(self.n_ranks, groups=[self._ar])
             self._io = SharedSegment.create("io", io_nbytes(self.max_tokens, cfg.hidden,
                                                             cfg.vocab, n_slots))
             self._pos, self._base, self._x, self._logits = io_views(
                 self._io, self.max_tokens, cfg.hidden, cfg.vocab, n_slots)
-            names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name}
+            names = {"control": self._channel.name, "allreduce": self._ar.name, "io": self._io.name,
+                     "allreduce_floats": ar_floats}
             self._start(placements, model_path, ctx, names)
         except BaseException:
             # A worker still loading would see the quit command only once loaded.

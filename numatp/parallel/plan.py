@@ -5,23 +5,27 @@ Megatron-style, as in gpt-fast's tp.py: Q/K/V and gate/up are split by output ro
 an all-reduce adds up), the output head by vocabulary rows. The model code never sees N;
 it runs whatever ranges its shard was given.
 
-Reduce units, so that 1, 2 and 4 ranks give bit-identical results. A row-split product
-leaves partial sums over slices of its input columns, and float additions in another
-order give other bits: one rank summing a whole row is not two ranks summing halves and
-adding them. So the plan cuts those inner dimensions (the heads of attn_output, the FFN
-columns of ffn_down, each expert's) into REDUCE_UNITS fixed units, the same for every
-rank count, and gives each of N ranks (N dividing REDUCE_UNITS) REDUCE_UNITS / N whole
-units. Every unit's partial sum is computed alone, from zero, and the partials are added
-as one fixed tree, ((u0 + u1) + (u2 + u3)): a rank adds its own units' subtree, the
-all-reduce the rest (numatp/shm/allreduce.py sums 4 ranks as (r0 + r1) + (r2 + r3)).
+Reduce units, so that 1, 2, 3 and 4 ranks give bit-identical results. A row-split
+product leaves partial sums over slices of its input columns, and float additions in
+another order give other bits: one rank summing a whole row is not two ranks summing
+halves and adding them. So the plan cuts those inner dimensions (the heads of
+attn_output, the FFN columns of ffn_down, each expert's) at the same fractions whatever
+the rank count: every i/N for N in IDENTICAL_RANKS (0, 1/4, 1/3, 1/2, 2/3, 3/4, 1: six
+units). N ranks hold the units between r/N and (r + 1)/N each, every unit's partial sum
+is computed alone, from zero, and all of them are added one at a time in unit order,
+((u0 + u1) + u2) + ..., by the all-reduce (numatp/shm/allreduce.py: each rank publishes
+its units' partials, and one rank alone folds its own the same way).
 
-A model takes units when they cut evenly and on quant blocks: its KV heads a multiple of
-REDUCE_UNITS (so the units are whole KV groups and balanced for every N) and every unit
-boundary on a block of attn_output (FFN splits are on blocks already). Other models, 3
-or more than 4 ranks, and whole experts per node (--moe-split experts) keep one unit per
-rank: correct, but their round-off depends on the rank count.
+Where a cut cannot land on a quant block of attn_output (a 256-element block holding
+parts of two units' heads), the fractions it needs are left out, and with them the rank
+counts that need them (identical_counts); a rank count not among the identical ones, more
+than 4 ranks, and whole experts per node (--moe-split experts) keep one unit per rank:
+correct, but their round-off depends on the rank count. Models with fewer than 4 KV
+heads split query heads for every count (replicating the KV heads a cut shares), so that
+all counts cut the same head space.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
 
 from numatp.model.config import ModelConfig
 
@@ -31,15 +35,16 @@ MAX_RANKS = 1024
 
 
 def split_even(n_units: int, n: int) -> list:
-    """Near-equal contiguous ranges [(start, end), ...] of n_units over n parts; the first
-    n_units % n parts get one more."""
-    base, extra = divmod(n_units, n)
-    ranges, start = [], 0
-    for i in range(n):
-        end = start + base + (1 if i < extra else 0)
-        ranges.append((start, end))
-        start = end
-    return ranges
+    """Near-equal contiguous ranges [(start, end), ...] of n_units over n parts: part r
+    from position(r / n) to position((r + 1) / n), so that every rank count cuts at the
+    same places for the same fractions (the reduce units)."""
+    return [(position(Fraction(r, n), n_units), position(Fraction(r + 1, n), n_units))
+            for r in range(n)]
+
+
+def position(f: Fraction, n_units: int) -> int:
+    """Where fraction f of n_units falls: f * n_units rounded half up."""
+    return (2 * f.numerator * n_units + f.denominator) // (2 * f.denominator)
 
 
 @dataclass(frozen=True)
@@ -96,12 +101,48 @@ def check_moe_split(split: str):
         raise UsageError(f"invalid MoE split {split!r} (one of: {', '.join(MOE_SPLITS)})")
 
 
-# Units of the fixed reduce decomposition; rank counts that divide it are bit-identical.
-# (numatp/forward/layout.py's MAX_UNITS: not imported, because importing numatp.forward
-# loads Numba, and a spawned worker unpickles its Shard before it sets Numba's threads.)
-REDUCE_UNITS = 4
+# The rank counts whose results are bit-identical (where the model's blocks allow it:
+# identical_counts), and their cuts: every i/N of them.
+IDENTICAL_RANKS = (1, 2, 3, 4)
+# Counts tried in turn when a model's attn_output blocks do not allow all of them.
+_FALLBACK_COUNTS = ((1, 2, 3, 4), (1, 2, 4), (1, 2, 3), (1, 2), (1, 3), (1,))
 # The parts a row-split product's inner dimension is cut by (the units' parts).
 UNIT_PARTS = ("q_heads", "ffn", "expert_ffn")
+
+
+def cuts(counts) -> list:
+    """The fractions the reduce units of these rank counts run between, in order."""
+    return sorted({Fraction(i, n) for n in counts for i in range(n + 1)})
+
+
+def heads_by_kv(cfg: ModelConfig, n: int) -> bool:
+    """Whether n ranks split whole KV-head groups (else query heads, replicating the KV
+    heads a cut shares). Fewer KV heads than the largest identical count: query heads for
+    every count, so that all of them cut the same heads."""
+    return cfg.n_kv_heads >= max(n, IDENTICAL_RANKS[-1])
+
+
+def _bound(cfg: ModelConfig, part: str, f: Fraction, ffn_unit: int, expert_unit: int) -> int:
+    """Where fraction f of `part` falls, for the counts in IDENTICAL_RANKS: a query head,
+    an FFN column, a column of each expert."""
+    if part == "q_heads":
+        if heads_by_kv(cfg, 1):
+            return position(f, cfg.n_kv_heads) * cfg.group
+        return position(f, cfg.n_heads)
+    if part == "ffn":
+        return position(f, cfg.ffn // ffn_unit) * ffn_unit
+    return position(f, cfg.expert_ffn // expert_unit) * expert_unit
+
+
+def identical_counts(cfg: ModelConfig, head_unit: int = 1) -> tuple:
+    """The rank counts among IDENTICAL_RANKS that give this model the same bits: those
+    whose head cuts land on blocks of attn_output (head_unit: its block size); FFN cuts
+    are on blocks already."""
+    for counts in _FALLBACK_COUNTS:
+        if all(_bound(cfg, "q_heads", f, 1, 1) * cfg.head_dim % head_unit == 0
+               for f in cuts(counts)):
+            return counts
+    return (1,)
 
 
 def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1, expert_unit: int = 1,
@@ -116,38 +157,36 @@ def make_plan(cfg: ModelConfig, n: int, ffn_unit: int = 1, expert_unit: int = 1,
     if moe_split not in MOE_SPLITS:
         raise ValueError(f"unknown MoE split {moe_split!r} (one of {', '.join(MOE_SPLITS)})")
     plan = _ranges(cfg, n, ffn_unit, expert_unit, moe_split)
-    if REDUCE_UNITS % n or (n > 1 and moe_split != "rows"):
+    counts = identical_counts(cfg, head_unit)
+    if n not in counts or len(counts) == 1 or (n > 1 and moe_split != "rows"):
         return plan
-    units = _ranges(cfg, REDUCE_UNITS, ffn_unit, expert_unit, "rows")
-    if cfg.n_kv_heads % REDUCE_UNITS or any(
-            u.q_heads[0] * cfg.head_dim % head_unit for u in units):
-        return plan
-    per = REDUCE_UNITS // n
-    return [_merge(plan[r], units[r * per:(r + 1) * per]) for r in range(n)]
+    fs = cuts(counts)
+    return [_with_units(cfg, s, [f for f in fs if Fraction(r, n) <= f <= Fraction(r + 1, n)],
+                        ffn_unit, expert_unit) for r, s in enumerate(plan)]
 
 
-def _merge(shard: Shard, units: list) -> Shard:
-    """`shard` holding the consecutive `units`: their heads, FFN columns and expert rows,
-    with the units' boundaries."""
-    first, last = units[0], units[-1]
-    span = lambda part: (getattr(first, part)[0], getattr(last, part)[1])  # noqa: E731
-    bounds = tuple((part, tuple(getattr(u, part)[0] for u in units) + (span(part)[1],))
+def _with_units(cfg: ModelConfig, shard: Shard, fs: list, ffn_unit: int,
+                expert_unit: int) -> Shard:
+    """`shard` with the boundaries of its units, the cuts fs (its first to its last)."""
+    if len(fs) < 3:
+        return shard
+    bounds = tuple((part, tuple(_bound(cfg, part, f, ffn_unit, expert_unit) for f in fs))
                    for part in UNIT_PARTS)
-    return Shard(shard.rank, shard.n_ranks, span("q_heads"), span("kv_heads"), span("ffn"),
-                 shard.vocab, span("expert_ffn"), shard.experts,
-                 bounds if len(units) > 1 else ())
+    for part, b in bounds:   # the cuts are the rank's own range's
+        assert (b[0], b[-1]) == getattr(shard, part), (part, b, shard)
+    return replace(shard, units=bounds)
 
 
 def _ranges(cfg: ModelConfig, n: int, ffn_unit: int, expert_unit: int, moe_split: str) -> list:
     """Shards for n ranks, each one unit: near-equal ranges of every part."""
     g = cfg.group
-    if cfg.n_kv_heads >= n:
+    if heads_by_kv(cfg, n):
         # Whole KV-head groups per rank: GQA stays local, nothing replicated.
         kv = split_even(cfg.n_kv_heads, n)
         heads = [((k0 * g, k1 * g), (k0, k1)) for k0, k1 in kv]
     else:
-        # Fewer KV heads than ranks: split query heads; each rank holds (replicates) the
-        # KV heads its query heads read.
+        # Fewer KV heads than ranks (or than the identical counts, heads_by_kv): split
+        # query heads; each rank holds (replicates) the KV heads its query heads read.
         heads = []
         for h0, h1 in split_even(cfg.n_heads, n):
             k0, k1 = (h0 // g, (h1 - 1) // g + 1) if h1 > h0 else (0, 0)

@@ -30,14 +30,14 @@ from numatp.model.config import ModelConfig
 from numatp.model.declare import (BY_EXPERT_FFN_COLUMN, BY_FFN_COLUMN, BY_Q_HEAD_COLUMN,
                                   PART_TOTALS, STEP, extent, matrix_types, present)
 from numatp.model.slots import LAYER_SLOTS, MODEL_SLOTS, entry
-from numatp.parallel.plan import REDUCE_UNITS, Shard, make_plan
+from numatp.parallel.plan import IDENTICAL_RANKS, Shard, cuts, identical_counts, make_plan
 from numatp.quant import formats
 from numatp.quant.experts import experts_nbytes, prepare_experts
 from numatp.quant.kernel_set import KernelSet
 from numatp.quant.kernels import R, prepare, prepared_nbytes
 
 ALIGN = 64  # every tensor starts on a cache line
-assert REDUCE_UNITS <= layout.MAX_UNITS
+assert len(cuts(IDENTICAL_RANKS)) - 1 <= layout.MAX_UNITS
 # File bytes copied between two releases of their pages: small next to a model's arena,
 # large enough that the per-chunk calls (a madvise, a prepare) cost nothing.
 CHUNK_BYTES = 16 << 20
@@ -138,6 +138,12 @@ def shard_plan(gguf, cfg: ModelConfig, n: int, moe_split: str = "rows") -> list:
     """The shard plan of this model over n ranks, split points on whole quant blocks."""
     return make_plan(cfg, n, ffn_unit(gguf, cfg), _unit(gguf, cfg, BY_EXPERT_FFN_COLUMN),
                      moe_split, _unit(gguf, cfg, BY_Q_HEAD_COLUMN))
+
+
+def shard_identical_counts(gguf, cfg: ModelConfig) -> tuple:
+    """The node counts that give this model bit-identical results (plan.identical_counts):
+    (1, 2, 3, 4) unless attn_output's blocks straddle some of their head cuts."""
+    return identical_counts(cfg, _unit(gguf, cfg, BY_Q_HEAD_COLUMN))
 
 
 def _cut(decl, t, cfg: ModelConfig, shard: Shard) -> _Piece:

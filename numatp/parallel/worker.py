@@ -91,7 +91,8 @@ def _load(rank, placement, shard, model_path, ctx, max_tokens, names, n_slots, g
     gguf.close()
 
     channel = WorkerChannel.attach(names["control"], rank)
-    ar = AllReduceGroup.attach(names["allreduce"], shard.n_ranks, max_tokens * cfg.hidden, rank=rank)
+    ar = AllReduceGroup.attach(names["allreduce"], shard.n_ranks, names["allreduce_floats"],
+                               rank=rank)
     io_seg = SharedSegment.attach(names["io"])
     state.warm_up()  # before reporting ready
     report = {"rank": rank, "pid": os.getpid(), "cpus": list(placement.cpus),

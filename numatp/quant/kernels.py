@@ -5,8 +5,8 @@ Public entry points (all @njit, callable from other jitted code and from Python)
   linear(kernels, qtype, w, rows, cols, X, Y)
       Y[t, :] = W @ X[t, :] for every t; X is (T, cols), Y is (T, rows), both float32
       C-contiguous. w is the matrix as `prepare` returns it.
-  linear_units(kernels, qtype, w, rows, cols, units, X, Yu), fold_units(Yu, n, Y)
-      a row-split product as reduce units' partial sums, and their sum
+  linear_units(kernels, qtype, w, rows, cols, units, X, Yu)
+      a row-split product as reduce units' partial sums, for the reduce to add up
       (numatp/parallel/plan.py says why).
   linear3(...), glu(...)
       three products of one input (Q, K, V), and a SwiGLU's gate and up with its silu,
@@ -654,7 +654,7 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
 def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
     """Yu[u, t, :] = the product of X[t] with the columns of reduce unit u alone, for the
     units u: blocks units[u] to units[u + 1] of the matrix's columns (a partial sum that
-    fold_units adds up as every rank count does; numatp/parallel/plan.py). One unit
+    the reduce adds up as every rank count does; numatp/parallel/plan.py). One unit
     (units (0, all blocks)) is linear()."""
     n = units.shape[0] - 1
     if n == 1:
@@ -679,39 +679,6 @@ def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
             _float_matvec(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu[0], Yu[u, 0])
         else:
             _float_matmul(kernels, q, w[c0 * eb:], stride, rows, c1 - c0, Xu, Yu[u])
-
-
-@njit(parallel=True)
-def _fold_tokens(Yu, n, Y):
-    for t in prange(Y.shape[0]):
-        _fold_row(Yu, n, t, Y[t])
-
-
-@njit
-def _fold_row(Yu, n, t, y):
-    a, b, c, d = Yu[0, t], Yu[min(1, n - 1), t], Yu[min(2, n - 1), t], Yu[min(3, n - 1), t]
-    if n == 1:
-        for j in range(y.shape[0]):
-            y[j] = a[j]
-    elif n == 2:
-        for j in range(y.shape[0]):
-            y[j] = a[j] + b[j]
-    elif n == 4:
-        for j in range(y.shape[0]):
-            y[j] = (a[j] + b[j]) + (c[j] + d[j])
-    else:
-        raise ValueError("a rank holds 1, 2 or 4 reduce units")
-
-
-@njit
-def fold_units(Yu, n, Y):
-    """Y = the sum of the first n reduce units' partials Yu[:n] (n 1, 2 or 4), as the tree
-    ((u0 + u1) + (u2 + u3)) that the all-reduce continues across ranks."""
-    if rows_in_parallel(Y.shape[0], Y.shape[1]):
-        _fold_tokens(Yu, n, Y)
-    else:
-        for t in range(Y.shape[0]):
-            _fold_row(Yu, n, t, Y[t])
 
 
 @njit
@@ -779,5 +746,5 @@ def prepared_nbytes(qtype, rows, cols):
     return rows * formats.row_bytes(qtype, cols)
 
 
-__all__ = ["KernelSet", "linear", "linear_units", "fold_units", "dequantize_rows", "prepare", "prepared_nbytes",
+__all__ = ["KernelSet", "linear", "linear_units", "dequantize_rows", "prepare", "prepared_nbytes",
            "row_stride", "rowgroups"]

@@ -1,4 +1,4 @@
-"""Sum a float32 vector across the tensor-parallel ranks, through shared memory.
+"""Sum float32 partial results across the tensor-parallel ranks, through shared memory.
 
 Python (setup):
     group = AllReduceGroup.create(nranks, max_floats)          # coordinator, owns the memory
@@ -8,11 +8,19 @@ Python (setup):
     group.close()
 
 Jitted (callable from other @njit code and from Python; releases the GIL):
+    status = allreduce_parts(ctl, data, rank, nranks, parts, out)
+        parts: (n, ...) float32, C-contiguous: this rank's n partial results, each of
+        out's size; n * out.size <= max_floats. On return with status OK, out holds the
+        sum of every rank's parts, added one at a time in rank order and, within a rank,
+        in its parts' order: ((r0p0 + r0p1) + r1p0) + ..., bit-identical on every rank.
+        The ranks may hold different numbers of parts. Every rank must make the same
+        sequence of calls (same out sizes). nranks == 1 folds the parts the same way
+        without touching ctl or data (a single-process run may pass any int64/float32
+        arrays); that is how one rank adds up the reduce units that N ranks share
+        (numatp/parallel/plan.py), so that both give the same bits.
     status = allreduce(ctl, data, rank, nranks, x)
-        x: 1-D contiguous float32, len(x) <= max_floats. On return with status OK, x holds
-        the sum over ranks of their x, bit-identical on every rank. Every rank must make
-        the same sequence of calls (same lengths). nranks == 1 returns OK at once without
-        touching ctl or data, so a single-process run may pass any int64/float32 arrays.
+        the same with one part, x, summed in place.
+    fold_parts(parts, out): the one-rank fold.
     status is OK (0), ABORTED (1: the abort word was set, e.g. a peer died),
     TIMED_OUT (2: a peer did not arrive within the group's timeout) or BAD_ARGS (3).
     After a non-OK status the group is out of step and must not be used again.
@@ -21,12 +29,10 @@ The abort word lives in this group's own segment. ControlChannel.abort() sets it
 channel is handed the groups it should abort), so a dead worker stops its peers here too.
 
 Algorithm. Call number s (1, 2, ...) on rank r:
-  1. copy x into slot [s % 2][r]
+  1. copy its parts into slot [s % 2][r], their count into count[s % 2][r]
   2. store-release seq[r] = s                     (seq[r] has its own cache line)
   3. for every peer p: spin until load-acquire seq[p] >= s, watching the abort word
-  4. x = slot[s%2][0] + slot[s%2][1] + ... + slot[s%2][n-1], in rank order; 4 ranks as
-     (slot 0 + slot 1) + (slot 2 + slot 3), the tree of the shard plan's reduce units
-     (numatp/parallel/plan.py), so that 4 ranks add up as 1 and 2 do
+  4. out = the parts of slot[s%2][0], then of slot[s%2][1], ..., added one at a time
 Every rank adds the same numbers in the same order, so all get the same bits, and no
 second barrier is needed to say "everyone has read the slots".
 
@@ -36,7 +42,8 @@ which needs every peer's seq >= s + 1 (step 3). A peer stores seq = s + 1 in cal
 i.e. after it finished summing call s (program order, and the release store keeps those
 reads before it). So by then no one reads the slots of call s any more. A rank can run
 at most one call ahead of the slowest peer; that is why step 3 tests >= s and not == s:
-a fast peer may already have published s + 1, writing only the other buffer.
+a fast peer may already have published s + 1, writing only the other buffer (and the
+other count word: the counts have two places by parity too).
 (tests/test_allreduce.py runs a deliberately late rank; with one buffer it fails.)
 
 Caching: Numba's on-disk cache of a caller (cache=True) holds its own copy of this code
@@ -45,7 +52,7 @@ cache files (__pycache__/*.nbi, *.nbc), or they keep running the old version.
 
 Layout of the segment (LINE = 128 bytes: two cache lines, so the adjacent-line
 prefetcher does not make neighbours false-share):
-  int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r]
+  int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r], count[0][r], count[1][r]
   float32 data, at a page boundary: slot [b][r] at (b * nranks + r) * stride; stride is
   max_floats rounded up to whole 4 KiB pages so that each slot's pages are allocated by
   its owner, in that worker's NUMA node (attach(..., rank=r) reserves them; create()
@@ -53,7 +60,7 @@ prefetcher does not make neighbours false-share):
 """
 from numatp import _env  # noqa: F401
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from numatp.errors import NumatpError
 from numatp.shm.atomics import store_release
@@ -62,11 +69,12 @@ from numatp.shm.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
 
 OK = READY
 BAD_ARGS = 3
-__all__ = ["AllReduceGroup", "allreduce", "OK", "ABORTED", "TIMED_OUT", "BAD_ARGS"]
+__all__ = ["AllReduceGroup", "allreduce", "allreduce_parts", "fold_parts", "OK", "ABORTED",
+           "TIMED_OUT", "BAD_ARGS"]
 
 LINE = 16                      # int64 words per line (128 bytes)
 _PAGE_FLOATS = 1024            # 4 KiB
-_MAGIC = 0x6E756D617470_4101   # "numatp" + layout version
+_MAGIC = 0x6E756D617470_4102   # "numatp" + layout version
 
 # header words (line 0)
 H_MAGIC = 0
@@ -82,23 +90,42 @@ def _seq_index(rank):
     return LINE * (1 + rank)
 
 
+# A fold of more floats than this runs over threads (a prompt chunk's; not a decode step's
+# few thousand, for which a parallel region costs more than the adds).
+PARALLEL_FLOATS = 1 << 16
+_CHUNK = 4096   # floats a thread folds at a time: its parts' slices stay in L1/L2
+
+
 @njit(nogil=True)
 def allreduce(ctl, data, rank, nranks, x):
+    return allreduce_parts(ctl, data, rank, nranks, x.reshape((1, x.size)), x)
+
+
+@njit(nogil=True)
+def allreduce_parts(ctl, data, rank, nranks, parts, out):
+    n, m = parts.shape[0], out.size
+    flat = parts.reshape((n, m))
+    y = out.reshape(m)
     if nranks == 1:
+        fold_parts(parts, out)
         return OK
-    n = x.shape[0]
-    if nranks != ctl[H_NRANKS] or rank < 0 or rank >= nranks or n > ctl[H_MAX_FLOATS]:
+    if (nranks != ctl[H_NRANKS] or rank < 0 or rank >= nranks or n < 1
+            or n * m > ctl[H_MAX_FLOATS]):
         return BAD_ARGS
     stride = ctl[H_STRIDE]
     me = LINE * (1 + rank)
-    seq = ctl[me] + 1          # only this rank writes its seq word
-    base = (seq & 1) * nranks * stride
+    seq = ctl[me] + 1          # only this rank writes its seq word and counts
+    parity = seq & 1
+    base = parity * nranks * stride
 
     # Loops over slices indexed from 0: `data[off + i]` would make Numba check for a
     # negative index on every element, and that check stops LLVM from vectorizing.
-    mine = data[base + rank * stride:base + rank * stride + n]
-    for i in range(n):
-        mine[i] = x[i]
+    for j in range(n):
+        mine = data[base + rank * stride + j * m:base + rank * stride + (j + 1) * m]
+        src = flat[j]
+        for i in range(m):
+            mine[i] = src[i]
+    ctl[me + 1 + parity] = n
     store_release(ctl, me, seq)
 
     pause_ns = ctl[H_PAUSE_NS]
@@ -108,22 +135,63 @@ def allreduce(ctl, data, rank, nranks, x):
             status = wait_until_ge(ctl, LINE * (1 + p), seq, H_ABORT, pause_ns, timeout_ns)
             if status != READY:
                 return status
-
-    first = data[base:base + n]
-    if nranks == 4:   # the reduce units' tree (numatp/parallel/plan.py)
-        s1 = data[base + stride:base + stride + n]
-        s2 = data[base + 2 * stride:base + 2 * stride + n]
-        s3 = data[base + 3 * stride:base + 3 * stride + n]
-        for i in range(n):
-            x[i] = (first[i] + s1[i]) + (s2[i] + s3[i])
-        return OK
-    for i in range(n):
-        x[i] = first[i]
-    for p in range(1, nranks):
-        slot = data[base + p * stride:base + p * stride + n]
-        for i in range(n):
-            x[i] += slot[i]
+    # Every rank's parts, in order, as one (total, m) view per rank: the slots are
+    # stride apart, so gather the offsets.
+    total = 0
+    for p in range(nranks):
+        count = ctl[LINE * (1 + p) + 1 + parity]
+        if count < 1 or count * m > ctl[H_MAX_FLOATS]:
+            return BAD_ARGS
+        total += count
+    offsets = np.empty(total, np.int64)
+    k = 0
+    for p in range(nranks):
+        for j in range(ctl[LINE * (1 + p) + 1 + parity]):
+            offsets[k] = base + p * stride + j * m
+            k += 1
+    _fold_slots(data, offsets, y)
     return OK
+
+
+@njit(nogil=True)
+def fold_parts(parts, out):
+    """out = ((parts[0] + parts[1]) + parts[2]) + ..., parts (n, ...) of out.size each
+    (both C-contiguous). A single part that is out already is left as it is."""
+    n, m = parts.shape[0], out.size
+    if n == 1 and parts.ctypes.data == out.ctypes.data:
+        return
+    _fold_slots(parts.reshape(n * m), np.arange(n) * m, out.reshape(m))
+
+
+@njit(nogil=True)
+def _fold_slots(data, offsets, out):
+    """out = the vectors at `offsets` in data (out.size each), added one at a time."""
+    m = out.size
+    if m > PARALLEL_FLOATS:
+        _fold_chunks(data, offsets, out)
+    else:
+        _fold_range(data, offsets, out, 0, m)
+
+
+@njit(parallel=True)
+def _fold_chunks(data, offsets, out):
+    m = out.size
+    for c in prange((m + _CHUNK - 1) // _CHUNK):
+        _fold_range(data, offsets, out, c * _CHUNK, min(m, (c + 1) * _CHUNK))
+
+
+@njit(nogil=True)
+def _fold_range(data, offsets, out, i0, i1):
+    # Writing the first part before reading it is fine where out is that part itself (a
+    # single part folded in place); no other part overlaps out.
+    y = out[i0:i1]
+    first = data[offsets[0] + i0:offsets[0] + i1]
+    for i in range(i1 - i0):
+        y[i] = first[i]
+    for k in range(1, offsets.shape[0]):
+        src = data[offsets[k] + i0:offsets[k] + i1]
+        for i in range(i1 - i0):
+            y[i] += src[i]
 
 
 def _layout(nranks, max_floats):
