@@ -165,12 +165,15 @@ def info(model: Optional[str] = typer.Argument(None, help="GGUF file, known mode
     print(f"  shard plan over {nodes} node{'s' if nodes > 1 else ''}"
           + (f", experts split by {d['moe_split']}" if d["experts"] and nodes > 1 else "") + ":")
     units = sum(s["reduce_units"] for s in d["shards"])
-    same = d["identical_nodes"]
-    same = f"the same logits on {', '.join(map(str, same[:-1]))} and {same[-1]} nodes"
+    counts = d["identical_nodes"]
+    same = f"the same logits on {', '.join(map(str, counts[:-1]))} and {counts[-1]} nodes"
+    if nodes in counts and len(counts) > 1:
+        rounding = same
+    else:
+        rounding = "the node count changes the float round-off" + (
+            f" ({same})" if len(counts) > 1 else "")
     print(f"    row-split products summed as {units} reduce unit{'s' if units > 1 else ''}: "
-          + (same if nodes in d["identical_nodes"] and len(d["identical_nodes"]) > 1 else
-             "the node count changes the float round-off"
-             + (f" ({same})" if len(d["identical_nodes"]) > 1 else "")))
+          + rounding)
     for s in d["shards"]:
         print(f"    rank {s['rank']}: q heads {s['q_heads'][0]}:{s['q_heads'][1]}, kv heads "
               f"{s['kv_heads'][0]}:{s['kv_heads'][1]}, "

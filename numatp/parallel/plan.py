@@ -105,7 +105,7 @@ def check_moe_split(split: str):
 # identical_counts), and their cuts: every i/N of them.
 IDENTICAL_RANKS = (1, 2, 3, 4)
 # Counts tried in turn when a model's attn_output blocks do not allow all of them.
-_FALLBACK_COUNTS = ((1, 2, 3, 4), (1, 2, 4), (1, 2, 3), (1, 2), (1, 3), (1,))
+_FALLBACK_COUNTS = (IDENTICAL_RANKS, (1, 2, 4), (1, 2, 3), (1, 2), (1, 3), (1,))
 # The parts a row-split product's inner dimension is cut by (the units' parts).
 UNIT_PARTS = ("q_heads", "ffn", "expert_ffn")
 

@@ -135,8 +135,8 @@ def allreduce_parts(ctl, data, rank, nranks, parts, out):
             status = wait_until_ge(ctl, LINE * (1 + p), seq, H_ABORT, pause_ns, timeout_ns)
             if status != READY:
                 return status
-    # Every rank's parts, in order, as one (total, m) view per rank: the slots are
-    # stride apart, so gather the offsets.
+    # Where every rank's parts start in data, in order (the slots are stride apart, a
+    # slot's parts m apart); a count out of range means a corrupt or foreign segment.
     total = 0
     for p in range(nranks):
         count = ctl[LINE * (1 + p) + 1 + parity]
