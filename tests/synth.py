@@ -438,17 +438,20 @@ def _train_bpe(words: Counter, alphabet: set, n_merges: int) -> list:
         words = new_words
     # The text runs out of pairs before a large vocabulary is full: pad with merges of
     # existing tokens and letters, which are valid merges that simply never fire.
+    # A vocabulary larger than the tokens times the letters (Qwen's 151936) takes more
+    # passes, each over the tokens the last one made.
     letters = [s for s in sorted(alphabet) if s.isalpha()]
-    tokens = sorted(vocab, key=lambda s: (len(s), s))
-    for a in tokens:
-        for b in letters:
-            if len(merges) >= n_merges:
-                return merges
-            if a + b not in vocab:
-                merges.append((a, b))
-                vocab.add(a + b)
-    if len(merges) < n_merges:
-        raise ValueError(f"cannot build {n_merges} merges for this vocabulary size")
+    while len(merges) < n_merges:
+        before = len(merges)
+        for a in sorted(vocab, key=lambda s: (len(s), s)):
+            for b in letters:
+                if len(merges) >= n_merges:
+                    return merges
+                if a + b not in vocab:
+                    merges.append((a, b))
+                    vocab.add(a + b)
+        if len(merges) == before:
+            raise ValueError(f"cannot build {n_merges} merges for this vocabulary size")
     return merges
 
 

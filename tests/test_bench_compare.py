@@ -50,10 +50,13 @@ def test_errors_are_reported_and_leave_no_ratio():
     assert "llama.cpp: boom" in table
 
 
-def test_streamed_tensors_match_the_test_models():
+@pytest.mark.parametrize("family", ["llama", "qwen3moe"])
+def test_streamed_tensors_match_the_test_models(family):
     # bench/bench_models.py streams the synthetic model itself; its tensors must be the ones
     # tests/synth.py defines (names, order, shapes), or llama.cpp would see another model.
-    spec = synth.ModelSpec(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=512)
+    moe = dict(arch="qwen3moe", n_experts=4, n_experts_used=2, expert_ffn=64, head_dim=32)
+    spec = synth.ModelSpec(hidden=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, vocab=512,
+                           **(moe if family == "qwen3moe" else {}))
     expected = [(name, w.shape) for name, w in synth.intended_weights(spec).items()]
     assert [(name, shape) for name, shape, _ in models._tensors(spec)] == expected
 
