@@ -20,7 +20,7 @@ from gguf.quants import dequantize
 import synth
 from reference import int8_rounded
 from numatp.quant import formats as F
-from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert
+from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert, scratch_floats
 from numatp.parallel.plan import split_even
 from numatp.shm.allreduce import fold_parts
 from numatp.quant.kernels import KernelSet
@@ -75,7 +75,8 @@ def test_expert_ffn_matches_numpy(case, held, n_units):
     Yu = np.full((n_units, T, hidden), np.nan, np.float32)
     expert_ffn(KernelSet([q_gu, q_d]), q_gu, prepare_experts(q_gu, G[mine]), q_gu,
                prepare_experts(q_gu, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
-               hidden, hidden, units, local, X, sel, wt, Yu)
+               hidden, hidden, units, local, X, sel, wt, Yu,
+               np.empty(scratch_floats(T, k, n_ff, hidden, n_units), np.float32))
     Y = np.zeros((T, hidden), np.float32)
     fold_parts(Yu, Y)
     want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine))

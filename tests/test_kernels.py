@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as GT
 
 from numatp.quant import formats as F
 from numatp.quant import packing
-from numatp.quant.kernels import KernelSet, R, dequantize_rows, linear, prepare
+from numatp.quant.kernels import KernelSet, R, dequantize_rows, linear, linear_units, prepare
 
 # Types gguf can quantize itself; the others get random block bytes.
 GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
@@ -199,3 +199,28 @@ def test_zero_and_tiny_activation_groups(rng):
     linear(ALL, qtype, prepare(qtype, raw), rows, cols, X, Y)
     assert np.all(np.isfinite(Y))
     assert_close(qtype, Y, W, X)
+
+
+@pytest.mark.parametrize("T", [1, 5, 13, 37])
+@pytest.mark.parametrize("qtype", [pytest.param(q, id=F.type_name(q)) for q in packing.PACKED])
+def test_units_are_the_products_of_their_columns_alone(qtype, T):
+    """linear_units' unit u, bit for bit, is linear() over the columns of its blocks
+    alone: the one pass over a row group's blocks that serves every unit restarts each
+    unit's sums from zero (T covers a one-token tile, half tiles, full tiles and, with
+    AMX, a 16-token group; one unit is empty, as when a cut falls inside a block)."""
+    rng = np.random.default_rng(qtype * 100 + T)
+    nblk, be = 7, F.block_size(qtype)
+    rows, cols = R + 3, nblk * be
+    cuts = np.array([0, 2, 2, 3, 7], np.int64)
+    raw, _ = make_matrix(qtype, rows, cols, rng)
+    X = rng.standard_normal((T, cols)).astype(np.float32)
+    Yu = np.full((len(cuts) - 1, T, rows), np.nan, np.float32)
+    linear_units(ALL, qtype, prepare(qtype, raw), rows, cols, cuts, X, Yu)
+    bb = F.block_bytes(qtype)
+    for u, (b0, b1) in enumerate(zip(cuts[:-1], cuts[1:])):
+        want = np.zeros((T, rows), np.float32)
+        if b1 > b0:
+            part = np.ascontiguousarray(raw[:, b0 * bb:b1 * bb])
+            linear(ALL, qtype, prepare(qtype, part), rows, (b1 - b0) * be,
+                   np.ascontiguousarray(X[:, b0 * be:b1 * be]), want)
+        assert np.array_equal(Yu[u].view(np.uint32), want.view(np.uint32)), f"unit {u}"

@@ -22,7 +22,7 @@ from numatp.forward.layout import (COLS, D_E0, D_E1, D_EXPERT_FFN, D_EXPERT_NORM
                                    UNITS)
 from numatp.model.slots import (ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT, ROUTER,
                                 SHARED_GATE, W_DOWN, W_DOWN_EXPS, W_GATE_EXPS, W_UP_EXPS)
-from numatp.quant.experts import expert_ffn
+from numatp.quant.experts import expert_ffn, scratch_floats
 
 
 @njit
@@ -60,8 +60,8 @@ def route(router_logits, normalise, sel, wt):
 def moe_ffn_work(index, dims, T):
     """Buffers of `moe_ffn` for T tokens: router logits, choices, weights, the local
     number of each expert (-1: held by another rank), the experts' and the shared
-    expert's reduce units' partial sums, and the shared expert's dense-FFN buffers
-    (empty without a shared expert)."""
+    expert's reduce units' partial sums, the shared expert's dense-FFN buffers
+    (empty without a shared expert) and expert_ffn's scratch."""
     k = dims[D_EXPERTS_USED]
     local = np.full(dims[D_EXPERTS], -1, np.int64)
     for e in range(dims[D_E0], dims[D_E1]):
@@ -74,9 +74,10 @@ def moe_ffn_work(index, dims, T):
     shared = (np.empty((T, ffn), dtype=np.float32), np.empty((T, ffn), dtype=np.float32),
               np.zeros((T, widest(index, dims[D_LAYERS], W_DOWN)), dtype=np.float32),
               np.empty(0, dtype=np.float32))
+    scratch = np.empty(scratch_floats(T, k, dims[D_EXPERT_FFN], hidden, n), np.float32)
     return (np.empty((T, dims[D_EXPERTS]), np.float32), np.empty((T, k), np.int64),
             np.empty((T, k), np.float32), local, unit_buffer(index, W_DOWN_EXPS, T, hidden),
-            np.empty(n * T * hidden if ffn else 0, np.float32), shared)
+            np.empty(n * T * hidden if ffn else 0, np.float32), shared, scratch)
 
 
 @njit
@@ -86,7 +87,7 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
     Each reduce unit (numatp/parallel/plan.py) gets its experts' weighted outputs and its
     part of the shared expert's before the units are added up, so that a unit's partial
     sum is the same whichever rank holds it."""
-    router_logits, sel, wt, local, routed_buf, shared_buf, shared_work = work
+    router_logits, sel, wt, local, routed_buf, shared_buf, shared_work, scratch = work
     X = xb[s:]
     T, hidden = X.shape[0], out.shape[1]
     matmul(kernels, arena, index, e + ROUTER, X, router_logits[s:])
@@ -99,7 +100,7 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
         expert_ffn(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
                    matrix(arena, index, eu), index[ed, QTYPE], matrix(arena, index, ed),
                    index[eg, ROWS], index[eg, COLS], index[ed, ROWS], units(index, ed), local,
-                   X, sel[s:], wt[s:], routed)
+                   X, sel[s:], wt[s:], routed, scratch)
     else:
         routed[:] = 0
     if has(index, e + SHARED_GATE) and dims[D_FFN] > 0:

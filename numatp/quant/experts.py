@@ -161,14 +161,22 @@ def _quantize_pairs(H, acts):
 
 
 @njit
+def scratch_floats(T, k, n_ff, rows, n_units):
+    """Floats of expert_ffn's scratch for T tokens choosing k experts each."""
+    return T * k * (3 * n_ff + n_units * rows)
+
+
+@njit
 def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, X, sel, wt,
-               Yu):
+               Yu, scratch):
     """Yu[u, t] = sum over j of wt[t, j] * down_e,u(silu(gate_e(X[t])) * up_e(X[t])),
     e = sel[t, j], over the experts held here (local[e] >= 0), down_e,u being reduce unit
     u of down_e's columns (units: their first blocks and the end; numatp/parallel/plan.py):
     each unit's weighted sum is the same on any rank that holds it. Yu (n_units, T, rows)
-    is overwritten. Quantized expert types only; n_ff and cols whole blocks of their
-    types."""
+    is overwritten. scratch: float32, scratch_floats() long at least; the caller keeps it
+    from call to call, since a prompt chunk's (50 MB for 128 tokens of Qwen3-30B-A3B's
+    experts in 6 units) would otherwise be mapped and faulted in again in every layer.
+    Quantized expert types only; n_ff and cols whole blocks of their types."""
     qg, qu, qd = np.int64(qg), np.int64(qu), np.int64(qd)
     n_ff, cols, rows = np.int64(n_ff), np.int64(cols), np.int64(rows)
     if (_check(kernels, qg) == _FLOAT or _check(kernels, qu) == _FLOAT
@@ -178,15 +186,19 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, 
     order, start, expert = route_by_expert(sel, local)
     pairs = order.shape[0]
     acts = _gather(_quantize(X), order, k)
-    G = np.empty((pairs, n_ff), np.float32)
-    U = np.empty((pairs, n_ff), np.float32)
-    H = np.empty((pairs, n_ff), np.float32)
+    n_units = units.shape[0] - 1
+    if scratch.shape[0] < scratch_floats(pairs, 1, n_ff, rows, n_units):
+        raise ValueError("expert_ffn's scratch is too small")
+    G = scratch[:pairs * n_ff].reshape((pairs, n_ff))
+    U = scratch[pairs * n_ff:2 * pairs * n_ff].reshape((pairs, n_ff))
+    H = scratch[2 * pairs * n_ff:3 * pairs * n_ff].reshape((pairs, n_ff))
+    D = scratch[3 * pairs * n_ff:(3 * n_ff + n_units * rows) * pairs].reshape(
+        (n_units, pairs, rows))
     gu_bytes = _expert_bytes(qg, n_ff, cols)
     _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols // BLOCK_ELEMS[qg], gu_bytes, acts,
                  start, expert, G, U, H)
     hacts = empty_activations(pairs, n_ff)
     _quantize_pairs(H, hacts)
-    D = np.empty((units.shape[0] - 1, pairs, rows), np.float32)
     _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], units,
                   _expert_bytes(qd, rows, n_ff), hacts, start, expert, D)
     where = np.full(T * k, -1, np.int64)
