@@ -128,7 +128,7 @@ def _experts_down(kernels, qd, wd, rows, nblk, units, d_bytes, acts, start, expe
         s, e = start[a], start[a + 1]
         base = expert[a] * d_bytes
         _group_units(kernels, qd, wd[base:base + d_bytes], nblk, units, _rows(acts, s, e), none, D,
-                     g, rows, s, e)
+                     g, rows, s)
 
 
 @njit

@@ -413,8 +413,8 @@ _CALLS = {
         _BLOCK32: "dequant32({q}, w, o, nblk, out)",
         _SUPER: "dequant_k({q}, w, o, nblk, out)"},
 }
-_CALLEES = {"tile": tile, "tile_units": tile_units, "amx_span": amx_span, "dot_float": dot_float, "dot_float_x4": dot_float_x4,
-            "dequant_float": dequant_float, "dequant32": dequant32, "dequant_k": dequant_k}
+_CALLEES = {"tile": tile, "tile_units": tile_units, "amx_span": amx_span, "dot_float": dot_float,
+            "dot_float_x4": dot_float_x4, "dequant_float": dequant_float, "dequant32": dequant32, "dequant_k": dequant_k}
 
 
 def _generate_dispatch(stub):
@@ -507,11 +507,11 @@ def _group_span(kernels, qtype, w, go, nblk, e0, acts, P, Y, r0, nvalid):
 
 
 @njit(boundscheck=False)
-def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s, e):
-    """Row group g against every token, each reduce unit u (blocks units[u] to
-    units[u + 1] of the row) summed alone into Yu[u][s:e]: the same operations whatever
-    the blocks around it, so a unit's sum does not depend on which rank holds it.
-    The vector tiles serve all units in one pass over the row's blocks: a unit of a few
+def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s):
+    """Row group g against every token (acts: the rows s: of Yu's tokens), each reduce
+    unit u (blocks units[u] to units[u + 1] of the row) summed alone into Yu[u][s:]: the
+    same operations whatever the blocks around it, so a unit's sum does not depend on
+    which rank holds it. The vector tiles serve all units in one pass over the row's blocks: a unit of a few
     blocks as a span of its own paid a tile's setup and token tails for little work (an
     expert's down, 768 columns in 6 units, ran 2.6x slower than one span). AMX spans
     stay one per unit."""
@@ -552,7 +552,7 @@ def _packed_linear(kernels, qtype, w, rows, nblk, acts, P, Y):
 @njit(parallel=True, boundscheck=False)
 def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
     for g in prange((rows + R - 1) // R):
-        _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, 0, Yu.shape[1])
+        _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, 0)
 
 
 @njit(parallel=True, boundscheck=False)
