@@ -814,9 +814,10 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     rows, cols = np.int64(rows), np.int64(cols)
     if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
         acts, P = _quantize_tiles(X)
-        # One token: each thread streams its gate rows, then its up rows. Alternating the
-        # two matrices by row group (as below) made a 1.1B Q4_K_M's gate and up 1.25x
-        # slower on one thread, 1.08x on two, than two products one after the other.
+        # One token: the threads' contiguous runs of row groups cover gate's, then up's,
+        # each a stream of one matrix. Alternating the two by row group (as below) made
+        # a 1.1B Q4_K_M's gate and up 1.25x slower on one thread, 1.08x on two, than two
+        # products one after the other.
         if X.shape[0] == 1:
             _packed_glu_streams(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], acts, P,
                                 G, U)
