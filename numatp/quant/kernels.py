@@ -175,7 +175,7 @@ def _tile_source(q, tokens, units=False):
         return "\n".join(L + store("    "))
     L.append("        if b + 1 == cuts[k + 1]:")
     L += store("            ")
-    L += [line for t in range(tokens) for line in (f"            a{t} = zf", f"            f{t} = zf")]
+    L += [f"            {acc}{t} = zf" for t in range(tokens) for acc in "af"]
     L += ["            k += 1", "            while k < n_units and cuts[k + 1] == cuts[k]:"]
     L += store("                ", "zf") + ["                k += 1"]
     return "\n".join(L)
@@ -191,7 +191,8 @@ def _prefetches(ind, block_bytes, steps):
     lines = -(-block_bytes // CACHE_LINE)
     per = -(-lines // steps)
     if steps == 1:
-        return [f"{ind}prefetch(w, ob + {PREFETCH_AHEAD + k * CACHE_LINE})" for k in range(lines)]
+        return [f"{ind}prefetch(w, ob + {PREFETCH_AHEAD + k * CACHE_LINE})"
+                for k in range(lines)]
     return [f"{ind}prefetch(w, ob + p * {per * CACHE_LINE} + {PREFETCH_AHEAD + k * CACHE_LINE})"
             for k in range(per)]
 
@@ -428,7 +429,8 @@ _CALLS = {
         _SUPER: "dequant_k({q}, w, o, nblk, out)"},
 }
 _CALLEES = {"tile": tile, "tile_units": tile_units, "amx_span": amx_span, "dot_float": dot_float,
-            "dot_float_x4": dot_float_x4, "dequant_float": dequant_float, "dequant32": dequant32, "dequant_k": dequant_k}
+            "dot_float_x4": dot_float_x4, "dequant_float": dequant_float, "dequant32": dequant32,
+            "dequant_k": dequant_k}
 
 
 def _generate_dispatch(stub):
@@ -525,10 +527,10 @@ def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s):
     """Row group g against every token (acts: the rows s: of Yu's tokens), each reduce
     unit u (blocks units[u] to units[u + 1] of the row) summed alone into Yu[u][s:]: the
     same operations whatever the blocks around it, so a unit's sum does not depend on
-    which rank holds it. The vector tiles serve all units in one pass over the row's blocks: a unit of a few
-    blocks as a span of its own paid a tile's setup and token tails for little work (an
-    expert's down, 768 columns in 6 units, ran 2.6x slower than one span). AMX spans
-    stay one per unit."""
+    which rank holds it. The vector tiles serve all units in one pass over the row's
+    blocks: a unit of a few blocks as a span of its own paid a tile's setup and token
+    tails for little work (an expert's down, 768 columns in 6 units, ran 2.6x slower
+    than one span). AMX spans stay one per unit."""
     n, T = Yu.shape[0], Yu.shape[1]
     Y = Yu.reshape((n * T, Yu.shape[2]))[s:]   # unit u, token t: row u * T + t
     bb, be = BLOCK_BYTES[qtype], BLOCK_ELEMS[qtype]
@@ -828,9 +830,7 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     else:
         linear(kernels, qg, wg, rows, cols, X, G)
         linear(kernels, qu, wu, rows, cols, X, U)
-        for t in range(X.shape[0]):
-            for r in range(rows):
-                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
+        _silu_rows(G, U, H, np.int64(pad))
 
 
 @njit(cache=True, boundscheck=False)
