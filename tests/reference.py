@@ -7,8 +7,9 @@ is read with gguf.GGUFReader and every tensor dequantized with gguf.quants.dequa
 then widened to float64.
 
 Like llama.cpp and numatp, a matrix product with quantized weights first rounds its input
-to int8, each 32 values with the scale max|x| / 127 (`int8_activations=True`, the
-default). The only differences from numatp should then be numatp's float32 arithmetic,
+to int8 with the scale max|x| / 127 of each 32 values, or of each 256 for the
+super-block formats (Q2_K .. Q6_K, IQ4_XS: llama.cpp's Q8_K) (`int8_activations=True`,
+the default). The only differences from numatp should then be numatp's float32 arithmetic,
 and where a value lies within float32 rounding of halfway between two int8 steps, the
 step it rounds to. `int8_activations=False` gives the exact product, to measure what the
 rounding itself costs.
@@ -45,9 +46,14 @@ FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizat
 _TINY = 1e-30   # a group whose largest |x| is below this counts as zero (as numatp's)
 
 
-def int8_rounded(x):
-    """x (..., n), n a multiple of 32: each group of 32 as d * round(x / d), d = max|x| / 127."""
-    g = x.reshape(*x.shape[:-1], -1, 32)
+SUPER_BLOCK_TYPES = (GGMLQuantizationType.Q2_K, GGMLQuantizationType.Q3_K,
+                     GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q5_K,
+                     GGMLQuantizationType.Q6_K, GGMLQuantizationType.IQ4_XS)
+
+
+def int8_rounded(x, group=32):
+    """x (..., n), n a multiple of group: each group as d * round(x / d), d = max|x| / 127."""
+    g = x.reshape(*x.shape[:-1], -1, group)
     top = np.abs(g).max(axis=-1, keepdims=True)
     d = np.where(top > _TINY, top / 127.0, 0.0)
     q = np.round(g / np.where(d > 0, d, 1.0))
@@ -126,7 +132,7 @@ class ReferenceModel:
         """x @ W.T (W the expert-th slice of a stacked tensor when expert is given), with x
         rounded to int8 first for quantized W (see the module doc)."""
         if self.int8_activations and self.types[weight] not in FLOAT_TYPES:
-            x = int8_rounded(x)
+            x = int8_rounded(x, 256 if self.types[weight] in SUPER_BLOCK_TYPES else 32)
         w = self.w[weight] if expert is None else self.w[weight][expert]
         return x @ w.T
 

@@ -40,7 +40,7 @@ def test_amx_gives_the_vector_tiles_bits(qtype):
     raw, _ = make_matrix(qtype, rows, cols, rng)
     X = rng.standard_normal((T, cols)).astype(np.float32)
     X[7, :32] = 0   # an all-zero group of activations
-    acts, P = K._quantize_tiles(X)
+    acts, P = K._quantize_tiles(X, K.act_group(K.FAMILY[qtype]))
     n = 3 * K.AMX_TOKENS
     assert P.size == n * cols
     Y_amx = np.full((T, rows), np.nan, np.float32)

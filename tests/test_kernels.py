@@ -57,8 +57,9 @@ def assert_close(qtype, got, W, X):
 
     Error bounds per output element:
       - quantized formats round the activations to int8 with one scale per 32 values
-        (max|x| of the group / 127), so each is off by at most max|x| / 254 and the sum
-        by at most sum_j |W_ij| * max|x| / 254;
+        (256 for the super-block formats; max|x| of the group / 127), so each is off by
+        at most max|x| / 254, max|x| of the whole row bounding every group's, and the
+        sum by at most sum_j |W_ij| * max|x| / 254;
       - float32 accumulation of K terms: at most about K * 2^-24 * sum_j |W_ij * x_j|.
     The test allows twice the sum of both, so a wrong element, block or scale (errors of
     the size of the terms themselves) cannot pass."""

@@ -23,8 +23,8 @@ from numba import njit, prange
 from numatp.quant import formats
 from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.kernels import (BLOCK_BYTES, BLOCK_ELEMS, R, _check, _FLOAT, _group_rows,
-                                  _group_units, _quantize, _silu, prepare, prepared_nbytes,
-                                  rows_in_parallel)
+                                  _group_units, _quantize, _silu, act_group, prepare,
+                                  prepared_nbytes, rows_in_parallel)
 
 
 def prepare_experts(qtype, raw, out=None):
@@ -91,7 +91,8 @@ def _rows(acts, s, e):
 @njit
 def _gather(acts, order, k):
     """The activation rows of the tokens of each pair, in pair order."""
-    out = empty_activations(order.shape[0], acts[0].shape[1])
+    out = empty_activations(order.shape[0], acts[0].shape[1],
+                            acts[0].shape[1] // acts[1].shape[1])
     for p in range(order.shape[0]):
         t = order[p] // k
         out[0][p] = acts[0][t]
@@ -104,16 +105,16 @@ def _gather(acts, order, k):
 
 
 @njit(parallel=True, boundscheck=False)
-def _experts_glu(kernels, qg, wg, qu, wu, n_ff, nblk, gu_bytes, acts, start, expert, G, U, H):
+def _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, expert, G, U, H):
     groups = (n_ff + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
-        base = expert[a] * gu_bytes
-        mine = _rows(acts, s, e)
-        _group_rows(kernels, qg, wg[base:base + gu_bytes], nblk, mine, none, G[s:e], g, n_ff)
-        _group_rows(kernels, qu, wu[base:base + gu_bytes], nblk, mine, none, U[s:e], g, n_ff)
+        _group_rows(kernels, qg, _expert(wg, qg, n_ff, cols, expert[a]), cols // BLOCK_ELEMS[qg],
+                    _rows(acts_g, s, e), none, G[s:e], g, n_ff)
+        _group_rows(kernels, qu, _expert(wu, qu, n_ff, cols, expert[a]), cols // BLOCK_ELEMS[qu],
+                    _rows(acts_u, s, e), none, U[s:e], g, n_ff)
         for p in range(s, e):
             for r in range(g * R, min(n_ff, (g + 1) * R)):
                 H[p, r] = _silu(G[p, r]) * U[p, r]
@@ -179,13 +180,14 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, 
     Quantized expert types only; n_ff and cols whole blocks of their types."""
     qg, qu, qd = np.int64(qg), np.int64(qu), np.int64(qd)
     n_ff, cols, rows = np.int64(n_ff), np.int64(cols), np.int64(rows)
-    if (_check(kernels, qg) == _FLOAT or _check(kernels, qu) == _FLOAT
-            or _check(kernels, qd) == _FLOAT):
+    fg, fu, fd = _check(kernels, qg), _check(kernels, qu), _check(kernels, qd)
+    if fg == _FLOAT or fu == _FLOAT or fd == _FLOAT:
         raise ValueError("expert_ffn takes quantized experts only")
     T, k = sel.shape
     order, start, expert = route_by_expert(sel, local)
     pairs = order.shape[0]
-    acts = _gather(_quantize(X), order, k)
+    acts_g = _gather(_quantize(X, act_group(fg)), order, k)
+    acts_u = acts_g if fu == fg else _gather(_quantize(X, act_group(fu)), order, k)
     n_units = units.shape[0] - 1
     if scratch.shape[0] < scratch_floats(pairs, 1, n_ff, rows, n_units):
         raise ValueError("expert_ffn's scratch is too small")
@@ -194,10 +196,8 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, 
     H = scratch[2 * pairs * n_ff:3 * pairs * n_ff].reshape((pairs, n_ff))
     D = scratch[3 * pairs * n_ff:(3 * n_ff + n_units * rows) * pairs].reshape(
         (n_units, pairs, rows))
-    gu_bytes = _expert_bytes(qg, n_ff, cols)
-    _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols // BLOCK_ELEMS[qg], gu_bytes, acts,
-                 start, expert, G, U, H)
-    hacts = empty_activations(pairs, n_ff)
+    _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, expert, G, U, H)
+    hacts = empty_activations(pairs, n_ff, act_group(fd))
     _quantize_pairs(H, hacts)
     _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], units,
                   _expert_bytes(qd, rows, n_ff), hacts, start, expert, D)
@@ -209,6 +209,13 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, 
     else:
         for t in range(T):
             _weigh_token(D, where, wt, t, Yu)
+
+
+@njit
+def _expert(w, qtype, rows, cols, e):
+    """Expert e's matrix in a stack of packed rows x cols matrices."""
+    size = _expert_bytes(qtype, rows, cols)
+    return w[e * size:(e + 1) * size]
 
 
 @njit

@@ -25,15 +25,18 @@ row-group tile multiplies R weight rows (one per int32 lane) with up to TOKENS t
 per unit of 32 or 16 elements, the unit's weight bytes are decoded once into registers
 (rowgroups.py), then for each token one chain of integer dot products, broadcasting 4
 activation bytes at a time, gives R integer sums, which are scaled into R float
-accumulators. No horizontal sums: a tile's result is one vector store per token. The
-tile's code is generated per format and token count (_tile_source), since it is the
+accumulators. The 256-element super-blocks (Q2_K .. Q6_K, IQ4_XS) have integer unit
+scales: their units' sums are multiplied by them and added up as integers, and scaled
+into floats once per block, with one activation scale per 256 values (activations.py),
+as llama.cpp does. No horizontal sums: a tile's result is one vector store per token.
+The tile's code is generated per format and token count (_tile_source), since it is the
 same few lines unrolled over the units of a block and the tokens of a tile.
 
 With AMX (amx.py; Xeons since Sapphire Rapids), a prompt's tokens in whole groups of 16
-go through amx_span instead (_amx_span_source): one tile instruction per unit and 16
-tokens gives the same integer sums, scaled by the same float operations in the same
-order, so the results are the same bits (tests/test_amx.py); on the 16-core device it
-made prompt processing 1.16-1.42x faster. NUMATP_AMX=0 turns it off (numatp/_env.py).
+go through amx_span instead (_amx_span_source, _amx_super_source): tile instructions
+give the same integer sums, scaled by the same float operations in the same order, so
+the results are the same bits (tests/test_amx.py); on the 16-core device it made
+prompt processing 1.16-1.42x faster. NUMATP_AMX=0 turns it off (numatp/_env.py).
 
 Float formats (F32, F16, BF16) multiply the float32 activations as they are, row by row
 (floats.py).
@@ -56,7 +59,7 @@ from numba.extending import overload
 
 from numatp import _env
 from numatp.quant import amx, block32, floats, formats, kquants, packing
-from numatp.quant.activations import GROUP, empty_activations, quantize_row
+from numatp.quant.activations import GROUP, SUPER_GROUP, empty_activations, quantize_row
 from numatp.quant.block32 import dequant32
 from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
@@ -64,8 +67,8 @@ from numatp.quant.kquants import dequant_k
 from numatp.quant.rowgroups import FORMATS, R
 from numatp.quant import rowgroups
 from numatp.quant.isa import dot_isa, target_features
-from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, convert, dot4, fma,
-                               load, prefetch, splat, stack_empty, store)
+from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, bitcast, convert, dot4,
+                               fma, load, prefetch, splat, stack_empty, store)
 
 # Block shape by type code, for jitted code (0: no kernel for that code).
 _MAX_CODE = 64
@@ -98,6 +101,9 @@ _FLOAT_TOKENS = 4   # rows of X per pass of the float batched path
 AMX_TOKENS = amx.ROWS if _env.AMX and R == amx.ROW_BYTES // 4 else 0
 AMX_REGS = ((0, 1), (3, 4))   # two sets of tile registers: sums, activations
 AMX_B = 2                     # the tile register of a unit's weights
+# super-blocks (_amx_super_source): sums of the low, high and offset planes, activations,
+# the three planes' weights
+AMX_SUPER_REGS = (0, 1, 2, 3, 4, 5, 6)
 
 
 # -- packed tiles, generated per format and token count ----------------------------------------
@@ -109,6 +115,8 @@ def _tile_source(q, tokens, units=False):
     per16 = fmt.unit == 16
     n_vec = fmt.unit // 4
     block_elems = formats.block_size(q)
+    sup = fmt.supers is not None   # integer unit scales, summed per super-block
+    offsets = not fmt.zero         # weights S * q + M: sums of M * sum(x) in f
     out = "Y[k * ystride + t{}]" if units else "Y[t{}]"
     L = [f"def {_tile_name(q, tokens, units)}(qtype, tokens, w, go, "
          f"{'cuts' if units else 'nblk'}, e0, acts, t0, T, Y, {'ystride, ' if units else ''}"
@@ -119,7 +127,7 @@ def _tile_source(q, tokens, units=False):
     for t in range(tokens):
         L += [f"    t{t} = min(t0 + {t}, T - 1)",
               f"    x{t}, d{t} = XQ[t{t}], XD[t{t}]",
-              f"    s{t} = {'XI16' if per16 else 'XI32'}[t{t}]" if fmt.zero else
+              f"    s{t} = {'XI16' if per16 else 'XI32'}[t{t}]" if fmt.zero or sup else
               f"    s{t} = {'XS16' if per16 else 'XS32'}[t{t}]",
               f"    a{t} = zf", f"    f{t} = zf"]
 
@@ -139,6 +147,9 @@ def _tile_source(q, tokens, units=False):
     L += ["    for b in range(nblk):",
           f"        ob = go + b * {R * formats.block_bytes(q)}",
           f"        e = e0 + b * {block_elems}"]
+    if sup:
+        L += [f"        ia{t} = zi" for t in range(tokens)]
+        L += [f"        im{t} = zi" for t in range(tokens) if offsets]
     # A 256-element block's units run in a loop of `fmt.unroll` units at a time: unrolled
     # in full, the kernels took minutes to compile; one unit at a time, decoding made
     # the prompt path 20-30% slower. With the units a loop step covers, the decoders'
@@ -168,9 +179,20 @@ def _tile_source(q, tokens, units=False):
                 L.append(f"{ind}i{c} = dot4({src}, v[{k}], bcast4(x{t}, eu + {4 * k}, R), "
                          f"{fmt.small})")
             isum = " + ".join(f"i{c}" for c in range(_CHAINS))
-            L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})")
-            if not fmt.zero:
-                L.append(f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})")
+            if sup:
+                L.append(f"{ind}ia{t} = ia{t} + ({isum}) * S")
+                if offsets:
+                    L.append(f"{ind}im{t} = im{t} + M * s{t}[eu // {fmt.unit}]")
+            else:
+                L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})")
+                if offsets:
+                    L.append(f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})")
+    if sup:   # the super-block's integer sums, scaled once (as _amx_span_source does)
+        L.append("        D, DM = supers(w, ob)")
+        for t in range(tokens):
+            L.append(f"        a{t} = fma(convert(ia{t}, np.float32), D * d{t}[e >> 8], a{t})")
+            if offsets:
+                L.append(f"        f{t} = fma(convert(im{t}, np.float32), DM * d{t}[e >> 8], f{t})")
     if not units:
         return "\n".join(L + store("    "))
     L.append("        if b + 1 == cuts[k + 1]:")
@@ -199,8 +221,9 @@ def _prefetches(ind, block_bytes, steps):
 
 def _amx_span_source(q):
     """Source of amx_span(): R rows x the first n tokens (n a multiple of AMX_TOKENS) of
-    format q, over all blocks, with the same integer sums as _tile_source's and the same
-    float operations on them, in the same order.
+    a 32-element block format q (super-blocks: _amx_super_source), over all blocks,
+    with the same integer sums as _tile_source's and the same float operations on them,
+    in the same order.
 
     Units run outside, tokens inside: a unit's weights are decoded into one B tile once
     for all the tokens, and each 16 tokens' activations are an A tile; their product is
@@ -208,6 +231,8 @@ def _amx_span_source(q):
     renamed, so consecutive token groups use two sets of A and C registers (and of
     scratch): one group's product runs while the other's sums are being scaled."""
     fmt = FORMATS[q]
+    if fmt.supers is not None:
+        return _amx_super_source(q)
     g = AMX_TOKENS
     block_elems = formats.block_size(q)
     block_bytes = R * formats.block_bytes(q)
@@ -274,6 +299,115 @@ def _amx_span_source(q):
     return "\n".join(line for line in L if line)
 
 
+def _amx_super_source(q):
+    """Source of amx_span() for a super-block format q: the integer sums of
+    _tile_source's, then the same float operations on them, in the same order.
+
+    Applying each unit's integer scale to its 16 tokens' sums took vector work after
+    every tile product (and a unit of 16 or 32 elements fills a quarter or half of a
+    tile's 64 bytes). Instead the scale goes into the weights: a unit's q - z times its
+    scale S fits 13 signed bits, so it is split into two signed-byte planes, low 7 bits
+    and the rest (p = 128 hi + lo), each a tile of 64 elements (2 or 4 units); with a
+    third plane of each unit's offset M for the offset formats, three tile products per
+    64 elements sum a whole block's Σ S (q - z) x, Σ M sum(x) in the tile registers,
+    which go out to be scaled once per block and 16 tokens. The planes are made once
+    per block for all the tokens; token groups run outside, the block's four 64-element
+    slabs inside."""
+    fmt = FORMATS[q]
+    g = AMX_TOKENS
+    offsets = not fmt.zero
+    n_vec = fmt.unit // 4
+    plane = R * formats.block_size(q)    # bytes of a block's plane: 4R per 4 elements
+    slabs = formats.block_size(q) // amx.ROW_BYTES
+    slab = plane // slabs
+    cl, ch, cm, a, bl, bh, bm = AMX_SUPER_REGS
+    L = [f"def {_tile_name(q, 'amx')}(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):",
+         "    XQ, XD, XS32, XS16, XI32, XI16 = acts",
+         f"    BL = stack_empty({plane}, np.uint8)",
+         f"    BH = stack_empty({plane}, np.uint8)",
+         f"    BM = stack_empty({plane}, np.uint8)" if offsets else "",
+         f"    CL = stack_empty({g * R}, np.int32)",
+         f"    CH = stack_empty({g * R}, np.int32)",
+         f"    CM = stack_empty({g * R}, np.int32)" if offsets else "",
+         "    acc = np.zeros(n * R, np.float32)",
+         "    off = np.zeros(n * R, np.float32)" if offsets else "",
+         f"    groups = n // {g}",
+         "    tile_config(CONFIG)",
+         "    for b in range(nblk):",
+         f"        ob = go + b * {R * formats.block_bytes(q)}",
+         f"        e = e0 + b * {formats.block_size(q)}"]
+    step = fmt.unroll
+    L.append(f"        for p in range({fmt.units // step}):")
+    for j in range(step):
+        L += [f"            u = p * {step} + {j}",
+              "            S, M = scales(w, ob, u)", "            v = vectors(w, ob, u)",
+              "            S16 = _scale_pairs(S)"]
+        if offsets:
+            L.append("            mb = bitcast(M * np.int32(0x01010101), np.uint8)")
+        for i in range(n_vec):
+            at = f"(u * {n_vec} + {i}) * {4 * R}"
+            L += [f"            lo, hi = _scaled_planes(v[{i}]"
+                  f"{f' - np.uint8({fmt.zero})' if fmt.zero else ''}, S16)",
+                  f"            store(BL, {at}, lo)", f"            store(BH, {at}, hi)"]
+            if offsets:
+                L.append(f"            store(BM, {at}, mb)")
+    L += ["        D, DM = supers(w, ob)",
+          "        for h in range(groups):",
+          f"            first = h * {g}",
+          f"            tile_zero({cl})", f"            tile_zero({ch})"]
+    if offsets:
+        L.append(f"            tile_zero({cm})")
+    # P's layout (_quantize_tiles): 64 columns at a time, each token's in turn
+    L += [f"            for s in range({slabs}):",
+          f"                tile_load({a}, P, ((e // {amx.ROW_BYTES} + s) * n + first) * "
+          f"{amx.ROW_BYTES}, {amx.ROW_BYTES})",
+          f"                tile_load({bl}, BL, s * {slab}, {4 * R})",
+          f"                tile_load({bh}, BH, s * {slab}, {4 * R})",
+          f"                tile_dot_ss({cl}, {a}, {bl})",
+          f"                tile_dot_ss({ch}, {a}, {bh})"]
+    if offsets:
+        L += [f"                tile_load({bm}, BM, s * {slab}, {4 * R})",
+              f"                tile_dot_ss({cm}, {a}, {bm})"]
+    L += [f"            tile_store({cl}, CL, 0, {4 * R})",
+          f"            tile_store({ch}, CH, 0, {4 * R})"]
+    if offsets:
+        L.append(f"            tile_store({cm}, CM, 0, {4 * R})")
+    L += [f"            for i in range({g}):",
+          "                t = first + i",
+          "                xd = XD[t, e >> 8]",
+          "                isum = load(CL, i * R, R) + (load(CH, i * R, R) << 7)",
+          "                store(acc, t * R, fma(convert(isum, np.float32), D * xd, "
+          "load(acc, t * R, R)))"]
+    if offsets:
+        L.append("                store(off, t * R, fma(convert(load(CM, i * R, R), np.float32), "
+                 "DM * xd, load(off, t * R, R)))")
+    L += ["    tile_release()",
+          "    for t in range(n):",
+          "        _store_rows(Y[t], r0, nvalid, load(acc, t * R, R)" +
+          (" + load(off, t * R, R))" if offsets else ")")]
+    return "\n".join(line for line in L if line)
+
+
+@njit(boundscheck=False)
+def _scale_pairs(S):
+    """int32 lanes (|S| < 2^15) -> int16 lanes, each lane's S in both of its halves."""
+    return bitcast((S & np.int32(0xFFFF)) | (S << 16), np.int16)
+
+
+@njit(boundscheck=False)
+def _scaled_planes(v, S16):
+    """Bytes v (signed; lane r's 4 bytes belong to row r) times their row's scale (S16:
+    _scale_pairs), as two byte planes: low 7 bits, and the rest (arithmetic shift), so
+    that v * S = 128 hi + lo with both in signed-byte range."""
+    x = bitcast(v, np.int16)
+    even = ((x << 8) >> 8) * S16
+    odd = (x >> 8) * S16
+    low = np.int16(127)
+    lo = (even & low) | ((odd & low) << 8)
+    hi = ((even >> 7) & np.int16(0xFF)) | ((odd >> 7) << 8)
+    return bitcast(lo, np.uint8), bitcast(hi, np.uint8)
+
+
 def _tile_name(q, tokens, units=False):
     """Generated functions get names of their own: Numba's symbol for a function is its
     name, its argument types and a per-process counter, so two generated functions of
@@ -298,7 +432,8 @@ def _compile_tile(qtype, tokens, units):
     fmt = FORMATS[q]
     namespace = {"np": np, "R": R, "splat": splat, "dot4": dot4, "bcast4": bcast4,
                  "convert": convert, "fma": fma, "prefetch": prefetch,
-                 "scales": fmt.scales, "vectors": fmt.vectors, "_store_rows": _store_rows}
+                 "scales": fmt.scales, "vectors": fmt.vectors, "supers": fmt.supers,
+                 "_store_rows": _store_rows}
     exec(_tile_source(q, n, units), namespace)
     return namespace[_tile_name(q, n, units)]
 
@@ -331,16 +466,22 @@ def _amx_span_ov(qtype, w, go, nblk, e0, acts, P, n, Y, r0, nvalid):
     if q not in FORMATS or not AMX_TOKENS:
         return None
     fmt = FORMATS[q]
-    shapes = {AMX_B: (fmt.unit // 4, 4 * R)}
-    for c, a in AMX_REGS:
-        shapes[c], shapes[a] = (AMX_TOKENS, 4 * R), (AMX_TOKENS, fmt.unit)
+    if fmt.supers is not None:   # all tiles 16 x 64 bytes: _amx_super_source
+        shapes = {reg: (AMX_TOKENS, amx.ROW_BYTES) for reg in AMX_SUPER_REGS}
+    else:
+        shapes = {AMX_B: (fmt.unit // 4, 4 * R)}
+        for c, a in AMX_REGS:
+            shapes[c], shapes[a] = (AMX_TOKENS, 4 * R), (AMX_TOKENS, fmt.unit)
     namespace = {"np": np, "R": R, "splat": splat, "convert": convert, "fma": fma,
+                 "bitcast": bitcast, "_scale_pairs": _scale_pairs,
+                 "_scaled_planes": _scaled_planes,
                  "load": load, "store": store, "stack_empty": stack_empty,
                  "tile_config": amx.tile_config, "tile_release": amx.tile_release,
                  "tile_load": amx.tile_load, "tile_store": amx.tile_store,
                  "tile_zero": amx.tile_zero, "tile_dot_su": amx.tile_dot_su,
                  "tile_dot_ss": amx.tile_dot_ss, "CONFIG": amx.tile_shapes(shapes),
-                 "scales": fmt.scales, "vectors": fmt.vectors, "_store_rows": _store_rows}
+                 "scales": fmt.scales, "vectors": fmt.vectors, "supers": fmt.supers,
+                 "_store_rows": _store_rows}
     exec(_amx_span_source(q), namespace)
     return namespace[_tile_name(q, "amx")]
 
@@ -648,10 +789,16 @@ def rows_in_parallel(rows, cols):
 
 
 @njit
-def _quantize(X):
-    """X (T, cols) in activations.py's int8 form (empty_activations), tokens in parallel
-    when there are enough (rows_in_parallel)."""
-    acts = empty_activations(X.shape[0], X.shape[1])
+def act_group(family):
+    """Values per activation scale for matrices of a family (activations.py)."""
+    return SUPER_GROUP if family == _SUPER else GROUP
+
+
+@njit
+def _quantize(X, group):
+    """X (T, cols) in activations.py's int8 form (empty_activations) with a scale per
+    `group` values, tokens in parallel when there are enough (rows_in_parallel)."""
+    acts = empty_activations(X.shape[0], X.shape[1], group)
     if rows_in_parallel(X.shape[0], X.shape[1]):
         _quantize_tokens(X, acts)
     else:
@@ -661,34 +808,37 @@ def _quantize(X):
 
 
 @njit(boundscheck=False)
-def _panel_row(XQ, n, t, P):
-    for b in range(XQ.shape[1] // GROUP):
-        store(P, (b * n + t) * GROUP, load(XQ[t], b * GROUP, GROUP))
+def _panel_row(XQ, n, t, P, width):
+    for b in range(XQ.shape[1] // width):
+        for c in range(0, width, GROUP):
+            store(P, (b * n + t) * width + c, load(XQ[t], b * width + c, GROUP))
 
 
 @njit(parallel=True, boundscheck=False)
-def _panel_tokens(XQ, n, P):
+def _panel_tokens(XQ, n, P, width):
     for t in prange(n):
-        _panel_row(XQ, n, t, P)
+        _panel_row(XQ, n, t, P, width)
 
 
 @njit
-def _quantize_tiles(X):
-    """(_quantize(X), P): P holds the int8 activations of the first n tokens, n = T -
-    T % AMX_TOKENS, in the order AMX tiles read them: for each 32 columns, each token's
-    32 bytes in turn, so that 16 tokens' part of a unit is one run of contiguous bytes
-    (read from rows 2 KiB or more apart, it took AMX tiles 2x longer). Empty without
-    AMX, or with fewer than AMX_TOKENS tokens."""
-    acts = _quantize(X)
+def _quantize_tiles(X, group):
+    """(_quantize(X, group), P): P holds the int8 activations of the first n tokens, n = T -
+    T % AMX_TOKENS, in the order AMX tiles read them: for each 32 columns (64 for the
+    super-blocks' 64-element tiles, group 256), each token's 32 (64) bytes in turn, so
+    that 16 tokens' part of a unit is one run of contiguous bytes (read from rows 2 KiB
+    or more apart, it took AMX tiles 2x longer). Empty without AMX, or with fewer than
+    AMX_TOKENS tokens."""
+    acts = _quantize(X, group)
     XQ = acts[0]
     T, cols = XQ.shape
     n = T - T % max(AMX_TOKENS, 1) if AMX_TOKENS else 0
+    width = amx.ROW_BYTES if group == SUPER_GROUP else GROUP
     P = np.empty(n * cols, np.int8)
     if rows_in_parallel(n, cols):
-        _panel_tokens(XQ, n, P)
+        _panel_tokens(XQ, n, P, width)
     else:
         for t in range(n):
-            _panel_row(XQ, n, t, P)
+            _panel_row(XQ, n, t, P, width)
     return acts, P
 
 
@@ -749,8 +899,9 @@ def linear(kernels, qtype, w, rows, cols, X, Y):
     # a separate compilation of the kernels below for every call site.
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
-    if _check(kernels, q) != _FLOAT:
-        acts, P = _quantize_tiles(X)
+    family = _check(kernels, q)
+    if family != _FLOAT:
+        acts, P = _quantize_tiles(X, act_group(family))
         _packed_linear(kernels, q, w, rows, cols // BLOCK_ELEMS[q], acts, P, Y)
     elif X.shape[0] == 1:
         _float_matvec(kernels, q, w, row_stride(q, cols), rows, cols, X[0], Y[0])
@@ -770,8 +921,9 @@ def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
         return
     q = np.int64(qtype)
     rows, cols = np.int64(rows), np.int64(cols)
-    if _check(kernels, q) != _FLOAT:
-        acts, P = _quantize_tiles(X)
+    family = _check(kernels, q)
+    if family != _FLOAT:
+        acts, P = _quantize_tiles(X, act_group(family))
         _packed_linear_units(kernels, q, w, rows, cols // BLOCK_ELEMS[q], units, acts, P, Yu)
         return
     # Float rows: a unit is a range of each row's elements, times its slice of X.
@@ -793,11 +945,12 @@ def linear_units(kernels, qtype, w, rows, cols, units, X, Yu):
 def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
     """Ya, Yb, Yc = X @ A.T, X @ B.T, X @ C.T for three matrices of `cols` columns that
     read the same input (a layer's Q, K and V; rc = 0 for two): X is quantized once and
-    one parallel region covers all their row groups."""
+    one parallel region covers all their row groups, where all three are quantized
+    formats of one family (one activation form, activations.py)."""
     qa, qb, qc = np.int64(qa), np.int64(qb), np.int64(qc)
     fa, fb, fc = _check(kernels, qa), _check(kernels, qb), _check(kernels, qc)
-    if fa != _FLOAT and fb != _FLOAT and fc != _FLOAT:
-        acts, P = _quantize_tiles(X)
+    if fa != _FLOAT and fa == fb and (fa == fc or rc == 0):
+        acts, P = _quantize_tiles(X, act_group(fa))
         _packed_linear3(kernels, qa, wa, np.int64(ra), qb, wb, np.int64(rb), qc, wc,
                         np.int64(rc), np.int64(cols) // BLOCK_ELEMS[qa], acts, P, Ya, Yb, Yc)
     else:
@@ -810,12 +963,13 @@ def linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, cols, X, Ya, Yb, Yc):
 @njit
 def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
     """H[t, pad + r] = silu(G[t, r]) * U[t, r] with G = X @ gate.T, U = X @ up.T (a SwiGLU
-    FFN's first half): X is quantized once, and each row group's silu is taken by the
-    thread that computed it."""
+    FFN's first half): X is quantized once (where gate and up are quantized formats of
+    one family), and each row group's silu is taken by the thread that computed it."""
     qg, qu = np.int64(qg), np.int64(qu)
     rows, cols = np.int64(rows), np.int64(cols)
-    if _check(kernels, qg) != _FLOAT and _check(kernels, qu) != _FLOAT:
-        acts, P = _quantize_tiles(X)
+    family = _check(kernels, qg)
+    if family != _FLOAT and family == _check(kernels, qu):
+        acts, P = _quantize_tiles(X, act_group(family))
         # One token: the threads' contiguous runs of row groups cover gate's, then up's,
         # each a stream of one matrix. Alternating the two by row group (as below) made
         # a 1.1B Q4_K_M's gate and up 1.25x slower on one thread, 1.08x on two, than two

@@ -8,7 +8,12 @@ of the packed block at byte ob, each format gives
       one dot-product instruction against those 4 activation bytes, broadcast, sums 4
       products per row;
   scales(w, ob, u) -> (S, M), float32 x R: row r's weights in the unit are S[r] * q + M[r]
-      for the stored unsigned integers q.
+      for the stored unsigned integers q (32-element blocks); or, for the 256-element
+      super-blocks, the unit's integer scale and offset, int32 x R, which
+  supers(w, ob) -> (D, DM), float32 x R, turn into weights D[r] * S[r] * q + DM[r] * M[r]
+      (DM = 0 where the format has no offsets). The kernels sum a super-block's units
+      as integers (each unit's dot product times S, and M times the unit's activation
+      sum) and scale the two sums once, as llama.cpp does with its Q8_K activations.
 
 Signed formats store q + a zero point (Q4_0's q - 8 becomes q with M = -8 S); Q8_0 and
 the IQ4 code books are shifted by 128 to make them unsigned, the only formats whose q
@@ -24,7 +29,8 @@ from numba import njit
 
 from numatp.quant import formats as F
 from numatp.quant.isa import group_rows
-from numatp.quant.simd import (bitcast, convert, half_to_float, load, load_bytes, lookup16)
+from numatp.quant.simd import (bitcast, convert, half_to_float, load, load_bytes, lookup16,
+                               splat)
 
 R = group_rows()
 LO4 = np.uint32(0x0F0F0F0F)
@@ -32,6 +38,7 @@ LO2 = np.uint32(0x03030303)
 BIT4 = np.uint32(0x10101010)
 BIT2 = np.uint32(0x04040404)
 SIGN = np.uint32(0x80808080)
+ZERO = np.int32(0)
 
 # IQ4_NL / IQ4_XS's 16 levels (a non-linear 4-bit code book, from the format definition)
 # plus 128: unsigned bytes.
@@ -199,8 +206,13 @@ def _sc_k4(w, ob, u):
         c = _dwords(w, ob + 12 * R)
         sc = (_byte_of(c, u - 4) & np.uint32(15)) | ((_byte_of(a, u - 4) >> 6) << 4)
         mn = (_byte_of(c, u - 4) >> 4) | ((_byte_of(b, u - 4) >> 6) << 4)
-    return (convert(sc, np.float32) * _halves(w, ob),
-            convert(mn, np.float32) * -_halves(w, ob + 2 * R))
+    return bitcast(sc, np.int32), bitcast(mn, np.int32)
+
+
+@njit(boundscheck=False)
+def _d_dmin(w, at):
+    """(D, DM) = (d, -dmin), the fp16 pair at `at` (GGUF offset 0 in Q4_K/Q5_K, 80 in Q2_K)."""
+    return _halves(w, at), -_halves(w, at + 2 * R)
 
 
 # Q4_K: qs@16
@@ -248,8 +260,14 @@ def _sc_iq4_xs(w, ob, u):
     low = (_byte_of(_dwords(w, ob + 4 * R), u >> 1) >> np.uint32(4 * (u & 1))) & np.uint32(15)
     high = (convert(load_bytes(w, ob + 2 * R, np.uint16, R), np.uint32)
             >> np.uint32(2 * u)) & np.uint32(3)
-    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * _halves(w, ob)
-    return S, S * np.float32(-128)
+    sc = bitcast(low | (high << 4), np.int32) - np.int32(32)
+    return sc, sc
+
+
+@njit(boundscheck=False)
+def _d_only(w, at):
+    """A format's one fp16 scale per super-block, at GGUF offset `at`; no offsets."""
+    return _halves(w, at), splat(np.float32(0), R)
 
 
 # -- 256-element super-blocks with a scale per 16 elements: 16 units of 4 vectors ----------
@@ -282,8 +300,12 @@ def _vec_q6_k(w, ob, u):
 def _sc_q6_k(w, ob, u):
     v = bitcast(_dwords(w, ob + (192 + 4 * (u >> 2)) * R), np.int32)
     sc = (v << np.int32(24 - 8 * (u & 3))) >> np.int32(24)
-    S = convert(sc, np.float32) * _halves(w, ob + 208 * R)
-    return S, S * np.float32(-32)
+    return sc, sc
+
+
+@njit(boundscheck=False)
+def _su_q6_k(w, ob):
+    return _d_only(w, ob + 208 * R)
 
 
 # Q3_K: hmask@0 qs@32 scales@96 (12 bytes) d@108; q - 4 + 4 * (hmask bit). Chunk
@@ -316,8 +338,13 @@ def _sc_q3_k(w, ob, u):
     low = (_byte_of(_dwords(w, ob + (96 + 4 * (i >> 2)) * R), i & 3)
            >> np.uint32(4 * (u >> 3))) & np.uint32(15)
     high = (_byte_of(_dwords(w, ob + 104 * R), u & 3) >> np.uint32(2 * (u >> 2))) & np.uint32(3)
-    S = (convert(low | (high << 4), np.float32) - np.float32(32)) * _halves(w, ob + 108 * R)
-    return S, S * np.float32(-4)
+    sc = bitcast(low | (high << 4), np.int32) - np.int32(32)
+    return sc, sc
+
+
+@njit(boundscheck=False)
+def _su_q3_k(w, ob):
+    return _d_only(w, ob + 108 * R)
 
 
 # Q2_K: scales@0 (a byte per unit: low nibble scale, high nibble offset) qs@16 d@80
@@ -333,20 +360,26 @@ def _vec_q2_k(w, ob, u):
 @njit(boundscheck=False)
 def _sc_q2_k(w, ob, u):
     b = _byte_of(_dwords(w, ob + 4 * (u >> 2) * R), u & 3)
-    return (convert(b & np.uint32(15), np.float32) * _halves(w, ob + 80 * R),
-            convert(b >> 4, np.float32) * -_halves(w, ob + 82 * R))
+    return bitcast(b & np.uint32(15), np.int32), bitcast(b >> 4, np.int32)
+
+
+@njit(boundscheck=False)
+def _su_q2_k(w, ob):
+    return _d_dmin(w, ob + 80 * R)
 
 
 class Format:
     """What the kernel generator needs to know of a packed format: elements per unit,
-    units per block, whether q < 128, the decoders, how many consecutive units make the
-    decoders' shifts and offsets constants (unit u as unroll * p + j, j constant), and
-    the zero point z when the weights are S * (q - z) (M = -z S: the kernels then
-    subtract z * sum(x) in integers), else 0."""
+    units per block, whether q < 128, the decoders (`supers` for the super-blocks, whose
+    units' scales are integers; None for 32-element blocks), how many consecutive units
+    make the decoders' shifts and offsets constants (unit u as unroll * p + j, j
+    constant), and the zero point z when the weights are S * (q - z) (the kernels then
+    subtract z * sum(x) in integers; M is not used), else 0."""
 
-    def __init__(self, unit, units, small, vectors, scales, unroll, zero=0):
+    def __init__(self, unit, units, small, vectors, scales, unroll, zero=0, supers=None):
         self.unit, self.units, self.small = unit, units, small
         self.vectors, self.scales, self.unroll, self.zero = vectors, scales, unroll, zero
+        self.supers = supers
 
 
 FORMATS = {
@@ -356,10 +389,12 @@ FORMATS = {
     F.Q5_1: Format(32, 1, True, _vec_q5_1, _sc_q5_1, 1),
     F.Q8_0: Format(32, 1, False, _vec_q8_0, _sc_q8_0, 1, zero=128),
     F.IQ4_NL: Format(32, 1, False, _vec_iq4_nl, _sc_iq4_nl, 1, zero=128),
-    F.Q4_K: Format(32, 8, True, _vec_q4_k, _sc_k4, 2),       # low/high nibbles of a pair
-    F.Q5_K: Format(32, 8, True, _vec_q5_k, _sc_k4, 2),
-    F.IQ4_XS: Format(32, 8, False, _vec_iq4_xs, _sc_iq4_xs, 2, zero=128),
-    F.Q6_K: Format(16, 16, True, _vec_q6_k, _sc_q6_k, 8, zero=32),  # 128 elements: shift 2s
-    F.Q3_K: Format(16, 16, True, _vec_q3_k, _sc_q3_k, 8, zero=4),
-    F.Q2_K: Format(16, 16, True, _vec_q2_k, _sc_q2_k, 8),
+    # low/high nibbles of a pair
+    F.Q4_K: Format(32, 8, True, _vec_q4_k, _sc_k4, 2, supers=_d_dmin),
+    F.Q5_K: Format(32, 8, True, _vec_q5_k, _sc_k4, 2, supers=_d_dmin),
+    F.IQ4_XS: Format(32, 8, False, _vec_iq4_xs, _sc_iq4_xs, 2, zero=128, supers=_d_only),
+    # 128 elements: shift 2s
+    F.Q6_K: Format(16, 16, True, _vec_q6_k, _sc_q6_k, 8, zero=32, supers=_su_q6_k),
+    F.Q3_K: Format(16, 16, True, _vec_q3_k, _sc_q3_k, 8, zero=4, supers=_su_q3_k),
+    F.Q2_K: Format(16, 16, True, _vec_q2_k, _sc_q2_k, 8, supers=_su_q2_k),
 }
