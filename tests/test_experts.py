@@ -4,13 +4,14 @@ tokens (prompt), with every expert held here and with half of them (the others o
 another node).
 
 The NumPy side dequantizes the weights with gguf and rounds the kernel's two inputs to
-int8 per 32 values as the kernels do (reference.int8_rounded): X before gate/up, and the
-SwiGLU output before down. What remains is float32 arithmetic against float64, and a
-SwiGLU value within float32 rounding of halfway between two int8 steps that the kernel
-rounds the other way: one step of d = max|h| / 127 on one input of down, which moves an
-output by |W_down[r, c]| * d, a few thousandths of the output's scale here. TOLERANCE,
-relative to the output's scale, allows that (measured: at most 4e-7, no such flip in
-these cases); a wrong expert, weight or row would be off by order 1.
+int8 as the kernels do (reference.int8_rounded: per 32 values, per 256 for the
+super-block formats): X before gate/up, and the SwiGLU output before down. What remains
+is float32 arithmetic against float64, and a SwiGLU value within float32 rounding of
+halfway between two int8 steps that the kernel rounds the other way: one step of
+d = max|h| / 127 on one input of down, which moves an output by |W_down[r, c]| * d, a
+few thousandths of the output's scale here. TOLERANCE, relative to the output's scale,
+allows that (measured: at most 4e-7, no such flip in these cases); a wrong expert,
+weight or row would be off by order 1.
 """
 import gguf
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from gguf.quants import dequantize
 
 import synth
-from reference import int8_rounded
+from reference import SUPER_BLOCK_TYPES, int8_rounded
 from numatp.quant import formats as F
 from numatp.quant.experts import expert_ffn, prepare_experts, route_by_expert, scratch_floats
 from numatp.parallel.plan import split_even
@@ -41,14 +42,19 @@ def stacked(rng, qtype, experts, rows, cols):
     return data, values.astype(np.float64)
 
 
-def numpy_experts(Wg, Wu, Wd, X, sel, wt, held):
+def group(qtype):
+    """Values per activation scale for weights of type qtype (a GGML type name)."""
+    return 256 if gguf.GGMLQuantizationType[qtype] in SUPER_BLOCK_TYPES else 32
+
+
+def numpy_experts(Wg, Wu, Wd, X, sel, wt, held, qg, qd):
     Y = np.zeros((len(X), Wd.shape[1]))
-    x8 = int8_rounded(X.astype(np.float64))
+    x8 = int8_rounded(X.astype(np.float64), group(qg))
     for t in range(len(X)):
         for e, w in zip(sel[t], wt[t]):
             if e in held:
                 g, u = Wg[e] @ x8[t], Wu[e] @ x8[t]
-                Y[t] += w * (Wd[e] @ int8_rounded(g / (1 + np.exp(-g)) * u))
+                Y[t] += w * (Wd[e] @ int8_rounded(g / (1 + np.exp(-g)) * u, group(qd)))
     return Y
 
 
@@ -79,7 +85,7 @@ def test_expert_ffn_matches_numpy(case, held, n_units):
                np.empty(scratch_floats(T, k, n_ff, hidden, n_units), np.float32))
     Y = np.zeros((T, hidden), np.float32)
     fold_parts(Yu, Y)
-    want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine))
+    want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine), qg, qd)
     assert np.abs(Y - want).max() <= TOLERANCE * np.abs(want).max()
 
 

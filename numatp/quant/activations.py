@@ -77,4 +77,5 @@ def quantize_row(X, acts, t):
 
 def dequantize_vector(xq, xd):
     """Inverse of quantize_vector (NumPy, for tests): float64."""
-    return (xq.reshape(xd.size, -1).astype(np.float64) * xd.astype(np.float64)[:, None]).reshape(-1)
+    groups = xq.reshape(xd.size, -1).astype(np.float64)
+    return (groups * xd.astype(np.float64)[:, None]).reshape(-1)

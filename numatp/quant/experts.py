@@ -121,15 +121,14 @@ def _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, exp
 
 
 @njit(parallel=True, boundscheck=False)
-def _experts_down(kernels, qd, wd, rows, nblk, units, d_bytes, acts, start, expert, D):
+def _experts_down(kernels, qd, wd, rows, n_ff, units, acts, start, expert, D):
     groups = (rows + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     for i in prange(expert.shape[0] * groups):
         a, g = np.int64(i) // groups, np.int64(i) % groups
         s, e = start[a], start[a + 1]
-        base = expert[a] * d_bytes
-        _group_units(kernels, qd, wd[base:base + d_bytes], nblk, units, _rows(acts, s, e), none, D,
-                     g, rows, s)
+        _group_units(kernels, qd, _expert(wd, qd, rows, n_ff, expert[a]), n_ff // BLOCK_ELEMS[qd],
+                     units, _rows(acts, s, e), none, D, g, rows, s)
 
 
 @njit
@@ -199,8 +198,7 @@ def expert_ffn(kernels, qg, wg, qu, wu, qd, wd, n_ff, cols, rows, units, local, 
     _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, expert, G, U, H)
     hacts = empty_activations(pairs, n_ff, act_group(fd))
     _quantize_pairs(H, hacts)
-    _experts_down(kernels, qd, wd, rows, n_ff // BLOCK_ELEMS[qd], units,
-                  _expert_bytes(qd, rows, n_ff), hacts, start, expert, D)
+    _experts_down(kernels, qd, wd, rows, n_ff, units, hacts, start, expert, D)
     where = np.full(T * k, -1, np.int64)
     for p in range(pairs):
         where[order[p]] = p
