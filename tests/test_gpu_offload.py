@@ -13,8 +13,8 @@ scale, carried by the residual stream through the layers to the logits. The test
 attention weights are F32, where the CPU path multiplies in float32 (error ~1e-7): the
 difference is then the f16 path's own, and we allow 1e-2 of the largest logit magnitude
 (2x the ~10u estimate; observed: 2e-3). With quantized attention weights the CPU path
-itself rounds each product's activations to int8 (2^-8 per element relative to its block
-of 32), which on these random-weight models moves logits by ~3% of their largest: that
+itself rounds each product's activations to int8 (2^-8 per element relative to its group
+of 32, or 256 for the K-quants), which on these random-weight models moves logits by ~3% of their largest: that
 case is checked with 6e-2 and greedy tokens, and so is the MoE model (numatp runs
 quantized experts only: their int8-rounded inputs turn the f16 path's differences into
 whole int8 steps; observed 1%). Greedy tokens must be equal, except where the
