@@ -28,10 +28,12 @@ from numatp.quant.kernels import KernelSet
 
 TOLERANCE = 5e-3
 
-CASES = {  # name: gate/up type, down type, experts, expert FFN, hidden, tokens, chosen
-    "q8_0-decode": ("Q8_0", "Q8_0", 8, 96, 64, 1, 2),
-    "q4_k-q6_k-prompt": ("Q4_K", "Q6_K", 6, 256, 256, 11, 3),
-    "q8_0-q4_0-prompt-16-experts": ("Q8_0", "Q4_0", 16, 64, 128, 19, 4),
+CASES = {  # name: gate, up and down types, experts, expert FFN, hidden, tokens, chosen
+    "q8_0-decode": ("Q8_0", "Q8_0", "Q8_0", 8, 96, 64, 1, 2),
+    "q4_k-q6_k-prompt": ("Q4_K", "Q4_K", "Q6_K", 6, 256, 256, 11, 3),
+    "q8_0-q4_0-prompt-16-experts": ("Q8_0", "Q8_0", "Q4_0", 16, 64, 128, 19, 4),
+    # gate and up of other sizes and activation forms (a super-block and a 32-element type)
+    "q4_k-q8_0-q5_k-prompt": ("Q4_K", "Q8_0", "Q5_K", 4, 256, 256, 7, 2),
 }
 
 
@@ -47,13 +49,14 @@ def group(qtype):
     return 256 if gguf.GGMLQuantizationType[qtype] in SUPER_BLOCK_TYPES else 32
 
 
-def numpy_experts(Wg, Wu, Wd, X, sel, wt, held, qg, qd):
+def numpy_experts(Wg, Wu, Wd, X, sel, wt, held, qg, qu, qd):
     Y = np.zeros((len(X), Wd.shape[1]))
-    x8 = int8_rounded(X.astype(np.float64), group(qg))
+    xg = int8_rounded(X.astype(np.float64), group(qg))
+    xu = int8_rounded(X.astype(np.float64), group(qu))
     for t in range(len(X)):
         for e, w in zip(sel[t], wt[t]):
             if e in held:
-                g, u = Wg[e] @ x8[t], Wu[e] @ x8[t]
+                g, u = Wg[e] @ xg[t], Wu[e] @ xu[t]
                 Y[t] += w * (Wd[e] @ int8_rounded(g / (1 + np.exp(-g)) * u, group(qd)))
     return Y
 
@@ -64,10 +67,10 @@ def numpy_experts(Wg, Wu, Wd, X, sel, wt, held, qg, qd):
 def test_expert_ffn_matches_numpy(case, held, n_units):
     """The weighted expert outputs, as one reduce unit or four (numatp/parallel/plan.py:
     each unit's partial over its columns of down, added up as the all-reduce would)."""
-    qg, qd, E, n_ff, hidden, T, k = CASES[case]
+    qg, qu, qd, E, n_ff, hidden, T, k = CASES[case]
     rng = np.random.default_rng(sum(map(ord, case)))
     G, Wg = stacked(rng, qg, E, n_ff, hidden)
-    U, Wu = stacked(rng, qg, E, n_ff, hidden)
+    U, Wu = stacked(rng, qu, E, n_ff, hidden)
     D, Wd = stacked(rng, qd, E, hidden, n_ff)
     X = rng.standard_normal((T, hidden)).astype(np.float32)
     sel = np.stack([rng.choice(E, k, replace=False) for _ in range(T)]).astype(np.int64)
@@ -75,17 +78,17 @@ def test_expert_ffn_matches_numpy(case, held, n_units):
     mine = [e for e in range(E) if held == "all" or e % 2 == 0]
     local = np.full(E, -1, np.int64)
     local[mine] = np.arange(len(mine))
-    q_gu, q_d = F.parse_type(qg), F.parse_type(qd)
+    q_g, q_u, q_d = F.parse_type(qg), F.parse_type(qu), F.parse_type(qd)
     blocks = n_ff // F.block_size(q_d)
     units = np.array([a for a, _ in split_even(blocks, n_units)] + [blocks], np.int64)
     Yu = np.full((n_units, T, hidden), np.nan, np.float32)
-    expert_ffn(KernelSet([q_gu, q_d]), q_gu, prepare_experts(q_gu, G[mine]), q_gu,
-               prepare_experts(q_gu, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
+    expert_ffn(KernelSet([q_g, q_u, q_d]), q_g, prepare_experts(q_g, G[mine]), q_u,
+               prepare_experts(q_u, U[mine]), q_d, prepare_experts(q_d, D[mine]), n_ff,
                hidden, hidden, units, local, X, sel, wt, Yu,
                np.empty(scratch_floats(T, k, n_ff, hidden, n_units), np.float32))
     Y = np.zeros((T, hidden), np.float32)
     fold_parts(Yu, Y)
-    want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine), qg, qd)
+    want = numpy_experts(Wg, Wu, Wd, X, sel, wt, set(mine), qg, qu, qd)
     assert np.abs(Y - want).max() <= TOLERANCE * np.abs(want).max()
 
 
