@@ -187,7 +187,7 @@ def _tile_source(q, tokens, units=False):
                 L.append(f"{ind}a{t} = fma(convert({isum}, np.float32), S * d{t}[eu >> 5], a{t})")
                 if offsets:
                     L.append(f"{ind}f{t} = fma(M, splat(s{t}[eu // {fmt.unit}], R), f{t})")
-    if sup:   # the super-block's integer sums, scaled once (as _amx_span_source does)
+    if sup:   # the super-block's integer sums, scaled once (as _amx_super_source does)
         L.append("        D, DM = supers(w, ob)")
         for t in range(tokens):
             L.append(f"        a{t} = fma(convert(ia{t}, np.float32), D * d{t}[e >> 8], a{t})")

@@ -38,7 +38,6 @@ LO2 = np.uint32(0x03030303)
 BIT4 = np.uint32(0x10101010)
 BIT2 = np.uint32(0x04040404)
 SIGN = np.uint32(0x80808080)
-ZERO = np.int32(0)
 
 # IQ4_NL / IQ4_XS's 16 levels (a non-linear 4-bit code book, from the format definition)
 # plus 128: unsigned bytes.
