@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from numatp.forward.blocks import EXP_LANES, _attend, _vexp
+from numatp.forward.blocks import EXP_LANES, TILE, _attend, _vexp
 from numatp.quant.simd import load, store
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -35,6 +35,17 @@ def test_vexp_is_within_two_ulps_of_exp():
     assert np.all((out[finite] > 0) & (out[finite] < 2e-38)) and np.isnan(out[~finite]).all()
 
 
+def _tiles(kc):
+    """Keys (layers, heads, rows, hd) in the cache's tiles (layers, heads, rows / TILE
+    rounded up, hd, TILE); the last tile's rows past the keys are NaN, which no row may
+    read."""
+    L, H, n, hd = kc.shape
+    padded = np.full((L, H, -(-n // TILE) * TILE, hd), np.nan, np.float32)
+    padded[:, :, :n] = kc
+    return np.ascontiguousarray(
+        padded.reshape(L, H, -1, TILE, hd).transpose(0, 1, 2, 4, 3))
+
+
 def _reference(q, kc, vc, layer, pos, base, nq, hd, group, q0, kv0):
     out = np.zeros((q.shape[0], nq * hd))
     for t in range(q.shape[0]):
@@ -54,13 +65,14 @@ def test_attend_matches_float64_and_each_row_alone(hd):
     nq, nkv, group, ctx, layers = 4, 2, 2, 300, 2
     kc = rng.standard_normal((layers, nkv, 2 * ctx, hd)).astype(np.float32)
     vc = rng.standard_normal((layers, nkv, 2 * ctx, hd)).astype(np.float32)
-    # a prompt chunk of sequence 0 at positions 200..219, and decode rows of sequence 1
+    # a prompt chunk of sequence 0 at positions 200..219, and decode rows of sequence 1,
+    # whose rows start inside a tile (300 = 18 * 16 + 12) and end in the last one
     pos = np.concatenate([np.arange(200, 220), [0, 5, 299]]).astype(np.int64)
     base = np.concatenate([np.zeros(20), np.full(3, ctx)]).astype(np.int64)
     q = rng.standard_normal((pos.size, nq * hd)).astype(np.float32)
     pad = 8
     out = np.zeros((pos.size, pad + nq * hd), np.float32)
-    _attend(q, kc, vc, 1, pos, base, nq, hd, group, 0, 0, out, pad)
+    _attend(q, _tiles(kc), vc, 1, pos, base, nq, hd, group, 0, 0, out, pad)
     want = _reference(q, kc, vc, 1, pos, base, nq, hd, group, 0, 0)
     # float32 error bound of one output: the score q.k/sqrt(hd) is summed over hd terms
     # (error <= hd * eps * |q| |k| / sqrt(hd), moving each weight by that relatively),
@@ -76,6 +88,6 @@ def test_attend_matches_float64_and_each_row_alone(hd):
     # every row alone gives its bits in the batch
     for t in range(pos.size):
         one = np.zeros((1, pad + nq * hd), np.float32)
-        _attend(q[t:t + 1], kc, vc, 1, pos[t:t + 1], base[t:t + 1], nq, hd, group, 0, 0, one,
+        _attend(q[t:t + 1], _tiles(kc), vc, 1, pos[t:t + 1], base[t:t + 1], nq, hd, group, 0, 0, one,
                 pad)
         assert np.array_equal(one[0], out[t]), t

@@ -18,10 +18,12 @@ from numatp import _env  # noqa: F401
 from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_HIDDEN, D_KV0,
                                    D_LAYERS, D_NKV, D_NQ, D_Q0, D_ROPE_DIM, D_ROPE_NEOX, NBYTES,
                                    OFFSET, PAD, QTYPE, ROWS, UNIT0, UNITS)
+from numatp.model.declare import POSITION_TILE
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
 from numatp.quant.kernels import glu, linear, linear3, linear_units, rows_in_parallel
-from numatp.quant.simd import bitcast, convert, fma, hsum, load, round_even, splat, store, vmax
+from numatp.quant.simd import (bitcast, convert, fma, hmax, hsum, load, round_even, splat,
+                               store, vmax)
 from numatp.shm.allreduce import allreduce_parts
 
 # ---- the index --------------------------------------------------------------------------
@@ -260,6 +262,8 @@ EXP_LANES = 16
 # Positions per block of attention's weighted sum of V: 32 rows of a 128-dim head are
 # 16 KiB, which stay in L1 while the sum runs over the head's dims.
 V_BLOCK = 32
+# Vectors of a head's dims summed at once over a block of positions (see _weigh_values).
+VALUE_VECTORS = 4
 
 
 @njit
@@ -292,71 +296,122 @@ def _row_of(r, T):
     return r // 2 if r % 2 == 0 else T - 1 - r // 2
 
 
-# reassoc lets LLVM vectorize the q.k dot products (a float sum in a fixed order cannot
-# be); each head is still summed by one thread, so results do not depend on the threads.
-# The loops run over 1-D rows (K[p], V[p], a local accumulator) rather than indexing the
-# 4-D caches element by element: LLVM then vectorizes both the dot products and the
-# weighted sum of V, which made a 64-token chunk at position 448 of a 32-head model
-# 4x faster (50 -> 13 ms per layer on 2 threads). The softmax's exponentials run
-# EXP_LANES at a time (_vexp): one math.exp per score cost more than its two dot products.
-@njit(parallel=True, fastmath={"reassoc", "contract"})
-def _attend(q, k_cache, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
+# Key positions per tile of the keys cache; a tile is hd rows of TILE float32, one per
+# head dim, so a head scores a tile's positions with one vector multiply-add per dim.
+TILE = POSITION_TILE
+assert TILE % EXP_LANES == 0   # the softmax runs over whole tiles, EXP_LANES at a time
+# Tiles scored at once (_score_tiles): independent sums, enough to keep one vector
+# multiply-add unit busy; more would not fit AVX2's 16 registers.
+TILES_AT_ONCE = 4
+
+
+@njit
+def _score_tiles(qh, keys, first, n_tiles, scale, scores):
+    """scores[i * TILE + l] = scale * (qh . the key at row l of tile first + i), for the
+    n_tiles tiles from `first` of one head's keys (`keys`: its tiles, flat), and past
+    them up to a whole number of TILES_AT_ONCE tiles, the last tile's scores again.
+    Each score is the sum over the head's dims in order."""
+    hd = qh.shape[0]
+    last = first + n_tiles - 1
+    for i in range(0, n_tiles, TILES_AT_ONCE):
+        at0 = (first + i) * hd * TILE
+        at1 = min(first + i + 1, last) * hd * TILE
+        at2 = min(first + i + 2, last) * hd * TILE
+        at3 = min(first + i + 3, last) * hd * TILE
+        a0 = a1 = a2 = a3 = splat(np.float32(0.0), TILE)
+        for j in range(hd):
+            x, d = splat(qh[j], TILE), j * TILE
+            a0 = fma(x, load(keys, at0 + d, TILE), a0)
+            a1 = fma(x, load(keys, at1 + d, TILE), a1)
+            a2 = fma(x, load(keys, at2 + d, TILE), a2)
+            a3 = fma(x, load(keys, at3 + d, TILE), a3)
+        store(scores, i * TILE, a0 * scale)
+        store(scores, (i + 1) * TILE, a1 * scale)
+        store(scores, (i + 2) * TILE, a2 * scale)
+        store(scores, (i + 3) * TILE, a3 * scale)
+
+
+@njit
+def _weigh_values(w, V, out, o, inv):
+    """out[o + d] = inv * (the sum over positions p, in order, of w[p] * V[p, d]) for
+    each of the head's dims d. VALUE_VECTORS vectors of dims at a time, so as many
+    independent sums run, over blocks of V_BLOCK positions whose values stay in L1
+    while the sums run over the rest of the dims; then one vector, then one dim."""
+    n, hd = V.shape
+    acc = np.zeros(hd, dtype=np.float32)
+    for p0 in range(0, n, V_BLOCK):
+        p1 = min(n, p0 + V_BLOCK)
+        c = 0
+        while c + VALUE_VECTORS * EXP_LANES <= hd:
+            c1, c2, c3 = c + EXP_LANES, c + 2 * EXP_LANES, c + 3 * EXP_LANES
+            a0, a1 = load(acc, c, EXP_LANES), load(acc, c1, EXP_LANES)
+            a2, a3 = load(acc, c2, EXP_LANES), load(acc, c3, EXP_LANES)
+            for p in range(p0, p1):
+                x, vp = splat(w[p], EXP_LANES), V[p]
+                a0 = fma(x, load(vp, c, EXP_LANES), a0)
+                a1 = fma(x, load(vp, c1, EXP_LANES), a1)
+                a2 = fma(x, load(vp, c2, EXP_LANES), a2)
+                a3 = fma(x, load(vp, c3, EXP_LANES), a3)
+            store(acc, c, a0)
+            store(acc, c1, a1)
+            store(acc, c2, a2)
+            store(acc, c3, a3)
+            c += VALUE_VECTORS * EXP_LANES
+        while c + EXP_LANES <= hd:
+            a = load(acc, c, EXP_LANES)
+            for p in range(p0, p1):
+                a = fma(splat(w[p], EXP_LANES), load(V[p], c, EXP_LANES), a)
+            store(acc, c, a)
+            c += EXP_LANES
+        for d in range(c, hd):
+            for p in range(p0, p1):
+                acc[d] = np.float32(acc[d] + w[p] * V[p, d])
+    for d in range(hd):
+        out[o + d] = acc[d] * inv
+
+
+# Each head's scores: _score_tiles; its weighted sum of values: _weigh_values. The
+# softmax's exponentials run EXP_LANES at a time (_vexp): one math.exp per score cost
+# more than its two dot products. Each head of each token is computed by one thread, the
+# same way alone or among others, so results depend neither on the threads nor on the
+# batch.
+@njit(parallel=True)
+def _attend(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens against the cache, per local q head: token t, at
     position pos[t] of the sequence whose cache rows start at base[t], attends to rows
-    base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...]."""
+    base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...].
+    k_tiles: the keys in tiles of TILE rows (numatp/model/archs/parts.py's KV_CACHE)."""
     T = q.shape[0]
     scale = np.float32(1.0 / math.sqrt(hd))
     for th in prange(T * nq):
         t, h = _row_of(th // nq, T), th % nq
         kvh = (q0 + h) // group - kv0
         n = pos[t] + 1
-        K = k_cache[layer, kvh, base[t]:base[t] + n]
+        # the tiles that hold rows base[t] .. base[t] + n - 1, `lead` rows before those
+        first, lead = base[t] // TILE, base[t] % TILE
+        n_tiles = (lead + n + TILE - 1) // TILE
         V = v_cache[layer, kvh, base[t]:base[t] + n]
         qh = q[t, h * hd:(h + 1) * hd]
-        # past the n scores, up to a whole vector: -inf, whose e**x (e**-87) adds
-        # nothing that a float32 sum of at least e**0 = 1 can hold
-        scores = np.empty((n + EXP_LANES - 1) // EXP_LANES * EXP_LANES, dtype=np.float32)
-        m = np.float32(-np.inf)
-        for p in range(n):
-            kp = K[p]
-            s = np.float32(0.0)
-            for j in range(hd):
-                s += qh[j] * kp[j]
-            s *= scale
-            scores[p] = s
-            m = max(m, s)
-        scores[n:] = -np.inf
+        room = (n_tiles + TILES_AT_ONCE - 1) // TILES_AT_ONCE * TILES_AT_ONCE * TILE
+        scores = np.empty(room, dtype=np.float32)
+        _score_tiles(qh, k_tiles[layer, kvh].reshape(-1), first, n_tiles, scale, scores)
+        # the tiles' other rows (another sequence's, or not yet written): -inf, whose
+        # e**x (e**-87) adds nothing that a float32 sum of at least e**0 = 1 can hold
+        scores = scores[:n_tiles * TILE]
+        scores[:lead] = -np.inf
+        scores[lead + n:] = -np.inf
+        top = load(scores, 0, EXP_LANES)
+        for p in range(EXP_LANES, scores.shape[0], EXP_LANES):
+            top = vmax(top, load(scores, p, EXP_LANES))
+        m = hmax(top)
         totals = splat(np.float32(0.0), EXP_LANES)
         for p in range(0, scores.shape[0], EXP_LANES):
             e = _vexp(load(scores, p, EXP_LANES) - m)
             store(scores, p, e)
             totals = totals + e
+        w = scores[lead:lead + n]   # position p's weight: w[p]
         inv = np.float32(1.0) / hsum(totals)
-        o = pad + h * hd
-        if hd % EXP_LANES == 0:
-            # EXP_LANES of the head's dims at a time, their sums in a register while it
-            # runs over a block of positions whose values stay in L1 for the next dims
-            # (one pass over all positions per EXP_LANES dims made long contexts slower)
-            acc = np.zeros(hd, dtype=np.float32)
-            for p0 in range(0, n, V_BLOCK):
-                p1 = min(n, p0 + V_BLOCK)
-                for c in range(0, hd, EXP_LANES):
-                    a = load(acc, c, EXP_LANES)
-                    for p in range(p0, p1):
-                        a = fma(splat(scores[p], EXP_LANES), load(V[p], c, EXP_LANES), a)
-                    store(acc, c, a)
-            ot = out[t]
-            for c in range(0, hd, EXP_LANES):
-                store(ot, o + c, load(acc, c, EXP_LANES) * inv)
-        else:
-            acc1 = np.zeros(hd, dtype=np.float32)
-            for p in range(n):
-                w = scores[p]
-                vp = V[p]
-                for j in range(hd):
-                    acc1[j] += w * vp[j]
-            for j in range(hd):
-                out[t, o + j] = acc1[j] * inv
+        _weigh_values(w, V, out[t], pad + h * hd, inv)
 
 
 @njit
@@ -371,7 +426,7 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
     chunk). e: the layer's first index row; rope_cs: rope_tables' (cos, sin); work: from
     attention_work."""
     q, k, v, att, att_units = work
-    k_cache, v_cache = kv_cache
+    k_tiles, v_cache = kv_cache
     hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
     _qkv(kernels, arena, index, e, xb, q, k, v)
     if has(index, e + BQ):
@@ -388,11 +443,12 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
     rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
     for t in range(xb.shape[0]):
         row = base[t] + pos[t]
+        tile, at = row // TILE, row % TILE
         for h in range(nkv):
             for j in range(hd):
-                k_cache[layer, h, row, j] = k[t, h * hd + j]
+                k_tiles[layer, h, tile, j, at] = k[t, h * hd + j]
                 v_cache[layer, h, row, j] = v[t, h * hd + j]
-    _attend(q[s:], k_cache, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
+    _attend(q[s:], k_tiles, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
             dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
     return partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
 

@@ -78,7 +78,9 @@ class Tensor:
 @dataclass(frozen=True)
 class Cache:
     """Float32 state a step keeps from one call to the next (attention's keys, its
-    values); shape as names of ModelConfig fields and "ctx", the context length."""
+    values); shape as names of ModelConfig fields, "ctx" (the context length), and
+    "ctx_tiles" and "tile": the context as ceil(ctx / POSITION_TILE) tiles of
+    POSITION_TILE positions."""
     name: str
     shape: tuple
     split: Split | None = REPLICATED
@@ -179,10 +181,16 @@ def bytes_per_token(gguf, cfg) -> int:
             + sum(t.nbytes // t.rows for name, t in rows.items() if name not in whole))
 
 
+# Positions per tile of a cache declared in tiles (attention's keys: one vector of 16
+# float32 per head dim, see numatp/forward/blocks.py's _attend).
+POSITION_TILE = 16
+
+
 def cache_shape(cache: Cache, cfg, ctx: int, shard=None) -> tuple:
     """The shape of a cache for a context of `ctx` tokens: the whole model's, or the
     part that `shard` holds."""
-    shape = list(dims(cache.shape, cfg, ctx=ctx))
+    shape = list(dims(cache.shape, cfg, ctx=ctx, ctx_tiles=-(-ctx // POSITION_TILE),
+                      tile=POSITION_TILE))
     if shard is not None and cache.split is not None:
         lo, hi = extent(cache.split, shape[cache.split.axis], cfg, shard)
         shape[cache.split.axis] = hi - lo

@@ -4,7 +4,7 @@ import numpy as np
 from numatp import forward as F
 from numatp._env import mark_kernels_cached
 from numatp.forward.layout import D_HIDDEN
-from numatp.model.declare import cache_shape
+from numatp.model.declare import POSITION_TILE, cache_shape
 from numatp.parallel.protocol import chunk_rows
 from numatp.parallel.shard import build_shard, shard_plan
 
@@ -92,9 +92,11 @@ class ShardState:
             return
         rng = np.random.default_rng(seed)
         for cache in self.caches:
+            # axis 2 counts positions, or tiles of them (the keys: KV_CACHE)
+            rows = n if cache.ndim == 4 else -(-n // POSITION_TILE)
             for layer in range(cache.shape[0]):
-                cache[layer, :, :n] = rng.standard_normal(cache[layer, :, :n].shape,
-                                                          dtype=np.float32)
+                cache[layer, :, :rows] = rng.standard_normal(cache[layer, :, :rows].shape,
+                                                             dtype=np.float32)
 
     def gpu_report(self, repeats=200) -> dict:
         """What the GPU holds, the per-layer transfer round trip (pinned buffers), and the

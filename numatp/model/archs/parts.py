@@ -68,9 +68,11 @@ SHARED_EXPERT = (
 )
 
 # Keys and values of every position, per layer and KV head; a rank keeps those of the
-# KV heads it holds.
+# KV heads it holds. Keys are kept in tiles of positions, each head dim a row of the tile,
+# so that attention scores a tile's positions with one vector product per dim.
 _BY_KV_HEAD_OF_CACHE = Split("kv_heads", axis=1)
 KV_CACHE = (
-    Cache("keys", ("n_layers", "n_kv_heads", "ctx", "head_dim"), _BY_KV_HEAD_OF_CACHE),
+    Cache("keys", ("n_layers", "n_kv_heads", "ctx_tiles", "head_dim", "tile"),
+          _BY_KV_HEAD_OF_CACHE),
     Cache("values", ("n_layers", "n_kv_heads", "ctx", "head_dim"), _BY_KV_HEAD_OF_CACHE),
 )
