@@ -4,7 +4,7 @@ import numpy as np
 from numatp import forward as F
 from numatp._env import mark_kernels_cached
 from numatp.forward.layout import D_HIDDEN
-from numatp.model.declare import POSITION_TILE, cache_shape
+from numatp.model.declare import cache_shape
 from numatp.parallel.protocol import chunk_rows
 from numatp.parallel.shard import build_shard, shard_plan
 
@@ -26,6 +26,7 @@ class ShardState:
     def __init__(self, gguf, cfg, shard, ctx, alloc=None, n_slots=1, gpu=None, gpu_owner=True,
                  max_tokens=1):
         self.weights = build_shard(gguf, cfg, shard, ctx, alloc, attention=gpu is None)
+        self._cfg, self._shard = cfg, shard
         self.gpu_attention = self._offload = None
         if gpu is None:
             alloc_f32 = (lambda shape: np.zeros(shape, dtype=np.float32)) if alloc is None else \
@@ -91,11 +92,11 @@ class ShardState:
             self.gpu_attention.fill_synthetic(n, seed)
             return
         rng = np.random.default_rng(seed)
-        for cache in self.caches:
-            # axis 2 counts positions, or tiles of them (the keys: KV_CACHE)
-            rows = n if cache.ndim == 4 else -(-n // POSITION_TILE)
+        for decl, cache in zip(self._cfg.arch.cache, self.caches):
+            # positions 0..n-1 are the part of the cache that a context of n would have
+            part = tuple(slice(0, k) for k in cache_shape(decl, self._cfg, n, self._shard))
             for layer in range(cache.shape[0]):
-                cache[layer, :, :rows] = rng.standard_normal(cache[layer, :, :rows].shape,
+                cache[layer][part[1:]] = rng.standard_normal(cache[layer][part[1:]].shape,
                                                              dtype=np.float32)
 
     def gpu_report(self, repeats=200) -> dict:
