@@ -240,3 +240,20 @@ def test_a_moe_model_over_two_nodes_is_measured_with_the_split_asked_for(tmp_pat
     assert [(x["nodes"], x["moe_split"]) for x in rows] == [(1, None)] * 2 + [(2, "experts")] * 2
     one, two = rows[0]["peak_rss"], rows[2]["peak_rss"]
     assert one >= rows[0]["size"] and two > one
+
+
+def test_synthetic_kv_fills_exactly_the_first_positions():
+    """-d's stand-in for a long prompt: positions 0..n-1 of every cache get values, in
+    whatever layout the cache is declared (the keys in tiles of positions: the last tile
+    whole), and nothing after them does."""
+    from numatp.model.config import from_gguf
+    from numatp.model.gguf_file import GGUFFile
+    from numatp.parallel.local import LocalModel
+    g = GGUFFile(str(STORIES))
+    m = LocalModel(g, from_gguf(g), 100)
+    m.fill_synthetic_kv(40)
+    keys, values = m.state.caches
+    assert (values[:, :, :40] != 0).all() and not values[:, :, 40:].any()
+    # 40 positions are tiles 0, 1 and half of 2
+    assert (keys[:, :, :2] != 0).all() and (keys[:, :, 2, :, :8] != 0).all()
+    assert not keys[:, :, 3:].any()
