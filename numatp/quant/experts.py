@@ -25,6 +25,7 @@ from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.kernels import (BLOCK_BYTES, BLOCK_ELEMS, R, _check, _FLOAT, _group_rows,
                                   _group_units, _quantize, _silu, act_group, prepare,
                                   prepared_nbytes, rows_in_parallel)
+from numatp.quant.schedule import STRIDE, split, take, threads_for
 
 
 def prepare_experts(qtype, raw, out=None):
@@ -108,27 +109,39 @@ def _gather(acts, order, k):
 def _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, expert, G, U, H):
     groups = (n_ff + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
-    for i in prange(expert.shape[0] * groups):
-        a, g = np.int64(i) // groups, np.int64(i) % groups
-        s, e = start[a], start[a + 1]
-        _group_rows(kernels, qg, _expert(wg, qg, n_ff, cols, expert[a]), cols // BLOCK_ELEMS[qg],
-                    _rows(acts_g, s, e), none, G[s:e], g, n_ff)
-        _group_rows(kernels, qu, _expert(wu, qu, n_ff, cols, expert[a]), cols // BLOCK_ELEMS[qu],
-                    _rows(acts_u, s, e), none, U[s:e], g, n_ff)
-        for p in range(s, e):
-            for r in range(g * R, min(n_ff, (g + 1) * R)):
-                H[p, r] = _silu(G[p, r]) * U[p, r]
+    items = expert.shape[0] * groups
+    runs = split(items, threads_for(items))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            i = take(runs, thread)
+            if i < 0:
+                break
+            a, g = i // groups, i % groups
+            s, e = start[a], start[a + 1]
+            _group_rows(kernels, qg, _expert(wg, qg, n_ff, cols, expert[a]),
+                        cols // BLOCK_ELEMS[qg], _rows(acts_g, s, e), none, G[s:e], g, n_ff)
+            _group_rows(kernels, qu, _expert(wu, qu, n_ff, cols, expert[a]),
+                        cols // BLOCK_ELEMS[qu], _rows(acts_u, s, e), none, U[s:e], g, n_ff)
+            for p in range(s, e):
+                for r in range(g * R, min(n_ff, (g + 1) * R)):
+                    H[p, r] = _silu(G[p, r]) * U[p, r]
 
 
 @njit(parallel=True, boundscheck=False)
 def _experts_down(kernels, qd, wd, rows, n_ff, units, acts, start, expert, D):
     groups = (rows + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
-    for i in prange(expert.shape[0] * groups):
-        a, g = np.int64(i) // groups, np.int64(i) % groups
-        s, e = start[a], start[a + 1]
-        _group_units(kernels, qd, _expert(wd, qd, rows, n_ff, expert[a]), n_ff // BLOCK_ELEMS[qd],
-                     units, _rows(acts, s, e), none, D, g, rows, s)
+    items = expert.shape[0] * groups
+    runs = split(items, threads_for(items))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            i = take(runs, thread)
+            if i < 0:
+                break
+            a, g = i // groups, i % groups
+            s, e = start[a], start[a + 1]
+            _group_units(kernels, qd, _expert(wd, qd, rows, n_ff, expert[a]),
+                         n_ff // BLOCK_ELEMS[qd], units, _rows(acts, s, e), none, D, g, rows, s)
 
 
 @njit

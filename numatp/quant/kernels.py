@@ -41,8 +41,9 @@ prompt processing 1.16-1.42x faster. NUMATP_AMX=0 turns it off (numatp/_env.py).
 Float formats (F32, F16, BF16) multiply the float32 activations as they are, row by row
 (floats.py).
 
-Threads split the rows (prange over row groups or rows), so each output element is
-summed by one thread in a fixed order: results do not depend on the thread count.
+Threads split the rows (row groups or runs of rows, shared out as schedule.py says), so
+each output element is summed by one thread in a fixed order: results depend neither on
+the thread count nor on which thread took which rows.
 
 Arrays: w is a writable, C-contiguous uint8 array; X, Y, out are C-contiguous float32.
 Other layouts still work but make Numba compile the kernels again for that signature.
@@ -65,6 +66,7 @@ from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
 from numatp.quant.kquants import dequant_k
 from numatp.quant.rowgroups import FORMATS, R
+from numatp.quant.schedule import STRIDE, split, take, threads_for
 from numatp.quant import rowgroups
 from numatp.quant.isa import dot_isa, target_features
 from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, bitcast, convert, dot4,
@@ -702,57 +704,83 @@ def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s):
 
 @njit(parallel=True, boundscheck=False)
 def _packed_linear(kernels, qtype, w, rows, nblk, acts, P, Y):
-    for g in prange((rows + R - 1) // R):
-        _group_rows(kernels, qtype, w, nblk, acts, P, Y, g, rows)
+    groups = (rows + R - 1) // R
+    runs = split(groups, threads_for(groups))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            g = take(runs, thread)
+            if g < 0:
+                break
+            _group_rows(kernels, qtype, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
 def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
-    for g in prange((rows + R - 1) // R):
-        _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, 0)
+    groups = (rows + R - 1) // R
+    runs = split(groups, threads_for(groups))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            g = take(runs, thread)
+            if g < 0:
+                break
+            _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, 0)
 
 
 @njit(parallel=True, boundscheck=False)
 def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb, Yc):
     ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
-    for j in prange(ga + gb + (rc + R - 1) // R):
-        i = np.int64(j)  # a prange index may be unsigned: int64 - uint64 would be a float
-        # one call site: each one compiles the whole tile dispatch
-        if i < ga:
-            q, w, Y, g, rows = qa, wa, Ya, i, ra
-        elif i < ga + gb:
-            q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
-        else:
-            q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
-        _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+    groups = ga + gb + (rc + R - 1) // R
+    runs = split(groups, threads_for(groups))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            i = take(runs, thread)
+            if i < 0:
+                break
+            # one call site: each one compiles the whole tile dispatch
+            if i < ga:
+                q, w, Y, g, rows = qa, wa, Ya, i, ra
+            elif i < ga + gb:
+                q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
+            else:
+                q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
+            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
 def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad):
     T = acts[0].shape[0]
-    for j in prange((rows + R - 1) // R):
-        g = np.int64(j)
-        for m in range(2):
-            if m == 0:
-                q, w, Y = qg, wg, G
-            else:
-                q, w, Y = qu, wu, U
-            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
-        for t in range(T):
-            for r in range(g * R, min(rows, (g + 1) * R)):
-                H[t, pad + r] = _silu(G[t, r]) * U[t, r]
+    groups = (rows + R - 1) // R
+    runs = split(groups, threads_for(groups))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            g = take(runs, thread)
+            if g < 0:
+                break
+            for m in range(2):
+                if m == 0:
+                    q, w, Y = qg, wg, G
+                else:
+                    q, w, Y = qu, wu, U
+                _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+            for t in range(T):
+                for r in range(g * R, min(rows, (g + 1) * R)):
+                    H[t, pad + r] = _silu(G[t, r]) * U[t, r]
 
 
 @njit(parallel=True, boundscheck=False)
 def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U):
     groups = (rows + R - 1) // R
-    for j in prange(2 * groups):
-        i = np.int64(j)
-        if i < groups:
-            q, w, Y, g = qg, wg, G, i
-        else:
-            q, w, Y, g = qu, wu, U, i - groups
-        _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+    runs = split(2 * groups, threads_for(2 * groups))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            i = take(runs, thread)
+            if i < 0:
+                break
+            if i < groups:
+                q, w, Y, g = qg, wg, G, i
+            else:
+                q, w, Y, g = qu, wu, U, i - groups
+            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
@@ -854,11 +882,17 @@ def _rows_per_chunk(nrows):
 @njit(parallel=True, boundscheck=False)
 def _float_matvec(kernels, qtype, w, stride, rows, cols, x, y):
     per = _rows_per_chunk(rows)
-    for c in prange((rows + per - 1) // per):
-        first = c * per
-        last = min(rows, first + per)
-        _float_rows(kernels, qtype, w, first * stride, stride, last - first, cols, x,
-                    y[first:last])
+    chunks = (rows + per - 1) // per
+    runs = split(chunks, threads_for(chunks))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            c = take(runs, thread)
+            if c < 0:
+                break
+            first = c * per
+            last = min(rows, first + per)
+            _float_rows(kernels, qtype, w, first * stride, stride, last - first, cols, x,
+                        y[first:last])
 
 
 # The batched path keeps a group of rows in the core's L2 cache while it runs through all
@@ -873,14 +907,20 @@ def _float_matmul(kernels, qtype, w, stride, rows, cols, X, Y):
     T = X.shape[0]
     per = max(1, _GROUP_BYTES // max(1, stride))
     per = max(1, min(per, (rows + _MIN_GROUPS - 1) // _MIN_GROUPS))
-    for g in prange((rows + per - 1) // per):
-        first = g * per
-        last = min(rows, first + per)
-        for t0 in range(0, T, _FLOAT_TOKENS):
-            # past the last token, repeat it: the same value is stored twice
-            t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
-            _float_rows_x4(kernels, qtype, w, first * stride, stride, last - first, cols, X,
-                           t0, t1, t2, t3, Y, first)
+    chunks = (rows + per - 1) // per
+    runs = split(chunks, threads_for(chunks))
+    for thread in prange(runs.shape[0] // STRIDE):
+        while True:
+            g = take(runs, thread)
+            if g < 0:
+                break
+            first = g * per
+            last = min(rows, first + per)
+            for t0 in range(0, T, _FLOAT_TOKENS):
+                # past the last token, repeat it: the same value is stored twice
+                t1, t2, t3 = min(t0 + 1, T - 1), min(t0 + 2, T - 1), min(t0 + 3, T - 1)
+                _float_rows_x4(kernels, qtype, w, first * stride, stride, last - first, cols,
+                               X, t0, t1, t2, t3, Y, first)
 
 
 # -- entry points -----------------------------------------------------------------------------
