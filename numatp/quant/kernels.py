@@ -66,7 +66,7 @@ from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
 from numatp.quant.kquants import dequant_k
 from numatp.quant.rowgroups import FORMATS, R
-from numatp.quant.schedule import STRIDE, split, take, threads_for
+from numatp.quant.schedule import STRIDE, fetch_add, split, take, threads_for
 from numatp.quant import rowgroups
 from numatp.quant.isa import dot_isa, target_features
 from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, bitcast, convert, dot4,
@@ -768,8 +768,12 @@ def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad):
 
 
 @njit(parallel=True, boundscheck=False)
-def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U):
+def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad):
+    """One token's gate and up rows as two streams (see glu), and H's rows of a row
+    group by the thread that finishes the second of its two halves: no region of its
+    own for the silu."""
     groups = (rows + R - 1) // R
+    halves_done = np.zeros(groups, np.int64)
     runs = split(2 * groups, threads_for(2 * groups))
     for thread in prange(runs.shape[0] // STRIDE):
         while True:
@@ -781,6 +785,9 @@ def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U):
             else:
                 q, w, Y, g = qu, wu, U, i - groups
             _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+            if fetch_add(halves_done, g) == 1:
+                for r in range(g * R, min(rows, (g + 1) * R)):
+                    H[0, pad + r] = _silu(G[0, r]) * U[0, r]
 
 
 @njit(parallel=True, boundscheck=False)
@@ -1016,8 +1023,7 @@ def glu(kernels, qg, wg, qu, wu, rows, cols, X, G, U, H, pad):
         # products one after the other.
         if X.shape[0] == 1:
             _packed_glu_streams(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], acts, P,
-                                G, U)
-            _silu_rows(G, U, H, np.int64(pad))
+                                G, U, H, np.int64(pad))
         else:
             _packed_glu(kernels, qg, wg, qu, wu, rows, cols // BLOCK_ELEMS[qg], acts, P, G, U, H,
                         np.int64(pad))

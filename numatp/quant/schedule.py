@@ -45,13 +45,14 @@ def _pointer(context, builder, arrty, arr, index):
 
 @intrinsic
 def fetch_add(typingctx, arr, index):
-    """arr[index] += 1 atomically; returns the value before."""
+    """arr[index] += 1 atomically; returns the value before. Ordered both ways: a thread
+    that sees another's increment also sees what that thread wrote before it."""
     if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _pointer(context, builder, arr, args[0], args[1])
-        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "acq_rel")
 
     return types.int64(arr, index), codegen
 
