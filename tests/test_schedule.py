@@ -4,16 +4,16 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from numatp.quant.schedule import STRIDE, split, take, threads_for
+from numatp.quant.schedule import STRIDE, split, split_among, take, threads_for
 
 
 def test_runs_cover_the_items_in_order():
-    runs = split(10, 3)
+    runs = split_among(10, 3)
     assert [(runs[t * STRIDE], runs[t * STRIDE + 1]) for t in range(3)] == [(0, 3), (3, 6), (6, 10)]
 
 
 def test_a_thread_takes_its_own_run_then_the_others_in_turn():
-    runs = split(10, 3)
+    runs = split_among(10, 3)
     assert [take(runs, 1) for _ in range(3)] == [3, 4, 5]
     assert take(runs, 0) == 0
     # thread 1's run is done: it goes on with thread 2's, then thread 0's
@@ -23,15 +23,15 @@ def test_a_thread_takes_its_own_run_then_the_others_in_turn():
 
 def test_fewer_items_than_threads():
     assert threads_for(0) == 1 and threads_for(1) == 1
-    runs = split(1, threads_for(1))
+    runs = split(1)
     assert take(runs, 0) == 0 and take(runs, 0) == -1
-    runs = split(0, 1)
+    runs = split(0)
     assert take(runs, 0) == -1
 
 
 @njit(parallel=True)
 def _take_all(n_items, n_threads, taken_by, order):
-    runs = split(n_items, n_threads)
+    runs = split_among(n_items, n_threads)
     for thread in prange(n_threads):
         k = 0
         while True:

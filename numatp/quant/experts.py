@@ -25,7 +25,7 @@ from numatp.quant.activations import empty_activations, quantize_row
 from numatp.quant.kernels import (BLOCK_BYTES, BLOCK_ELEMS, R, _check, _FLOAT, _group_rows,
                                   _group_units, _quantize, _silu, act_group, prepare,
                                   prepared_nbytes, rows_in_parallel)
-from numatp.quant.schedule import STRIDE, split, take, threads_for
+from numatp.quant.schedule import split, take, threads
 
 
 def prepare_experts(qtype, raw, out=None):
@@ -110,8 +110,8 @@ def _experts_glu(kernels, qg, wg, qu, wu, n_ff, cols, acts_g, acts_u, start, exp
     groups = (n_ff + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     items = expert.shape[0] * groups
-    runs = split(items, threads_for(items))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(items)
+    for thread in prange(threads(runs)):
         while True:
             i = take(runs, thread)
             if i < 0:
@@ -132,8 +132,8 @@ def _experts_down(kernels, qd, wd, rows, n_ff, units, acts, start, expert, D):
     groups = (rows + R - 1) // R
     none = np.empty(0, np.int8)   # no AMX panel: experts' token runs use the vector tiles
     items = expert.shape[0] * groups
-    runs = split(items, threads_for(items))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(items)
+    for thread in prange(threads(runs)):
         while True:
             i = take(runs, thread)
             if i < 0:

@@ -66,7 +66,7 @@ from numatp.quant.floats import dequant_float, dot_float, dot_float_x4
 from numatp.quant.kernel_set import KernelSet, KernelSetType  # noqa: F401 (re-exported)
 from numatp.quant.kquants import dequant_k
 from numatp.quant.rowgroups import FORMATS, R
-from numatp.quant.schedule import STRIDE, fetch_add, split, take, threads_for
+from numatp.quant.schedule import fetch_add, split, take, threads
 from numatp.quant import rowgroups
 from numatp.quant.isa import dot_isa, target_features
 from numatp.quant.simd import (PREFETCH_AHEAD, CACHE_LINE, bcast4, bitcast, convert, dot4,
@@ -705,8 +705,8 @@ def _group_units(kernels, qtype, w, nblk, units, acts, P, Yu, g, rows, s):
 @njit(parallel=True, boundscheck=False)
 def _packed_linear(kernels, qtype, w, rows, nblk, acts, P, Y):
     groups = (rows + R - 1) // R
-    runs = split(groups, threads_for(groups))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(groups)
+    for thread in prange(threads(runs)):
         while True:
             g = take(runs, thread)
             if g < 0:
@@ -717,8 +717,8 @@ def _packed_linear(kernels, qtype, w, rows, nblk, acts, P, Y):
 @njit(parallel=True, boundscheck=False)
 def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
     groups = (rows + R - 1) // R
-    runs = split(groups, threads_for(groups))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(groups)
+    for thread in prange(threads(runs)):
         while True:
             g = take(runs, thread)
             if g < 0:
@@ -730,8 +730,8 @@ def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
 def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb, Yc):
     ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
     groups = ga + gb + (rc + R - 1) // R
-    runs = split(groups, threads_for(groups))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(groups)
+    for thread in prange(threads(runs)):
         while True:
             i = take(runs, thread)
             if i < 0:
@@ -750,8 +750,8 @@ def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, 
 def _packed_glu(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad):
     T = acts[0].shape[0]
     groups = (rows + R - 1) // R
-    runs = split(groups, threads_for(groups))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(groups)
+    for thread in prange(threads(runs)):
         while True:
             g = take(runs, thread)
             if g < 0:
@@ -774,8 +774,8 @@ def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, p
     own for the silu."""
     groups = (rows + R - 1) // R
     halves_done = np.zeros(groups, np.int64)
-    runs = split(2 * groups, threads_for(2 * groups))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(2 * groups)
+    for thread in prange(threads(runs)):
         while True:
             i = take(runs, thread)
             if i < 0:
@@ -890,8 +890,8 @@ def _rows_per_chunk(nrows):
 def _float_matvec(kernels, qtype, w, stride, rows, cols, x, y):
     per = _rows_per_chunk(rows)
     chunks = (rows + per - 1) // per
-    runs = split(chunks, threads_for(chunks))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(chunks)
+    for thread in prange(threads(runs)):
         while True:
             c = take(runs, thread)
             if c < 0:
@@ -915,8 +915,8 @@ def _float_matmul(kernels, qtype, w, stride, rows, cols, X, Y):
     per = max(1, _GROUP_BYTES // max(1, stride))
     per = max(1, min(per, (rows + _MIN_GROUPS - 1) // _MIN_GROUPS))
     chunks = (rows + per - 1) // per
-    runs = split(chunks, threads_for(chunks))
-    for thread in prange(runs.shape[0] // STRIDE):
+    runs = split(chunks)
+    for thread in prange(threads(runs)):
         while True:
             g = take(runs, thread)
             if g < 0:

@@ -4,17 +4,17 @@ items in order through a counter of its own; a thread whose run is done takes th
 items of the others' runs. Threads whose runs cost the same do not wait for each other.
 
 Why not prange alone: on a 16-core Xeon the threads of a static split finished one
-matrix of a decode up to 30-45% of the region's time apart (some cores stream memory
-slower than others, and not the same ones each time), and the region waits for the
+matrix of a decode 20-30% of the region's time apart, and the region waits for the
 last. Taking items one at a time from a shared counter removed that wait but mixed the
-threads' streams: on a 2-core AMD host it decoded 15-20% slower than the static split.
+threads' streams: on a 2-core AMD host a decode's products ran 8-33% slower than with
+the static split.
 Runs with taking-over keep each thread's stream contiguous until its run is done.
 
 An item is computed whole by whichever thread takes it, with the same code, so results
 do not depend on which one does.
 
-    runs = split(n_items, n_threads)        # before the parallel loop
-    for t in prange(n_threads):             # runs.shape[0] // STRIDE threads
+    runs = split(n_items)                   # before the parallel loop
+    for t in prange(threads(runs)):
         while True:
             i = take(runs, t)
             if i < 0:
@@ -77,7 +77,13 @@ def threads_for(n_items):
 
 
 @njit
-def split(n_items, n_threads):
+def split(n_items):
+    """The runs of n_items items among threads_for(n_items) threads (split_among)."""
+    return split_among(n_items, threads_for(n_items))
+
+
+@njit
+def split_among(n_items, n_threads):
     """Each thread's run of items: thread t's counter at runs[t * STRIDE], starting at its
     first item, and the end of its run at runs[t * STRIDE + 1]."""
     runs = np.empty(n_threads * STRIDE, np.int64)
@@ -88,10 +94,16 @@ def split(n_items, n_threads):
 
 
 @njit
+def threads(runs):
+    """How many threads `runs` is for: the parallel loop's length."""
+    return runs.shape[0] // STRIDE
+
+
+@njit
 def take(runs, thread):
     """The next item for `thread` (its loop index): the next of its own run, or when that
     is done, the next of the first other run with items left; -1 when none are left."""
-    n = runs.shape[0] // STRIDE
+    n = threads(runs)
     t = np.int64(thread)  # a prange index may be unsigned
     for k in range(n):
         c = (t + k) % n * STRIDE
