@@ -16,9 +16,7 @@ from gguf import GGMLQuantizationType as GT
 
 from numatp.quant import formats as F
 from numatp.quant import packing
-from numatp.quant.chain import glu_down
-from numatp.quant.kernels import (KernelSet, R, dequantize_rows, glu, linear, linear_units,
-                                  prepare)
+from numatp.quant.kernels import KernelSet, R, dequantize_rows, linear, linear_units, prepare
 
 # Types gguf can quantize itself; the others get random block bytes.
 GGUF_QUANTIZES = {F.BF16, F.Q4_0, F.Q4_1, F.Q5_0, F.Q5_1, F.Q8_0}
@@ -227,51 +225,3 @@ def test_units_are_the_products_of_their_columns_alone(qtype, T):
             linear(ALL, qtype, prepare(qtype, part), rows, (b1 - b0) * be,
                    np.ascontiguousarray(X[:, b0 * be:b1 * be]), want)
         assert np.array_equal(Yu[u].view(np.uint32), want.view(np.uint32)), f"unit {u}"
-
-
-# The one-region FFN runs every format's row groups with the code of the separate regions;
-# what it adds depends on the activation groups (32 or 256 values), not on the format. So
-# its test takes formats of both groups and the mixes a Q4_K_M file has, in one kernel set.
-FFN_SET = KernelSet((F.Q8_0, F.Q4_0, F.Q4_K, F.Q6_K))
-FFN_PAIRS = [pytest.param(q, d, id=f"{F.type_name(q)}-{F.type_name(d)}")
-             for q, d in ((F.Q8_0, F.Q8_0), (F.Q4_0, F.Q4_0), (F.Q4_K, F.Q4_K), (F.Q4_K, F.Q6_K),
-                          (F.Q4_0, F.Q8_0), (F.Q8_0, F.Q4_K))]
-
-
-@pytest.mark.parametrize("qtype,down_type", FFN_PAIRS)
-def test_one_token_ffn_region_is_glu_then_down(qtype, down_type):
-    """glu_down's one-region path for one token gives glu() then linear_units() bit for
-    bit: H, and down's units. Pads put H's columns across activation groups, and past a
-    whole group of padding (which no gate/up row group fills); 1 and all threads."""
-    rng = np.random.default_rng(qtype * 100 + down_type)
-    be = F.block_size(down_type)
-    rows, drows = 3 * R + 5, 2 * R + 3
-    cols = 2 * F.block_size(qtype)
-    wg, wu = (prepare(qtype, make_matrix(qtype, rows, cols, rng)[0]) for _ in range(2))
-    X = rng.standard_normal((1, cols)).astype(np.float32)
-    for pad in (0, 5, be + 3):
-        nblk = (pad + rows + be - 1) // be + 1   # and a block of padding after the rows
-        width = nblk * be
-        wd = prepare(down_type, make_matrix(down_type, drows, width, rng)[0])
-        for cuts in ([0, nblk], [0, 1, 1, nblk - 1, nblk]):
-            units = np.array(cuts, np.int64)
-            for threads in (1, numba.config.NUMBA_NUM_THREADS):
-                numba.set_num_threads(threads)
-                try:
-                    got, want = [], []
-                    for out, fused in ((got, True), (want, False)):
-                        G, U = np.zeros((1, rows), np.float32), np.zeros((1, rows), np.float32)
-                        H = np.zeros((1, width), np.float32)
-                        Yu = np.full((len(cuts) - 1, 1, drows), np.nan, np.float32)
-                        if fused:
-                            glu_down(FFN_SET, qtype, wg, qtype, wu, rows, cols, down_type, wd,
-                                     drows, width, units, X, G, U, H, pad, Yu)
-                        else:
-                            glu(FFN_SET, qtype, wg, qtype, wu, rows, cols, X, G, U, H, pad)
-                            linear_units(FFN_SET, down_type, wd, drows, width, units, H, Yu)
-                        out += [H, Yu]
-                finally:
-                    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-                for a, b, what in zip(got, want, ("H", "down")):
-                    assert np.array_equal(a.view(np.uint32), b.view(np.uint32)), \
-                        (what, pad, cuts, threads)

@@ -21,12 +21,9 @@ from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_HIDDEN, D
 from numatp.model.declare import POSITION_TILE
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
-from numatp.quant.chain import (filled, filling, glu_down, group_product, group_units, packed,
-                                quantized_input, row_groups, same_input, wait_filled)
 from numatp.quant.kernels import glu, linear, linear3, linear_units, rows_in_parallel
 from numatp.quant.simd import (bitcast, convert, fma, hmax, hsum, load, round_even, splat,
                                store, vmax)
-from numatp.quant.schedule import fetch_add, split, split_among, take, threads, wait_until
 from numatp.shm.allreduce import allreduce_parts
 
 # ---- the index --------------------------------------------------------------------------
@@ -93,19 +90,13 @@ def partial_product(kernels, arena, index, e, X, buf, Y):
     the partial sums of its reduce units (numatp/parallel/plan.py) for the reduce to add
     up: returns them as (n_units, T, width), in buf (unit_buffer's), or for one unit in
     Y itself."""
-    Yu = product_parts(index, e, buf, Y)
-    unit_product(kernels, arena, index, e, X, Yu)
-    return Yu
-
-
-@njit
-def product_parts(index, e, buf, Y):
-    """Where partial_product leaves the partial sums of a product into Y (T, width) with
-    the matrix at index row e: (n_units, T, width) in buf, or for one unit Y itself."""
     n = index[e, UNITS]
     if n == 1:
+        matmul(kernels, arena, index, e, X, Y)
         return whole(Y)
-    return unit_view(buf, n, Y.shape[0], Y.shape[1])
+    Yu = unit_view(buf, n, X.shape[0], Y.shape[1])
+    unit_product(kernels, arena, index, e, X, Yu)
+    return Yu
 
 
 @njit
@@ -391,42 +382,36 @@ def _attend(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, 
     base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...].
     k_tiles: the keys in tiles of TILE rows (numatp/model/archs/parts.py's KV_CACHE)."""
     T = q.shape[0]
-    for th in prange(T * nq):
-        _attend_head(q, k_tiles, v_cache, layer, pos, base, hd, group, q0, kv0, out, pad,
-                     _row_of(th // nq, T), th % nq)
-
-
-@njit
-def _attend_head(q, k_tiles, v_cache, layer, pos, base, hd, group, q0, kv0, out, pad, t, h):
-    """_attend's local q head h of token t."""
     scale = np.float32(1.0 / math.sqrt(hd))
-    kvh = (q0 + h) // group - kv0
-    n = pos[t] + 1
-    # the tiles that hold rows base[t] .. base[t] + n - 1, `lead` rows before those
-    first, lead = base[t] // TILE, base[t] % TILE
-    n_tiles = (lead + n + TILE - 1) // TILE
-    V = v_cache[layer, kvh, base[t]:base[t] + n]
-    qh = q[t, h * hd:(h + 1) * hd]
-    room = (n_tiles + TILES_AT_ONCE - 1) // TILES_AT_ONCE * TILES_AT_ONCE * TILE
-    scores = np.empty(room, dtype=np.float32)
-    _score_tiles(qh, k_tiles[layer, kvh].reshape(-1), first, n_tiles, scale, scores)
-    # the tiles' other rows (another sequence's, or not yet written): -inf, whose
-    # e**x (e**-87) adds nothing that a float32 sum of at least e**0 = 1 can hold
-    scores = scores[:n_tiles * TILE]
-    scores[:lead] = -np.inf
-    scores[lead + n:] = -np.inf
-    top = load(scores, 0, EXP_LANES)
-    for p in range(EXP_LANES, scores.shape[0], EXP_LANES):
-        top = vmax(top, load(scores, p, EXP_LANES))
-    m = hmax(top)
-    totals = splat(np.float32(0.0), EXP_LANES)
-    for p in range(0, scores.shape[0], EXP_LANES):
-        e = _vexp(load(scores, p, EXP_LANES) - m)
-        store(scores, p, e)
-        totals = totals + e
-    w = scores[lead:lead + n]   # position p's weight: w[p]
-    inv = np.float32(1.0) / hsum(totals)
-    _weigh_values(w, V, out[t], pad + h * hd, inv)
+    for th in prange(T * nq):
+        t, h = _row_of(th // nq, T), th % nq
+        kvh = (q0 + h) // group - kv0
+        n = pos[t] + 1
+        # the tiles that hold rows base[t] .. base[t] + n - 1, `lead` rows before those
+        first, lead = base[t] // TILE, base[t] % TILE
+        n_tiles = (lead + n + TILE - 1) // TILE
+        V = v_cache[layer, kvh, base[t]:base[t] + n]
+        qh = q[t, h * hd:(h + 1) * hd]
+        room = (n_tiles + TILES_AT_ONCE - 1) // TILES_AT_ONCE * TILES_AT_ONCE * TILE
+        scores = np.empty(room, dtype=np.float32)
+        _score_tiles(qh, k_tiles[layer, kvh].reshape(-1), first, n_tiles, scale, scores)
+        # the tiles' other rows (another sequence's, or not yet written): -inf, whose
+        # e**x (e**-87) adds nothing that a float32 sum of at least e**0 = 1 can hold
+        scores = scores[:n_tiles * TILE]
+        scores[:lead] = -np.inf
+        scores[lead + n:] = -np.inf
+        top = load(scores, 0, EXP_LANES)
+        for p in range(EXP_LANES, scores.shape[0], EXP_LANES):
+            top = vmax(top, load(scores, p, EXP_LANES))
+        m = hmax(top)
+        totals = splat(np.float32(0.0), EXP_LANES)
+        for p in range(0, scores.shape[0], EXP_LANES):
+            e = _vexp(load(scores, p, EXP_LANES) - m)
+            store(scores, p, e)
+            totals = totals + e
+        w = scores[lead:lead + n]   # position p's weight: w[p]
+        inv = np.float32(1.0) / hsum(totals)
+        _weigh_values(w, V, out[t], pad + h * hd, inv)
 
 
 @njit
@@ -442,24 +427,8 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
     attention_work."""
     q, k, v, att, att_units = work
     k_tiles, v_cache = kv_cache
-    hd, nq = dims[D_HEAD_DIM], dims[D_NQ]
-    if xb.shape[0] == 1 and _in_one_region(kernels, index, e):
-        return _attention_token(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e,
-                                xb, pos, base, work, out)
+    hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
     _qkv(kernels, arena, index, e, xb, q, k, v)
-    _bias_and_norms(arena, index, dims, eps, e, q, k, v)
-    rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
-    rope(k, dims[D_NKV], hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
-    _cache(kv_cache, layer, dims, k, v, pos, base)
-    _attend(q[s:], k_tiles, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
-            dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
-    return partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
-
-
-@njit
-def _bias_and_norms(arena, index, dims, eps, e, q, k, v):
-    """The architecture's Q/K/V biases and q/k head norms, where it has them."""
-    hd = dims[D_HEAD_DIM]
     if has(index, e + BQ):
         _add_bias(q, vector(arena, index, e + BQ))
     if has(index, e + BK):
@@ -467,102 +436,21 @@ def _bias_and_norms(arena, index, dims, eps, e, q, k, v):
     if has(index, e + BV):
         _add_bias(v, vector(arena, index, e + BV))
     if has(index, e + Q_NORM):
-        _head_rmsnorm(q, dims[D_NQ], hd, vector(arena, index, e + Q_NORM), eps)
+        _head_rmsnorm(q, nq, hd, vector(arena, index, e + Q_NORM), eps)
     if has(index, e + K_NORM):
-        _head_rmsnorm(k, dims[D_NKV], hd, vector(arena, index, e + K_NORM), eps)
-
-
-@njit
-def _cache(kv_cache, layer, dims, k, v, pos, base):
-    """The tokens' keys and values into the layer's cache rows."""
-    k_tiles, v_cache = kv_cache
-    hd = dims[D_HEAD_DIM]
-    for t in range(k.shape[0]):
+        _head_rmsnorm(k, nkv, hd, vector(arena, index, e + K_NORM), eps)
+    rope(q, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
+    rope(k, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], rope_cs, pos)
+    for t in range(xb.shape[0]):
         row = base[t] + pos[t]
         tile, at = row // TILE, row % TILE
-        for h in range(dims[D_NKV]):
+        for h in range(nkv):
             for j in range(hd):
                 k_tiles[layer, h, tile, j, at] = k[t, h * hd + j]
                 v_cache[layer, h, row, j] = v[t, h * hd + j]
-
-
-@njit
-def _in_one_region(kernels, index, e):
-    """Whether a token's attention block can run in one parallel region (chain.py): Q,
-    K and V read one quantized input, and attn_output is quantized too."""
-    qa, qb, qc = index[e + WQ, QTYPE], index[e + WK, QTYPE], index[e + WV, QTYPE]
-    return (same_input(kernels, qa, qb) and same_input(kernels, qa, qc)
-            and packed(kernels, index[e + WO, QTYPE]))
-
-
-@njit
-def _attention_token(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos,
-                     base, work, out):
-    """attention() for one token, in one parallel region (_attention_region)."""
-    q, k, v, att, att_units = work
-    eo = e + WO
-    acts, P = quantized_input(kernels, index[e + WQ, QTYPE], xb)
-    hd = dims[D_HEAD_DIM]
-    att_acts, fill = filling(kernels, index[eo, QTYPE], att, index[eo, PAD], dims[D_NQ] * hd,
-                             hd)
-    Yu = product_parts(index, eo, att_units, out)
-    _attention_region(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, pos, base,
-                      acts, P, q, k, v, att, att_acts, fill, Yu)
-    return Yu
-
-
-@njit(parallel=True, boundscheck=False)
-def _attention_region(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, pos, base,
-                      acts, P, q, k, v, att, att_acts, fill, Yu):
-    """The row groups of Q, K and V; the thread that finishes the last of them adds
-    the biases, norms, RoPE and the cache rows; the heads, each quantized into
-    attn_output's input as it is done; attn_output's row groups."""
-    eq, ek, ev, eo = e + WQ, e + WK, e + WV, e + WO
-    ga, gb = row_groups(index[eq, ROWS]), row_groups(index[ek, ROWS])
-    n_qkv = ga + gb + row_groups(index[ev, ROWS])
-    hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
-    cos, sin = rope_cs
-    k_tiles, v_cache = kv_cache
-    pad = index[eo, PAD]
-    qkv_done = np.zeros(2, np.int64)   # row groups done; then 1: the cache rows are in
-    runs = split(n_qkv)
-    head_runs = split_among(nq, threads(runs))
-    out_runs = split_among(row_groups(index[eo, ROWS]), threads(runs))
-    for thread in prange(threads(runs)):
-        while True:
-            i = take(runs, thread)
-            if i < 0:
-                break
-            if i < ga:
-                m, Y, g = eq, q, i
-            elif i < ga + gb:
-                m, Y, g = ek, k, i - ga
-            else:
-                m, Y, g = ev, v, i - ga - gb
-            group_product(kernels, index[m, QTYPE], matrix(arena, index, m), index[m, COLS],
-                          acts, P, Y, g, index[m, ROWS])
-            if fetch_add(qkv_done, 0) == n_qkv - 1:
-                _bias_and_norms(arena, index, dims, eps, e, q, k, v)
-                _rope_token(q, 0, nq, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], cos, sin, pos[0])
-                _rope_token(k, 0, nkv, hd, dims[D_ROPE_DIM], dims[D_ROPE_NEOX], cos, sin,
-                            pos[0])
-                _cache(kv_cache, layer, dims, k, v, pos, base)
-                fetch_add(qkv_done, 1)
-        wait_until(qkv_done, 1, 1)
-        while True:
-            h = take(head_runs, thread)
-            if h < 0:
-                break
-            _attend_head(q, k_tiles, v_cache, layer, pos, base, hd, dims[D_GROUP], dims[D_Q0],
-                         dims[D_KV0], att, pad, 0, h)
-            filled(att, att_acts, fill, pad + h * hd, pad + (h + 1) * hd)
-        wait_filled(fill)
-        while True:
-            g = take(out_runs, thread)
-            if g < 0:
-                break
-            group_units(kernels, index[eo, QTYPE], matrix(arena, index, eo), index[eo, COLS],
-                        units(index, eo), att_acts, P, Yu, g, index[eo, ROWS])
+    _attend(q[s:], k_tiles, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
+            dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
+    return partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
 
 
 # ---- the dense FFN ----------------------------------------------------------------------
@@ -582,14 +470,8 @@ def dense_ffn_work(index, dims, T):
 def dense_ffn(kernels, arena, index, e, xb, s, work, out):
     """SwiGLU over my FFN rows for rows s: of xb: my rows of gate and up, my columns of
     down; returns partial_product's parts (a partial sum for the reduce)."""
-    gate, up, h, down_units = work
-    eg, eu, ed = e + W_GATE, e + W_UP, e + W_DOWN
-    parts = product_parts(index, ed, down_units, out[s:])
-    glu_down(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
-             matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], index[ed, QTYPE],
-             matrix(arena, index, ed), index[ed, ROWS], index[ed, COLS], units(index, ed),
-             xb[s:], gate[s:], up[s:], h[s:], index[ed, PAD], parts)
-    return parts
+    h = ffn_glu(kernels, arena, index, e, xb, s, work)
+    return partial_product(kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
 
 
 @njit

@@ -59,23 +59,15 @@ def fetch_add(typingctx, arr, index):
 
 @intrinsic
 def read_shared(typingctx, arr, index):
-    """arr[index], read from memory every time (another thread may change it). Ordered:
-    what the thread that wrote the value wrote before it is seen after this read."""
+    """arr[index], read from memory every time (another thread may change it)."""
     if not (isinstance(arr, types.Array) and arr.dtype == types.int64):
         return None
 
     def codegen(context, builder, sig, args):
         ptr = _pointer(context, builder, arr, args[0], args[1])
-        return builder.load_atomic(ptr, "acquire", 8)
+        return builder.load_atomic(ptr, "monotonic", 8)
 
     return types.int64(arr, index), codegen
-
-
-@njit
-def wait_until(arr, index, value):
-    """Spin until arr[index] >= value (other threads count it up with fetch_add)."""
-    while read_shared(arr, index) < value:
-        pass
 
 
 @njit
