@@ -90,6 +90,24 @@ def test_prefill_chunks_match_reference(tmp_path, arch):
         assert_close(np.array(out), ref[ends], exact[ends])
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_one_token_steps_are_the_prompt_path_bit_for_bit(tmp_path, qtype):
+    """A token's step takes other paths than a prompt chunk's (one-token tiles, gate and
+    up as two streams with the silu taken by whichever thread finishes a row group's
+    second half); they sum every value alike, so the logits after each token, fed one at
+    a time, are the chunk's last row's, bit for bit (qwen3: q/k norms; Q4_K: 256-value
+    activation groups)."""
+    hidden, ffn = (256, 512) if qtype == "Q4_K" else (64, 128)
+    path = synth.write_model(tmp_path / "m.gguf", arch="qwen3", qtype=qtype, hidden=hidden,
+                             ffn=ffn, n_heads=4, n_kv_heads=2, seed=6)
+    r = Runner(path)
+    each = r.logits_each(PROMPT)
+    for n in (2, 7, len(PROMPT)):
+        r.model = LocalModel(r.g, r.cfg, 64)
+        chunk = r.model.forward(r.embed(PROMPT[:n]), 0)
+        assert np.array_equal(chunk.view(np.uint32), each[n - 1].view(np.uint32)), n
+
+
 def test_uneven_heads_and_rope_dims(tmp_path):
     """14 query heads over 2 KV heads, head_dim != hidden / heads."""
     path = synth.write_model(tmp_path / "m.gguf", arch="qwen3", qtype="F32", hidden=128, n_heads=14,
