@@ -11,7 +11,7 @@ module with its step, and blocks of its own where the shared ones do not do, reg
 in STEPS; the existing steps stay as they are.
 
 Every step is called as step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos,
-base, logits, group):
+base, logits, group, team):
     kernels   the KernelSet of the shard's matrix types (what the chain compiles for)
     arena, index, dims   the shard's weights, where each is, its sizes (layout.py)
     eps       float32 RMSNorm epsilon
@@ -28,12 +28,14 @@ base, logits, group):
               (k = 1 for a prompt chunk, T for a batched decode); rows before those
               leave the last layer after its keys and values are written
     group     (ctl, data, rank, n_ranks) of the all-reduce (numatp/shm/allreduce.py)
+    team      the control array of a thread team (numatp/quant/team.py) that runs the
+              step's products and attention, or NO_TEAM (empty): parallel regions
 and returns 0, or the reduce's non-zero status.
 
 Only the steps are cache=True: a cached caller linking a callee that was itself loaded
 from the cache crashed.
 """
-from numatp.forward import dense, moe
+from numatp.forward import dense, moe, team  # noqa: F401 (team: ShardState's)
 from numatp.forward.blocks import rope_tables  # noqa: F401
 
 STEPS = {"dense": dense.step, "moe": moe.step}

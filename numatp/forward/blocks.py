@@ -21,7 +21,10 @@ from numatp.forward.layout import (COLS, D_FFN, D_GROUP, D_HEAD_DIM, D_HIDDEN, D
 from numatp.model.declare import POSITION_TILE
 from numatp.model.slots import (ATTN_NORM, BK, BQ, BV, K_NORM, LAYER_SLOTS, OUTPUT_NORM, Q_NORM,
                                 W_DOWN, W_GATE, W_UP, WK, WO, WQ, WV)
-from numatp.quant.kernels import glu, linear, linear3, linear_units, rows_in_parallel
+from numatp.quant.kernels import rows_in_parallel
+from numatp.quant.schedule import take
+from numatp.quant.team import (ARGS, ATTEND, bare, get1, get2, get4, get5, join, put, runs,
+                               start, team_glu, team_linear, team_linear3, team_linear_units)
 from numatp.quant.simd import (bitcast, convert, fma, hmax, hsum, load, round_even, splat,
                                store, vmax)
 from numatp.shm.allreduce import allreduce_parts
@@ -49,10 +52,10 @@ def matrix(arena, index, e):
 
 
 @njit
-def matmul(kernels, arena, index, e, X, Y):
+def matmul(team, kernels, arena, index, e, X, Y):
     """Y = X @ (the matrix at index row e).T"""
-    linear(kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS], index[e, COLS],
-           X, Y)
+    team_linear(team, kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS],
+                index[e, COLS], X, Y)
 
 
 @njit
@@ -77,25 +80,25 @@ def unit_view(buf, n, T, width):
 
 
 @njit
-def unit_product(kernels, arena, index, e, X, Yu):
+def unit_product(team, kernels, arena, index, e, X, Yu):
     """Yu[u] = X @ (reduce unit u of the matrix at index row e).T, for each of its units
     (numatp/parallel/plan.py)."""
-    linear_units(kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS],
-                 index[e, COLS], units(index, e), X, Yu)
+    team_linear_units(team, kernels, index[e, QTYPE], matrix(arena, index, e), index[e, ROWS],
+                      index[e, COLS], units(index, e), X, Yu)
 
 
 @njit
-def partial_product(kernels, arena, index, e, X, buf, Y):
+def partial_product(team, kernels, arena, index, e, X, buf, Y):
     """X @ (the matrix at index row e).T for a matrix of this rank's input columns, as
     the partial sums of its reduce units (numatp/parallel/plan.py) for the reduce to add
     up: returns them as (n_units, T, width), in buf (unit_buffer's), or for one unit in
     Y itself."""
     n = index[e, UNITS]
     if n == 1:
-        matmul(kernels, arena, index, e, X, Y)
+        matmul(team, kernels, arena, index, e, X, Y)
         return whole(Y)
     Yu = unit_view(buf, n, X.shape[0], Y.shape[1])
-    unit_product(kernels, arena, index, e, X, Yu)
+    unit_product(team, kernels, arena, index, e, X, Yu)
     return Yu
 
 
@@ -241,13 +244,13 @@ def attention_work(index, dims, T):
 
 
 @njit
-def _qkv(kernels, arena, index, e, X, q, k, v):
-    """The layer's Q, K and V projections of X, in one parallel region."""
+def _qkv(team, kernels, arena, index, e, X, q, k, v):
+    """The layer's Q, K and V projections of X, in one parallel region (or team job)."""
     eq, ek, ev = e + WQ, e + WK, e + WV
-    linear3(kernels, index[eq, QTYPE], matrix(arena, index, eq), index[eq, ROWS],
-            index[ek, QTYPE], matrix(arena, index, ek), index[ek, ROWS],
-            index[ev, QTYPE], matrix(arena, index, ev), index[ev, ROWS], index[eq, COLS],
-            X, q, k, v)
+    team_linear3(team, kernels, index[eq, QTYPE], matrix(arena, index, eq), index[eq, ROWS],
+                 index[ek, QTYPE], matrix(arena, index, ek), index[ek, ROWS],
+                 index[ev, QTYPE], matrix(arena, index, ev), index[ev, ROWS], index[eq, COLS],
+                 X, q, k, v)
 
 
 @njit
@@ -376,47 +379,92 @@ def _weigh_values(w, V, out, o, inv):
 # same way alone or among others, so results depend neither on the threads nor on the
 # batch.
 @njit(parallel=True)
-def _attend(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
-    """Causal attention of T new tokens against the cache, per local q head: token t, at
-    position pos[t] of the sequence whose cache rows start at base[t], attends to rows
-    base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...].
-    k_tiles: the keys in tiles of TILE rows (numatp/model/archs/parts.py's KV_CACHE)."""
-    T = q.shape[0]
-    scale = np.float32(1.0 / math.sqrt(hd))
-    for th in prange(T * nq):
-        t, h = _row_of(th // nq, T), th % nq
-        kvh = (q0 + h) // group - kv0
-        n = pos[t] + 1
-        # the tiles that hold rows base[t] .. base[t] + n - 1, `lead` rows before those
-        first, lead = base[t] // TILE, base[t] % TILE
-        n_tiles = (lead + n + TILE - 1) // TILE
-        V = v_cache[layer, kvh, base[t]:base[t] + n]
-        qh = q[t, h * hd:(h + 1) * hd]
-        room = (n_tiles + TILES_AT_ONCE - 1) // TILES_AT_ONCE * TILES_AT_ONCE * TILE
-        scores = np.empty(room, dtype=np.float32)
-        _score_tiles(qh, k_tiles[layer, kvh].reshape(-1), first, n_tiles, scale, scores)
-        # the tiles' other rows (another sequence's, or not yet written): -inf, whose
-        # e**x (e**-87) adds nothing that a float32 sum of at least e**0 = 1 can hold
-        scores = scores[:n_tiles * TILE]
-        scores[:lead] = -np.inf
-        scores[lead + n:] = -np.inf
-        top = load(scores, 0, EXP_LANES)
-        for p in range(EXP_LANES, scores.shape[0], EXP_LANES):
-            top = vmax(top, load(scores, p, EXP_LANES))
-        m = hmax(top)
-        totals = splat(np.float32(0.0), EXP_LANES)
-        for p in range(0, scores.shape[0], EXP_LANES):
-            e = _vexp(load(scores, p, EXP_LANES) - m)
-            store(scores, p, e)
-            totals = totals + e
-        w = scores[lead:lead + n]   # position p's weight: w[p]
-        inv = np.float32(1.0) / hsum(totals)
-        _weigh_values(w, V, out[t], pad + h * hd, inv)
+def _attend_region(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
+    for th in prange(q.shape[0] * nq):
+        _attend_head(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad,
+                     th)
 
 
 @njit
-def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base, s,
-              work, out):
+def _attend(team, q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
+    """Causal attention of T new tokens against the cache, per local q head: token t, at
+    position pos[t] of the sequence whose cache rows start at base[t], attends to rows
+    base[t] .. base[t] + pos[t]; writes head h of token t at out[t, pad + h*hd ...].
+    k_tiles: the keys in tiles of TILE rows (numatp/model/archs/parts.py's KV_CACHE).
+    A parallel region over the T * nq heads, or a team job (team not empty)."""
+    if team.size == 0:
+        _attend_region(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad)
+        return
+    ctl = bare(team)
+    s = ARGS
+    ctl[s], ctl[s + 1], ctl[s + 2], ctl[s + 3], ctl[s + 4] = layer, nq, hd, group, q0
+    ctl[s + 5], ctl[s + 6] = kv0, pad
+    s = put(ctl, put(ctl, put(ctl, s + 7, q), k_tiles), v_cache)
+    put(ctl, put(ctl, put(ctl, s, pos), base), out)
+    start(ctl, ATTEND, q.shape[0] * nq)
+    attend_job(ctl, 0)
+    join(ctl)
+
+
+@njit
+def attend_job(ctl, thread):
+    """A team thread's share of _attend's heads (numatp/quant/team.py)."""
+    s = ARGS
+    layer, nq, hd, group, q0 = ctl[s], ctl[s + 1], ctl[s + 2], ctl[s + 3], ctl[s + 4]
+    kv0, pad = ctl[s + 5], ctl[s + 6]
+    q, s = get2(ctl, s + 7, np.float32)
+    k_tiles, s = get5(ctl, s, np.float32)
+    v_cache, s = get4(ctl, s, np.float32)
+    pos, s = get1(ctl, s, np.int64)
+    base, s = get1(ctl, s, np.int64)
+    out, s = get2(ctl, s, np.float32)
+    rr = runs(ctl)
+    while True:
+        th = take(rr, thread)
+        if th < 0:
+            break
+        _attend_head(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad,
+                     th)
+
+
+@njit
+def _attend_head(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad, th):
+    """Item th of _attend: head th % nq of its (th // nq)-th row of work (_row_of)."""
+    T = q.shape[0]
+    scale = np.float32(1.0 / math.sqrt(hd))
+    t, h = _row_of(th // nq, T), th % nq
+    kvh = (q0 + h) // group - kv0
+    n = pos[t] + 1
+    # the tiles that hold rows base[t] .. base[t] + n - 1, `lead` rows before those
+    first, lead = base[t] // TILE, base[t] % TILE
+    n_tiles = (lead + n + TILE - 1) // TILE
+    V = v_cache[layer, kvh, base[t]:base[t] + n]
+    qh = q[t, h * hd:(h + 1) * hd]
+    room = (n_tiles + TILES_AT_ONCE - 1) // TILES_AT_ONCE * TILES_AT_ONCE * TILE
+    scores = np.empty(room, dtype=np.float32)
+    _score_tiles(qh, k_tiles[layer, kvh].reshape(-1), first, n_tiles, scale, scores)
+    # the tiles' other rows (another sequence's, or not yet written): -inf, whose
+    # e**x (e**-87) adds nothing that a float32 sum of at least e**0 = 1 can hold
+    scores = scores[:n_tiles * TILE]
+    scores[:lead] = -np.inf
+    scores[lead + n:] = -np.inf
+    top = load(scores, 0, EXP_LANES)
+    for p in range(EXP_LANES, scores.shape[0], EXP_LANES):
+        top = vmax(top, load(scores, p, EXP_LANES))
+    m = hmax(top)
+    totals = splat(np.float32(0.0), EXP_LANES)
+    for p in range(0, scores.shape[0], EXP_LANES):
+        e = _vexp(load(scores, p, EXP_LANES) - m)
+        store(scores, p, e)
+        totals = totals + e
+    w = scores[lead:lead + n]   # position p's weight: w[p]
+    inv = np.float32(1.0) / hsum(totals)
+    _weigh_values(w, V, out[t], pad + h * hd, inv)
+
+
+@njit
+def attention(team, kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb, pos, base,
+              s, work, out):
     """Self-attention of my heads for the tokens xb (normed; row t at position pos[t] of
     the sequence whose cache rows start at base[t]): all of them go into the KV cache;
     rows s: (the tokens that go on) get attn_output over my heads' columns, a partial sum
@@ -428,7 +476,7 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
     q, k, v, att, att_units = work
     k_tiles, v_cache = kv_cache
     hd, nq, nkv = dims[D_HEAD_DIM], dims[D_NQ], dims[D_NKV]
-    _qkv(kernels, arena, index, e, xb, q, k, v)
+    _qkv(team, kernels, arena, index, e, xb, q, k, v)
     if has(index, e + BQ):
         _add_bias(q, vector(arena, index, e + BQ))
     if has(index, e + BK):
@@ -448,9 +496,9 @@ def attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
             for j in range(hd):
                 k_tiles[layer, h, tile, j, at] = k[t, h * hd + j]
                 v_cache[layer, h, row, j] = v[t, h * hd + j]
-    _attend(q[s:], k_tiles, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
+    _attend(team, q[s:], k_tiles, v_cache, layer, pos[s:], base[s:], nq, hd, dims[D_GROUP],
             dims[D_Q0], dims[D_KV0], att[s:], index[e + WO, PAD])
-    return partial_product(kernels, arena, index, e + WO, att[s:], att_units, out[s:])
+    return partial_product(team, kernels, arena, index, e + WO, att[s:], att_units, out[s:])
 
 
 # ---- the dense FFN ----------------------------------------------------------------------
@@ -467,22 +515,22 @@ def dense_ffn_work(index, dims, T):
 
 
 @njit
-def dense_ffn(kernels, arena, index, e, xb, s, work, out):
+def dense_ffn(team, kernels, arena, index, e, xb, s, work, out):
     """SwiGLU over my FFN rows for rows s: of xb: my rows of gate and up, my columns of
     down; returns partial_product's parts (a partial sum for the reduce)."""
-    h = ffn_glu(kernels, arena, index, e, xb, s, work)
-    return partial_product(kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
+    h = ffn_glu(team, kernels, arena, index, e, xb, s, work)
+    return partial_product(team, kernels, arena, index, e + W_DOWN, h[s:], work[3], out[s:])
 
 
 @njit
-def ffn_glu(kernels, arena, index, e, xb, s, work):
+def ffn_glu(team, kernels, arena, index, e, xb, s, work):
     """The first half of dense_ffn: returns h, whose rows s: are ffn_down's input."""
     gate, up, h, _ = work
     eg, eu, ed = e + W_GATE, e + W_UP, e + W_DOWN
     # h[:, pad:] = silu(gate(X)) * up(X), pad as ffn_down wants its input
-    glu(kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
-        matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:], up[s:],
-        h[s:], index[ed, PAD])
+    team_glu(team, kernels, index[eg, QTYPE], matrix(arena, index, eg), index[eu, QTYPE],
+             matrix(arena, index, eu), index[eg, ROWS], index[eg, COLS], xb[s:], gate[s:],
+             up[s:], h[s:], index[ed, PAD])
     return h
 
 

@@ -11,7 +11,7 @@ from numatp.model.slots import ATTN_NORM, FFN_NORM, LAYER_SLOTS, OUTPUT
 
 @njit
 def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer, s, work,
-                    group):
+                    group, team):
     """The rest of a layer once `parts` hold this rank's share of its attention block's
     output (rows s:): reduce into proj[s:], residual and FFN norm, my FFN rows, reduce,
     residual and the next norm into xb[s:]. Returns 0, or the reduce's non-zero status.
@@ -21,7 +21,7 @@ def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    parts = dense_ffn(kernels, arena, index, e, xb, s, work, proj)
+    parts = dense_ffn(team, kernels, arena, index, e, xb, s, work, proj)
     status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
@@ -33,7 +33,8 @@ def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
 # nogil: a worker's lifeline thread (parallel/worker.py) must be able to run, and end the
 # process, while a step waits in the all-reduce on a peer that died with the coordinator.
 @njit(cache=True, nogil=True)
-def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group):
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group,
+         team):
     """Run tokens x (T, hidden: their embeddings), row t at position pos[t] of the
     sequence whose cache rows start at base[t], through all layers, updating the KV cache
     (x is overwritten: the residual stream); write this shard's slice of the logits of
@@ -54,12 +55,12 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
         # logits are its last token's; a batched decode wants every row's), so from its
         # attention on the layer runs for rows s: alone.
         s = T - n_out if layer == L - 1 else 0
-        parts = attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
-                          pos, base, s, att_work, proj)
+        parts = attention(team, kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e,
+                          xb, pos, base, s, att_work, proj)
         status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
-                                 s, ffn_work, group)
+                                 s, ffn_work, group, team)
         if status != 0:
             return status
     # Output head: my vocabulary rows, for the rows that get logits.
-    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
+    matmul(team, kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

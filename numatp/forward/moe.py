@@ -81,7 +81,7 @@ def moe_ffn_work(index, dims, T):
 
 
 @njit
-def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
+def moe_ffn(team, kernels, arena, index, dims, e, xb, s, work, out):
     """The MoE FFN of rows s: of xb, this rank's partial sum for the reduce, returned as
     partial_product's parts (in out[s:] for one unit).
     Each reduce unit (numatp/parallel/plan.py) gets its experts' weighted outputs and its
@@ -90,7 +90,7 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
     router_logits, sel, wt, local, routed_buf, shared_buf, shared_work, scratch = work
     X = xb[s:]
     T, hidden = X.shape[0], out.shape[1]
-    matmul(kernels, arena, index, e + ROUTER, X, router_logits[s:])
+    matmul(team, kernels, arena, index, e + ROUTER, X, router_logits[s:])
     route(router_logits[s:], dims[D_EXPERT_NORM] != 0, sel[s:], wt[s:])
     eg, eu, ed = e + W_GATE_EXPS, e + W_UP_EXPS, e + W_DOWN_EXPS
     n = index[ed, UNITS]
@@ -105,9 +105,9 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
         routed[:] = 0
     if has(index, e + SHARED_GATE) and dims[D_FFN] > 0:
         # the plan cuts the shared expert's columns into as many units as the experts'
-        h = ffn_glu(kernels, arena, index, e, xb, s, shared_work)
+        h = ffn_glu(team, kernels, arena, index, e, xb, s, shared_work)
         shared = unit_view(shared_buf, n, T, hidden)
-        unit_product(kernels, arena, index, e + W_DOWN, h[s:], shared)
+        unit_product(team, kernels, arena, index, e + W_DOWN, h[s:], shared)
         g = vector(arena, index, e + SHARED_GATE)
         for t in range(T):
             dot = 0.0
@@ -122,14 +122,14 @@ def moe_ffn(kernels, arena, index, dims, e, xb, s, work, out):
 
 @njit
 def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer, s, work,
-                    group):
+                    group, team):
     """As the dense step's (numatp/forward/dense.py), with the MoE FFN."""
     e = layer * LAYER_SLOTS
     status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
     add_rmsnorm(x[s:], proj[s:], vector(arena, index, e + FFN_NORM), eps, xb[s:])
-    parts = moe_ffn(kernels, arena, index, dims, e, xb, s, work, proj)
+    parts = moe_ffn(team, kernels, arena, index, dims, e, xb, s, work, proj)
     status = reduce(group, parts, proj[s:])
     if status != 0:
         return status
@@ -140,7 +140,8 @@ def after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
 
 # nogil: as the dense step's (numatp/forward/dense.py).
 @njit(cache=True, nogil=True)
-def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group):
+def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logits, group,
+         team):
     """As the dense step (numatp/forward/dense.py), with a MoE FFN in every layer."""
     T, hidden = x.shape
     n_out = logits.shape[0]   # the last n_out rows get logits
@@ -153,11 +154,11 @@ def step(kernels, arena, index, dims, eps, rope_cs, kv_cache, x, pos, base, logi
     for layer in range(L):
         e = layer * LAYER_SLOTS
         s = T - n_out if layer == L - 1 else 0
-        parts = attention(kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e, xb,
-                          pos, base, s, att_work, proj)
+        parts = attention(team, kernels, arena, index, dims, eps, rope_cs, kv_cache, layer, e,
+                          xb, pos, base, s, att_work, proj)
         status = after_attention(kernels, arena, index, dims, eps, x, xb, proj, parts, layer,
-                                 s, ffn_work, group)
+                                 s, ffn_work, group, team)
         if status != 0:
             return status
-    matmul(kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
+    matmul(team, kernels, arena, index, L * LAYER_SLOTS + OUTPUT, xb[T - n_out:], logits)
     return 0

@@ -25,6 +25,7 @@ from numatp.forward.blocks import dense_ffn_work, matmul, rmsnorm, vector, whole
 from numatp.forward.layout import D_HIDDEN, D_LAYERS
 from numatp.forward.moe import moe_ffn_work
 from numatp.model.slots import ATTN_NORM, LAYER_SLOTS, OUTPUT
+from numatp.quant.team import no_team
 
 
 @njit(cache=True, nogil=True)
@@ -48,19 +49,19 @@ def _after_attention_dense(kernels, arena, index, dims, eps, x, xb, proj, layer,
     # the GPU's attention output is one part: the whole projection on rank 0, zeros on
     # the others
     return dense.after_attention(kernels, arena, index, dims, eps, x, xb, proj,
-                                 whole(proj[s:]), layer, s, work, group)
+                                 whole(proj[s:]), layer, s, work, group, no_team())
 
 
 @njit(cache=True, nogil=True)
 def _after_attention_moe(kernels, arena, index, dims, eps, x, xb, proj, layer, s, work, group):
     return moe.after_attention(kernels, arena, index, dims, eps, x, xb, proj, whole(proj[s:]),
-                               layer, s, work, group)
+                               layer, s, work, group, no_team())
 
 
 @njit(cache=True, nogil=True)
 def _head(kernels, arena, index, dims, xb, logits):
     """My vocabulary rows of the last token's logits."""
-    matmul(kernels, arena, index, dims[D_LAYERS] * LAYER_SLOTS + OUTPUT, xb,
+    matmul(no_team(), kernels, arena, index, dims[D_LAYERS] * LAYER_SLOTS + OUTPUT, xb,
            logits.reshape(1, logits.shape[0]))
 
 

@@ -7,6 +7,7 @@ from numatp.forward.layout import D_HIDDEN
 from numatp.model.declare import cache_shape
 from numatp.parallel.protocol import chunk_rows
 from numatp.parallel.shard import build_shard, shard_plan
+from numatp.quant.team import NO_TEAM
 
 # A single shard's all-reduce returns at once; these only give it the right types.
 NO_AR_CTL, NO_AR_DATA = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float32)
@@ -52,6 +53,10 @@ class ShardState:
         self.vocab = shard.vocab
         self.n_vocab = cfg.vocab
         self._compiled = False
+        # one-token steps of the dense family run their products and attention on a
+        # thread team (numatp/forward/team.py), made at the first such step
+        self._team = None
+        self._team_ok = gpu is None and cfg.arch.family == "dense" and F.team.ENABLED
 
     def warm_up(self):
         """Compile the step (or load it from Numba's cache) by running it on a zero
@@ -76,14 +81,37 @@ class ShardState:
             # one decoded token, whose logits are the last row's.
             status = self._offload(w.kernels, w.arena, w.index, w.dims, self.eps, x, pos[0],
                                    logits[0], (ar_ctl, ar_data, rank, n_ranks))
+        elif x.shape[0] == 1 and self._use_team():
+            with self._team.session() as team:
+                status = self._step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cs,
+                                    self.caches, x, pos, base, logits,
+                                    (ar_ctl, ar_data, rank, n_ranks), team)
         else:
+            if self._team is not None:
+                self._team.park()
             status = self._step(w.kernels, w.arena, w.index, w.dims, self.eps, self.rope_cs,
                                 self.caches, x, pos, base, logits,
-                                (ar_ctl, ar_data, rank, n_ranks))
+                                (ar_ctl, ar_data, rank, n_ranks), NO_TEAM)
         if not self._compiled:
             mark_kernels_cached(w.kernels.key)
             self._compiled = True
         return status
+
+    def _use_team(self):
+        if self._team is None and self._team_ok:
+            import numba
+            n = numba.get_num_threads()
+            self._team_ok = n > 1
+            if self._team_ok:
+                self._team = F.team.Team(self.weights.kernels, n)
+        return self._team is not None
+
+    def close(self):
+        """Stop the thread team, if one was started."""
+        if self._team is not None:
+            self._team.close()
+            self._team = None
+        self._team_ok = False
 
     def fill_synthetic_kv(self, n, seed=0):
         """Keys and values of positions 0..n-1 at random: a benchmark's stand-in for a
@@ -155,4 +183,4 @@ class LocalModel:
         return report
 
     def close(self):
-        pass
+        self.state.close()

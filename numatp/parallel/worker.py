@@ -136,6 +136,7 @@ def _serve(state, channel, ar, io_seg, rank, shard, max_tokens, n_slots):
             channel.done()
         else:
             channel.fail(f"unknown command {cmd}")
+    state.close()
     channel.close()
     ar.close()
     io_seg.close()

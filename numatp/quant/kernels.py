@@ -47,7 +47,9 @@ the thread count nor on which thread took which rows.
 
 Arrays: w is a writable, C-contiguous uint8 array; X, Y, out are C-contiguous float32.
 Other layouts still work but make Numba compile the kernels again for that signature.
-Call these from serial code: they start their own parallel region.
+Call these from serial code: they start their own parallel region. team.py runs the
+same items (linear3_item, glu_stream_item, float_chunk, the row groups) as jobs of a
+thread team instead.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
@@ -728,22 +730,34 @@ def _packed_linear_units(kernels, qtype, w, rows, nblk, units, acts, P, Yu):
 
 @njit(parallel=True, boundscheck=False)
 def _packed_linear3(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb, Yc):
-    ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
-    groups = ga + gb + (rc + R - 1) // R
-    runs = split(groups)
+    runs = split(groups3(ra, rb, rc))
     for thread in prange(threads(runs)):
         while True:
             i = take(runs, thread)
             if i < 0:
                 break
-            # one call site: each one compiles the whole tile dispatch
-            if i < ga:
-                q, w, Y, g, rows = qa, wa, Ya, i, ra
-            elif i < ga + gb:
-                q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
-            else:
-                q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
-            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+            linear3_item(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb,
+                         Yc, i)
+
+
+@njit
+def groups3(ra, rb, rc):
+    """The items of linear3: the row groups of its three matrices."""
+    return (ra + R - 1) // R + (rb + R - 1) // R + (rc + R - 1) // R
+
+
+@njit(boundscheck=False)
+def linear3_item(kernels, qa, wa, ra, qb, wb, rb, qc, wc, rc, nblk, acts, P, Ya, Yb, Yc, i):
+    """Item i of linear3: the first matrix's row groups, then the second's, the third's."""
+    ga, gb = (ra + R - 1) // R, (rb + R - 1) // R
+    # one call site: each one compiles the whole tile dispatch
+    if i < ga:
+        q, w, Y, g, rows = qa, wa, Ya, i, ra
+    elif i < ga + gb:
+        q, w, Y, g, rows = qb, wb, Yb, i - ga, rb
+    else:
+        q, w, Y, g, rows = qc, wc, Yc, i - ga - gb, rc
+    _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
 
 
 @njit(parallel=True, boundscheck=False)
@@ -780,14 +794,24 @@ def _packed_glu_streams(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, p
             i = take(runs, thread)
             if i < 0:
                 break
-            if i < groups:
-                q, w, Y, g = qg, wg, G, i
-            else:
-                q, w, Y, g = qu, wu, U, i - groups
-            _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
-            if fetch_add(halves_done, g) == 1:
-                for r in range(g * R, min(rows, (g + 1) * R)):
-                    H[0, pad + r] = _silu(G[0, r]) * U[0, r]
+            glu_stream_item(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad,
+                            halves_done, i)
+
+
+@njit(boundscheck=False)
+def glu_stream_item(kernels, qg, wg, qu, wu, rows, nblk, acts, P, G, U, H, pad, halves_done,
+                    i):
+    """Item i of one token's gate and up: gate's row groups, then up's; the second of a
+    row group's two items to finish writes its silu (halves_done: zeros, one per group)."""
+    groups = (rows + R - 1) // R
+    if i < groups:
+        q, w, Y, g = qg, wg, G, i
+    else:
+        q, w, Y, g = qu, wu, U, i - groups
+    _group_rows(kernels, q, w, nblk, acts, P, Y, g, rows)
+    if fetch_add(halves_done, g) == 1:
+        for r in range(g * R, min(rows, (g + 1) * R)):
+            H[0, pad + r] = _silu(G[0, r]) * U[0, r]
 
 
 @njit(parallel=True, boundscheck=False)
@@ -880,7 +904,7 @@ def _quantize_tiles(X, group):
 # -- float formats: rows ----------------------------------------------------------------------
 
 @njit
-def _rows_per_chunk(nrows):
+def rows_per_chunk(nrows):
     """Rows per call of a row-range kernel in a matvec: as many as 16 (a call costs about
     what a short row does), while leaving at least 256 chunks, 4 each for up to 64 threads."""
     return max(1, min(16, nrows // 256))
@@ -888,18 +912,23 @@ def _rows_per_chunk(nrows):
 
 @njit(parallel=True, boundscheck=False)
 def _float_matvec(kernels, qtype, w, stride, rows, cols, x, y):
-    per = _rows_per_chunk(rows)
-    chunks = (rows + per - 1) // per
-    runs = split(chunks)
+    per = rows_per_chunk(rows)
+    runs = split((rows + per - 1) // per)
     for thread in prange(threads(runs)):
         while True:
             c = take(runs, thread)
             if c < 0:
                 break
-            first = c * per
-            last = min(rows, first + per)
-            _float_rows(kernels, qtype, w, first * stride, stride, last - first, cols, x,
-                        y[first:last])
+            float_chunk(kernels, qtype, w, stride, rows, cols, x, y, per, c)
+
+
+@njit(boundscheck=False)
+def float_chunk(kernels, qtype, w, stride, rows, cols, x, y, per, c):
+    """Item c of a float matvec: its rows c * per .. (c + 1) * per - 1."""
+    first = c * per
+    last = min(rows, first + per)
+    _float_rows(kernels, qtype, w, first * stride, stride, last - first, cols, x,
+                y[first:last])
 
 
 # The batched path keeps a group of rows in the core's L2 cache while it runs through all
