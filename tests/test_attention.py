@@ -1,13 +1,18 @@
 """The attention kernel (numatp/forward/blocks.py's _attend) against a float64 NumPy
 reference, and its vectorized exponential against exp: every row computed alike, alone
 or among others, so a prompt run in chunks, reused or decoded token by token gives the
-same bits."""
+same bits; and its heads as jobs of a thread team (numatp/forward/team.py) give the
+parallel region's bits."""
 import numpy as np
 import pytest
 from numba import njit
 
 from numatp.forward.blocks import EXP_LANES, TILE, _attend, _vexp
+from numatp.forward.team import Team
+from numatp.quant import formats as F
+from numatp.quant.kernel_set import KernelSet
 from numatp.quant.simd import load, store
+from numatp.quant.team import NO_TEAM
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -59,8 +64,16 @@ def _reference(q, kc, vc, layer, pos, base, nq, hd, group, q0, kv0):
     return out
 
 
+@pytest.fixture(scope="module")
+def team():
+    # 3 threads on this machine's 2 CPUs: uneven shares, threads taking over others' runs
+    t = Team(KernelSet([F.F32]), 3)
+    yield t
+    t.close()
+
+
 @pytest.mark.parametrize("hd", [64, 24])   # whole vectors of dims, and the scalar rest
-def test_attend_matches_float64_and_each_row_alone(hd):
+def test_attend_matches_float64_and_each_row_alone(hd, team):
     rng = np.random.default_rng(hd)
     nq, nkv, group, ctx, layers = 4, 2, 2, 300, 2
     kc = rng.standard_normal((layers, nkv, 2 * ctx, hd)).astype(np.float32)
@@ -72,7 +85,7 @@ def test_attend_matches_float64_and_each_row_alone(hd):
     q = rng.standard_normal((pos.size, nq * hd)).astype(np.float32)
     pad = 8
     out = np.zeros((pos.size, pad + nq * hd), np.float32)
-    _attend(q, _tiles(kc), vc, 1, pos, base, nq, hd, group, 0, 0, out, pad)
+    _attend(NO_TEAM, q, _tiles(kc), vc, 1, pos, base, nq, hd, group, 0, 0, out, pad)
     want = _reference(q, kc, vc, 1, pos, base, nq, hd, group, 0, 0)
     # float32 error bound of one output: the score q.k/sqrt(hd) is summed over hd terms
     # (error <= hd * eps * |q| |k| / sqrt(hd), moving each weight by that relatively),
@@ -85,9 +98,14 @@ def test_attend_matches_float64_and_each_row_alone(hd):
     err = np.abs(out[:, pad:] - want).max(axis=1)
     assert np.all(err <= bound), (err, bound)
     assert not out[:, :pad].any()
-    # every row alone gives its bits in the batch
-    for t in range(pos.size):
-        one = np.zeros((1, pad + nq * hd), np.float32)
-        _attend(q[t:t + 1], _tiles(kc), vc, 1, pos[t:t + 1], base[t:t + 1], nq, hd, group, 0, 0, one,
-                pad)
-        assert np.array_equal(one[0], out[t]), t
+    # every row alone gives its bits in the batch, in a region and on the team
+    with team.session() as ctl:
+        on_team = np.zeros_like(out)
+        _attend(ctl, q, _tiles(kc), vc, 1, pos, base, nq, hd, group, 0, 0, on_team, pad)
+        assert np.array_equal(on_team, out)
+        for t in range(pos.size):
+            for way in (NO_TEAM, ctl):
+                one = np.zeros((1, pad + nq * hd), np.float32)
+                _attend(way, q[t:t + 1], _tiles(kc), vc, 1, pos[t:t + 1], base[t:t + 1], nq, hd,
+                        group, 0, 0, one, pad)
+                assert np.array_equal(one[0], out[t]), t

@@ -27,14 +27,15 @@ from numba import njit
 
 from numatp.forward.blocks import attend_job
 from numatp.quant.team import (ATTEND, DONE, GEN, KIND, PARK, SESSION, STOP, THREADS,
-                               bare, run_kernel_job, team_words)
-from numatp.shm.atomics import cpu_relax, fetch_add, load_acquire
+                               bare, run_kernel_job, team_words, wait_a_little)
+from numatp.shm.atomics import fetch_add, load_acquire
 from numatp.shm.futex import futex_wait, futex_wake
 
 ENABLED = os.environ.get("NUMATP_TEAM", "1") != "0"
-# Spins (a pause instruction each, some 40-140 cycles) a thread keeps spinning once no
-# session is open: a few milliseconds.
-SPIN_IDLE = 100_000
+# Spins a thread keeps waiting once no session is open: a few milliseconds (the first
+# SPINS_BEFORE_YIELD a pause instruction each, some 40-140 cycles, then a sched_yield
+# each, about a microsecond on an idle CPU).
+SPIN_IDLE = 3000
 
 
 @njit(cache=True, nogil=True)
@@ -43,7 +44,7 @@ def serve(kernels, team, thread, seen):
     the last generation run once no session has been open for SPIN_IDLE spins, or has
     been parked, or at close."""
     ctl = bare(team)
-    idle = 0
+    idle = spins = 0
     while True:
         g = load_acquire(ctl, GEN)
         if g != seen:
@@ -54,7 +55,7 @@ def serve(kernels, team, thread, seen):
             else:
                 run_kernel_job(kernels, ctl, kind, thread)
             fetch_add(ctl, DONE, 1)
-            idle = 0
+            idle = spins = 0
         elif load_acquire(ctl, STOP) != 0:
             return seen
         else:
@@ -62,7 +63,8 @@ def serve(kernels, team, thread, seen):
                 idle += 1
                 if idle >= SPIN_IDLE or load_acquire(ctl, PARK) != 0:
                     return seen
-            cpu_relax()
+            spins += 1
+            wait_a_little(spins)
 
 
 class Team:

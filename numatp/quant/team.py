@@ -40,7 +40,7 @@ from numatp.quant.kernels import (BLOCK_ELEMS, R, _FLOAT, _check, _group_rows,
                                   glu_stream_item, groups3, _silu, linear, linear3, linear3_item,
                                   linear_units, row_stride, rows_per_chunk)
 from numatp.quant.schedule import STRIDE, take
-from numatp.shm.atomics import cpu_relax, fetch_add, load_acquire
+from numatp.shm.atomics import cpu_relax, fetch_add, load_acquire, sched_yield
 
 # The control array's words. The generation, the done count and the session each have a
 # 128-byte line of their own: every thread reads the first, writes the second.
@@ -66,6 +66,23 @@ NO_TEAM = np.zeros(0, np.int64)
 def no_team():
     """NO_TEAM for jitted callers (a global array would be a read-only constant there)."""
     return np.zeros(0, np.int64)
+
+
+# Spins of a wait (for a job, or for the team to finish one) before it yields the CPU at
+# every further spin: tens of microseconds. A team of more threads than free CPUs (other
+# processes' threads, or virtual nodes that share CPUs) otherwise spins on CPUs that the
+# thread it waits for needs: 3 threads on 2 CPUs took over 10 minutes for a test that
+# takes seconds.
+SPINS_BEFORE_YIELD = 1000
+
+
+@njit
+def wait_a_little(spins):
+    """One spin of a wait that has spun `spins` times so far."""
+    if spins < SPINS_BEFORE_YIELD:
+        cpu_relax()
+    else:
+        sched_yield()
 
 
 def team_words(n_threads):
@@ -212,8 +229,10 @@ def start(ctl, kind, n_items):
 def join(ctl):
     """Wait until every thread is done with the current job."""
     n = ctl[THREADS] - 1
+    spins = 0
     while load_acquire(ctl, DONE) < n:
-        cpu_relax()
+        spins += 1
+        wait_a_little(spins)
 
 
 # ---- the products as jobs ---------------------------------------------------------------
