@@ -42,18 +42,31 @@ class StopStrings:
         # Text shown earlier cannot contain the start of a match: whatever could have
         # started one was held back. So the search covers only what is held and the new text.
         buf = self._held + text
-        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
-        if found:
+        found = self._first_stop(buf)
+        # where a stop string may begin that the text so far has not completed: one that
+        # begins before a stop string found here would be the first, if it completes
+        held_from = len(buf) - max(self._partial_match(buf, s) for s in self.stops)
+        if found is not None and found <= held_from:
             self.stopped, self._held = True, ""
-            return buf[:min(found)]
-        keep = max(self._partial_match(buf, s) for s in self.stops)
-        self._held = buf[len(buf) - keep:]
-        return buf[:len(buf) - keep]
+            return buf[:found]
+        self._held = buf[held_from:]
+        return buf[:held_from]
 
     def flush(self) -> str:
-        """What is held back, at the end of a generation that met no stop string."""
+        """What is held back, at the end of a generation: up to the stop string in it, if
+        one was found there while a longer one that began earlier could still follow."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        found = self._first_stop(held)
+        if found is not None:
+            self.stopped = True
+            return held[:found]
+        return held
+
+    def _first_stop(self, buf):
+        found = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        return min(found) if found else None
 
     @staticmethod
     def _partial_match(buf, stop) -> int:

@@ -40,7 +40,8 @@ from numatp.quant.kernels import (BLOCK_ELEMS, R, _FLOAT, _check, _group_rows,
                                   glu_stream_item, groups3, _silu, linear, linear3, linear3_item,
                                   linear_units, row_stride, rows_per_chunk)
 from numatp.quant.schedule import STRIDE, take
-from numatp.shm.atomics import cpu_relax, fetch_add, load_acquire, sched_yield
+from numatp.shm.atomics import cpu_relax, fetch_add, load_acquire
+from numatp.shm.spin import sched_yield
 
 # The control array's words. The generation, the done count and the session each have a
 # 128-byte line of their own: every thread reads the first, writes the second.

@@ -15,9 +15,6 @@ total-store-order); what they buy is that the compiler keeps them in place.
                                   store before a later load, which acquire/release don't
   cpu_relax()                     the spin-loop hint (x86 `pause`): saves power and lets
                                   the sibling hyperthread run
-  sched_yield()                   libc's: give the CPU to another runnable thread, for a
-                                  spin that has waited long (the one it waits for may be
-                                  waiting for this CPU)
 
 `a` is a C-contiguous int64 array (any number of dimensions is not supported: 1-D only)
 and `i` an element index. No bounds check: callers index fixed header slots.
@@ -110,19 +107,6 @@ def cpu_relax(typingctx):
                 "llvm.aarch64.hint")
             builder.call(fn, [ir.Constant(ir.IntType(32), 1)])  # 1 = YIELD
         # elsewhere: no hint; the atomic load alone keeps the loop correct
-        return context.get_dummy_value()
-
-    return types.void(), codegen
-
-
-@intrinsic
-def sched_yield(typingctx):
-    # A call by name, which the JIT resolves in the process (libc) when it loads the
-    # code, cached code too; a ctypes function would keep callers out of the cache.
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.IntType(32), []), "sched_yield")
-        builder.call(fn, [])
         return context.get_dummy_value()
 
     return types.void(), codegen
