@@ -243,6 +243,29 @@ def test_abort_word_releases_a_waiting_rank():
         del ctl, data
 
 
+def test_each_rank_counts_its_wait_for_peers():
+    """Rank 1 arrives 0.2 s late: rank 0 has waited at least that long, rank 1 (whose
+    peer had already arrived) less."""
+    late_s = 0.2
+    with AllReduceGroup.create(2, 64, timeout_s=60) as g:
+        ctl, data = g.arrays()
+        assert g.waited_ns() == [0, 0]
+
+        def late_rank():
+            time.sleep(late_s)
+            results.append(allreduce(ctl, data, 1, 2, np.ones(64, np.float32)))
+
+        results = []
+        peer = threading.Thread(target=late_rank)
+        peer.start()
+        results.append(allreduce(ctl, data, 0, 2, np.ones(64, np.float32)))
+        peer.join(60)
+        assert results == [OK, OK]
+        waited = g.waited_ns()
+        assert waited[0] >= late_s * 1e9 and waited[1] < waited[0]
+        del ctl, data
+
+
 def test_missing_peer_times_out():
     with AllReduceGroup.create(2, 64, timeout_s=0.2) as g:
         ctl, data = g.arrays()

@@ -115,6 +115,18 @@ def check_rows(rows, repeats):
             assert r["effective_gbps"] > 0 and r["read_gbps"] > 0 and r["pct_of_read"] > 0
         else:
             assert r["effective_gbps"] is None and r["pct_of_read"] is None
+        check_step_times(r)
+
+
+def check_step_times(r):
+    """A split run's steps: each worker's time lies within the coordinator's, its wait
+    for peers within its own time; a run in this process has no such figures."""
+    if r["nodes"] == 1:
+        assert (r["step_ms"], r["worker_ms"], r["peer_wait_ms"]) == (None, None, None)
+        return
+    assert len(r["worker_ms"]) == len(r["peer_wait_ms"]) == r["nodes"]
+    for busy, wait in zip(r["worker_ms"], r["peer_wait_ms"]):
+        assert 0 <= wait <= busy <= r["step_ms"]
 
 
 def test_cli_json_rows_of_every_combination():
@@ -170,6 +182,12 @@ def test_markdown_of_given_rows():
                         "9.52 ± 0.03", "33.90", "71%"]
     assert cells[3][5:] == ["pp512", "9.52 ± 0.03", "", ""]
     assert len({len(x) for x in lines}) == 1     # columns line up
+    # a split run's time per step, with each rank's wait for its peers
+    split = row | {"step_ms": 105.03, "worker_ms": [104.9, 104.8], "peer_wait_ms": [0.412, 3.5]}
+    lines = as_markdown([split, row | {"nodes": 1}]).splitlines()
+    cells = [[c.strip() for c in x.strip("|").split("|")] for x in lines]
+    assert cells[0][-1] == "ms/step (peer wait)"
+    assert cells[2][-1] == "105.03 (0.41/3.50)" and cells[3][-1] == ""
 
 
 def test_cli_json_keeps_the_one_object_scripts_parse():

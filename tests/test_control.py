@@ -132,6 +132,18 @@ def test_round_trips_with_the_workers_spinning_and_sleeping(pool):
     assert w.out[399].tolist() == [11, 16]
 
 
+def test_the_time_of_commands_is_counted_on_both_sides(pool):
+    """A 30 ms command adds at least 30 ms to every worker's busy time and to the
+    coordinator's time in call(), and one to the commands sent."""
+    w = pool
+    commands, call_ns, busy = w.chan.commands, w.chan.call_ns, w.chan.busy_ns()
+    w.chan.call(SLEEP, 30, timeout=WAIT_S)
+    assert w.chan.commands == commands + 1
+    assert w.chan.call_ns - call_ns >= 30e6
+    added = [after - before for before, after in zip(busy, w.chan.busy_ns())]
+    assert min(added) >= 30e6 and max(added) <= w.chan.call_ns - call_ns, added
+
+
 def test_idle_workers_do_not_burn_cpu(pool):
     w = pool
     w.chan.call(ECHO, 0, 1, 2, timeout=WAIT_S)

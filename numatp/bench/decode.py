@@ -198,6 +198,7 @@ def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
         once()
         progress.warmed_up(label)
     samples = []
+    counters = sync_counters(llm)
     for i in range(repeats):
         samples.append(once())
         progress.sampled(label, i, samples[-1])
@@ -205,11 +206,36 @@ def measure(llm, test, repeats, warmup=True, progress=None, label=None) -> dict:
            "n_gen": test.n if test.kind == "tg" else 0, "n_depth": test.depth,
            "synthetic_kv": bool(test.depth), "repetitions": repeats,
            **sample_stats(samples), "effective_gbps": None, "read_gbps": None,
-           "pct_of_read": None}
+           "pct_of_read": None, **step_times(counters, sync_counters(llm))}
     if test.kind == "tg":
         row["effective_gbps"] = llm.bytes_per_token * row["avg_ts"] / GB
     progress.test_done(label, row)
     return row
+
+
+def sync_counters(llm):
+    """The worker processes' running totals (ProcessGroupModel.sync_counters), or None
+    for a model run in this process."""
+    counters = getattr(llm.model, "sync_counters", None)
+    return counters() if counters else None
+
+
+def step_times(before, after) -> dict:
+    """Where a test's steps spent their time, in milliseconds per step, from the worker
+    processes' counters before and after it: `step_ms` as the coordinator saw it, and per
+    rank `worker_ms` (the worker's time on the step) and `peer_wait_ms` (the part of it
+    spent waiting for slower peers in the all-reduces). What a step takes beyond the
+    slowest worker is the hand-over between processes; a rank's wait is what the split
+    costs it beyond its own work. None for a model run in this process."""
+    if before is None or after["steps"] == before["steps"]:
+        return {"step_ms": None, "worker_ms": None, "peer_wait_ms": None}
+    steps = after["steps"] - before["steps"]
+
+    def per_step(key):
+        return [(b - a) / steps / 1e6 for a, b in zip(before[key], after[key])]
+
+    return {"step_ms": (after["call_ns"] - before["call_ns"]) / steps / 1e6,
+            "worker_ms": per_step("busy_ns"), "peer_wait_ms": per_step("waited_ns")}
 
 
 def at_depth(llm, test, tokens) -> float:

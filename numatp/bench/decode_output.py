@@ -10,7 +10,8 @@ from numatp.bench.decode import GB
 ROW_FIELDS = ("model", "model_type", "size", "params", "active_params", "nodes", "threads",
               "test", "n_prompt", "n_gen", "repetitions", "avg_ts", "stddev_ts", "median_ts",
               "samples_ts", "load_s", "bytes_per_token", "effective_gbps", "read_gbps", "pct_of_read",
-              "gpu", "n_depth", "synthetic_kv", "peak_rss", "moe_split")
+              "gpu", "n_depth", "synthetic_kv", "peak_rss", "moe_split", "step_ms", "worker_ms",
+              "peer_wait_ms")
 
 
 def as_json(rows) -> str:
@@ -51,6 +52,8 @@ def as_markdown(rows) -> str:
         columns.append(("GB/s", ">", lambda r: optional(r["effective_gbps"], "{:.2f}")))
     if any(r["pct_of_read"] is not None for r in rows):
         columns.append(("% of read", ">", lambda r: optional(r["pct_of_read"], "{:.0f}%")))
+    if any(r.get("peer_wait_ms") for r in rows):
+        columns.append(("ms/step (peer wait)", ">", step_cell))
     cells = [[get(r) for _, _, get in columns] for r in rows]
     widths = [max([len(name)] + [len(row[i]) for row in cells])
               for i, (name, _, _) in enumerate(columns)]
@@ -66,6 +69,14 @@ def as_markdown(rows) -> str:
         table.append("\n@ dN: run after filling positions 0..N-1 of the KV cache with synthetic "
                      "keys and values (--depth), not after processing a prompt")
     return "\n".join(table)
+
+
+def step_cell(row) -> str:
+    """A split run's time per step and each rank's wait for its peers within it:
+    "6.10 (0.41/0.12)"."""
+    if not row.get("peer_wait_ms"):
+        return ""
+    return f"{row['step_ms']:.2f} ({'/'.join(f'{w:.2f}' for w in row['peer_wait_ms'])})"
 
 
 def scaled(n, base, units) -> str:
@@ -92,7 +103,7 @@ def summary_object(rows) -> dict:
     p, g = pp[0], tg[0]
     out = {k: g[k] for k in ("model", "model_type", "size", "params", "nodes", "threads",
                              "load_s", "bytes_per_token", "gpu", "n_depth", "synthetic_kv",
-                             "peak_rss", "moe_split")}
+                             "peak_rss", "moe_split", "step_ms", "worker_ms", "peer_wait_ms")}
     out.update(n_prompt=p["n_prompt"], n_gen=g["n_gen"], repeats=g["repetitions"],
                prompt_tps=p["median_ts"], prompt_tps_mean=p["avg_ts"],
                prompt_tps_stddev=p["stddev_ts"], prompt_tps_all=p["samples_ts"],

@@ -70,9 +70,10 @@ CMD_SEQ, CMD, ARGS = LINE, LINE + 1, LINE + 2
 # lines 2, 3: how many workers / whether the coordinator are blocked on a futex
 SLEEPERS = 2 * LINE
 COORD_SLEEPING = 3 * LINE
-# line 4 + w: worker w's done number, status, message length
+# line 4 + w: worker w's done number, status, message length, and the nanoseconds it has
+# spent on commands (from wait()'s return to done(), all commands together)
 DONE0 = 4 * LINE
-_STATUS, _MSG_LEN = 1, 2
+_STATUS, _MSG_LEN, _BUSY_NS = 1, 2, 3
 
 
 def _done_index(rank):
@@ -171,6 +172,7 @@ class ControlChannel:
         self._seq = 0              # last command sent
         self._waited = 0           # last command all workers were seen to finish
         self._aborted = False
+        self.call_ns = 0           # time spent in call(), all calls together
 
     @classmethod
     def create(cls, nworkers, *, processes=(), groups=(), spin_us=100.0, poll_ms=25.0):
@@ -233,8 +235,21 @@ class ControlChannel:
             self._raise_failure()
 
     def call(self, cmd, *args, timeout=None):
+        start = time.perf_counter_ns()
         self.send(cmd, *args)
         self.wait(timeout)
+        self.call_ns += time.perf_counter_ns() - start
+
+    @property
+    def commands(self) -> int:
+        """How many commands have been sent."""
+        return self._seq
+
+    def busy_ns(self) -> list[int]:
+        """Per worker: nanoseconds spent on commands so far, each from the worker's
+        wait() returning it to its done(). A call's time beyond the slowest worker's is
+        the hand-over: publishing, waking, and noticing that every worker is done."""
+        return [int(self._ctl[_done_index(w) + _BUSY_NS]) for w in range(self.nworkers)]
 
     def _wait_blocking(self, seq, w, timeout):
         ctl = self._ctl
@@ -341,6 +356,7 @@ class WorkerChannel:
         self._pause_ns = min(self._spin_ns, _PAUSE_NS)
         self._poll_s = poll_ms / 1e3
         self._seq = 0
+        self._started_ns = 0
         self._coordinator = int(ctl[H_COORD_PID])
         self._coordinator_is_parent = os.getppid() == self._coordinator
         self.orphaned = False
@@ -372,6 +388,7 @@ class WorkerChannel:
         if status == ABORTED or ctl[H_ABORT]:
             return QUIT, self._args
         self._seq = target
+        self._started_ns = time.perf_counter_ns()
         return int(ctl[CMD]), self._args
 
     @property
@@ -382,6 +399,7 @@ class WorkerChannel:
         """Report the current command finished; status != 0 makes the coordinator raise."""
         ctl = self._ctl
         ctl[self._done_idx + _STATUS] = status
+        ctl[self._done_idx + _BUSY_NS] += time.perf_counter_ns() - self._started_ns
         if _publish(ctl, self._done_idx, self._seq, COORD_SLEEPING):
             futex_wake(ctl, self._done_idx)
 

@@ -163,6 +163,14 @@ class ProcessGroupModel:
         """Rank 0's GPU report, made at load (None without --gpu)."""
         return self.reports[0].get("gpu") if self.reports else None
 
+    def sync_counters(self) -> dict:
+        """Running totals of where the steps' time went: steps, the coordinator's time in
+        them, and per rank its time on them and, of that, the time it waited for its
+        peers in the all-reduces (in nanoseconds). Differences between two readings
+        describe the steps in between."""
+        return {"steps": self._channel.commands, "call_ns": self._channel.call_ns,
+                "busy_ns": self._channel.busy_ns(), "waited_ns": self._ar.waited_ns()}
+
     def run(self, x, pos, base, n_logits):
         """As LocalModel.run; T <= max_tokens. The logits are a view of shared memory,
         overwritten by the next call."""

@@ -5,6 +5,7 @@ Python (setup):
     group = AllReduceGroup.attach(name, nranks, max_floats, rank=r)   # worker r
     ctl, data = group.arrays()     # pass these into jitted code
     group.abort()                  # make every waiting rank return ABORTED
+    group.waited_ns()              # each rank's time spent waiting for its peers
     group.close()
 
 Jitted (callable from other @njit code and from Python; releases the GIL):
@@ -52,7 +53,9 @@ cache files (__pycache__/*.nbi, *.nbc), or they keep running the old version.
 
 Layout of the segment (LINE = 128 bytes: two cache lines, so the adjacent-line
 prefetcher does not make neighbours false-share):
-  int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r], count[0][r], count[1][r]
+  int64 ctl: line 0 = header (+ abort word), line 1 + r = seq[r], count[0][r], count[1][r],
+  waited[r] (nanoseconds rank r has spent in step 3, all calls together: what a rank loses
+  to slower peers and to the hand-over itself; `numatp bench decode` reports it)
   float32 data, at a page boundary: slot [b][r] at (b * nranks + r) * stride; stride is
   max_floats rounded up to whole 4 KiB pages so that each slot's pages are allocated by
   its owner, in that worker's NUMA node (attach(..., rank=r) reserves them; create()
@@ -65,7 +68,7 @@ from numba import njit, prange
 from numatp.errors import NumatpError
 from numatp.shm.atomics import store_release
 from numatp.shm.segment import SharedSegment
-from numatp.shm.spin import ABORTED, READY, TIMED_OUT, wait_until_ge
+from numatp.shm.spin import ABORTED, READY, TIMED_OUT, now_ns, wait_until_ge
 
 OK = READY
 BAD_ARGS = 3
@@ -75,6 +78,8 @@ __all__ = ["AllReduceGroup", "allreduce", "allreduce_parts", "fold_parts", "OK",
 LINE = 16                      # int64 words per line (128 bytes)
 _PAGE_FLOATS = 1024            # 4 KiB
 _MAGIC = 0x6E756D617470_4102   # "numatp" + layout version
+
+W_WAITED = 3         # a rank's line: seq, count[0], count[1], waited
 
 # header words (line 0)
 H_MAGIC = 0
@@ -130,11 +135,13 @@ def allreduce_parts(ctl, data, rank, nranks, parts, out):
 
     pause_ns = ctl[H_PAUSE_NS]
     timeout_ns = ctl[H_TIMEOUT_NS]
+    start = now_ns()
     for p in range(nranks):
         if p != rank:
             status = wait_until_ge(ctl, LINE * (1 + p), seq, H_ABORT, pause_ns, timeout_ns)
             if status != READY:
                 return status
+    ctl[me + W_WAITED] += now_ns() - start
     # Where every rank's parts start in data, in order (the slots are stride apart, a
     # slot's parts m apart); a count out of range means a corrupt or foreign segment.
     total = 0
@@ -283,6 +290,10 @@ class AllReduceGroup:
     @property
     def aborted(self):
         return bool(self._ctl[H_ABORT]) if not self._segment.closed else True
+
+    def waited_ns(self) -> list[int]:
+        """Per rank: nanoseconds spent waiting for peers in allreduce(), all calls so far."""
+        return [int(self._ctl[_seq_index(r) + W_WAITED]) for r in range(self.nranks)]
 
     def close(self):
         self._ctl = self._data = None
