@@ -157,6 +157,34 @@ def test_read_thp(tmp_path, text, expected):
     assert topology.read_thp(tmp_path / "absent") is None
 
 
+def _cache_dirs(root, cpu, caches):
+    for i, (level, kind, size, shared) in enumerate(caches):
+        d = root / f"cpu{cpu}" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size),
+                           ("shared_cpu_list", shared)):
+            (d / name).write_text(f"{text}\n")
+
+
+def test_last_level_cache_counts_each_instance_once(tmp_path):
+    """Two sockets of two CPUs, each socket's L3 shared by both: 2 x 32 MiB. The L1
+    and L2 levels, and an instruction cache, do not count."""
+    for cpu in range(4):
+        socket = "0-1" if cpu < 2 else "2-3"
+        _cache_dirs(tmp_path, cpu, [(1, "Data", "48K", cpu), (1, "Instruction", "32K", cpu),
+                                    (2, "Unified", "2048K", cpu),
+                                    (3, "Unified", "32768K", socket)])
+    assert topology.last_level_cache_bytes(tmp_path) == 2 * 32 << 20
+    (tmp_path / "cpu9").mkdir()             # no cache directory: ignored
+    assert topology.last_level_cache_bytes(tmp_path) == 2 * 32 << 20
+
+
+def test_last_level_cache_unknown_is_zero(tmp_path):
+    assert topology.last_level_cache_bytes(tmp_path / "absent") == 0
+    _cache_dirs(tmp_path, 0, [(2, "Unified", "300M", "0-15")])
+    assert topology.last_level_cache_bytes(tmp_path) == 300 << 20
+
+
 def test_cpulist_round_trip():
     assert topology.parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
     assert topology.parse_cpulist("") == []

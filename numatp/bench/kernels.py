@@ -2,13 +2,15 @@
 
 Decode is one matvec per weight matrix per token, and a matvec reads each weight byte
 once: the best a kernel can do is to stream its matrix as fast as the cores can read
-memory. So each kernel is timed on a matrix far larger than the last-level cache (256 MB
-of weights by default, random blocks with sane scales), and its rate in weight bytes per
-second is put next to the read bandwidth with the same number of threads.
+memory. So each kernel is timed on a matrix far larger than the last-level cache (by
+default 256 MB of weights, or four times the last-level cache where that is larger: a
+16-core Xeon had 300 MiB, in which a 256 MB matrix ran at 1.4x the read bandwidth;
+random blocks with sane scales), and its rate in weight bytes per second is put next to
+the read bandwidth with the same number of threads.
 
 The development machines are shared, and their bandwidth drifts by 2x within seconds. So
 each timed matvec is paired with a timed pass of numatp.bench.memory's read kernel over a
-256 MB buffer right after it, and a kernel's figures are medians over the pairs: its
+buffer of the same default size right after it, and a kernel's figures are medians over the pairs: its
 GB/s, the read GB/s beside it, and pct_of_read, the median of the per-pair ratios. The
 top-level read_gbps is numatp.bench.memory.read_gbps with all threads, measured first.
 """
@@ -25,8 +27,7 @@ from numatp.quant import formats as F
 from numatp.quant.kernels import KernelSet, linear, prepare, row_stride
 
 GB = 1e9
-DEFAULT_MATRIX_BYTES = 256 << 20
-READ_BUFFER_BYTES = 256 << 20
+MIN_STREAM_BYTES = 256 << 20
 DEFAULT_COLS = 4096
 FLOATS = (F.F32, F.F16, F.BF16)
 
@@ -64,6 +65,12 @@ def parse_threads(text: str | None) -> list[int]:
     return sorted(set(out))
 
 
+def stream_bytes() -> int:
+    """The size of the default matrix and of the read buffer paired with it."""
+    from numatp.numa.topology import last_level_cache_bytes
+    return max(MIN_STREAM_BYTES, 4 * last_level_cache_bytes())
+
+
 def matrix_shape(qtype: int, rows: int | None, cols: int | None) -> tuple[int, int]:
     cols = DEFAULT_COLS if cols is None else cols
     bs = F.block_size(qtype)
@@ -71,7 +78,7 @@ def matrix_shape(qtype: int, rows: int | None, cols: int | None) -> tuple[int, i
         raise UsageError(f"--cols must be a positive multiple of {bs} for "
                          f"{F.type_name(qtype)}, got {cols}")
     if rows is None:
-        rows = max(1, DEFAULT_MATRIX_BYTES // F.row_bytes(qtype, cols))
+        rows = max(1, stream_bytes() // F.row_bytes(qtype, cols))
     if rows < 1:
         raise UsageError(f"--rows must be at least 1, got {rows}")
     return rows, cols
@@ -180,7 +187,7 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
     for q, (r, c) in shapes.items():
         check_fits_memory(q, r, c, batch)
     read_all = memory.read_gbps(max(counts))
-    words = memory.as_words(np.ones(READ_BUFFER_BYTES // 8, np.uint64))
+    words = memory.as_words(np.ones(stream_bytes() // 8, np.uint64))
     for t in counts:
         memory.time_read(words, t, 1)  # compiles the read kernel, starts the threads
     results = []

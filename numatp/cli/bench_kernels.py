@@ -18,7 +18,8 @@ def bench_kernels(
                                             help="Quant types, e.g. Q8_0,Q4_K "
                                                  "(default: all supported)."),
         rows: Optional[int] = typer.Option(None, "--rows",
-                                           help="Matrix rows (default: 256 MB of weights)."),
+                                           help="Matrix rows (default: 256 MB of weights, or "
+                                                "4x the last-level cache if larger)."),
         cols: Optional[int] = typer.Option(None, "--cols", help="Matrix columns (default 4096)."),
         repeats: int = typer.Option(5, "--repeats", help="Timed matvecs per figure."),
         batch: int = typer.Option(0, "--batch",

@@ -15,6 +15,7 @@ from numatp.errors import UsageError
 from numatp.numa import libnuma
 
 SYSFS_NODES = Path("/sys/devices/system/node")
+SYSFS_CPUS = Path("/sys/devices/system/cpu")
 NUMA_BALANCING = Path("/proc/sys/kernel/numa_balancing")
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # numa_distance() and sysfs use 10 for "local"; the ACPI SLIT convention.
@@ -171,6 +172,34 @@ def read_thp(path: Path = THP_ENABLED) -> str | None:
         if word.startswith("[") and word.endswith("]"):
             return word[1:-1]
     return None
+
+
+def last_level_cache_bytes(root: Path = SYSFS_CPUS) -> int:
+    """The machine's last-level cache, all its instances together (one per socket, or
+    per CCD on EPYC), in bytes; 0 where sysfs does not say. A buffer must be several
+    times this size for a timed pass over it to stream from memory."""
+    instances = {}   # shared_cpu_list -> size, of the deepest level seen
+    deepest = 0
+    for index in sorted(Path(root).glob("cpu[0-9]*/cache/index[0-9]*")):
+        kind, level, size, shared = (_read(index / f) for f in
+                                     ("type", "level", "size", "shared_cpu_list"))
+        if None in (kind, level, size, shared) or kind.strip() == "Instruction":
+            continue
+        try:
+            level, nbytes = int(level), _parse_size(size.strip())
+        except ValueError:
+            continue
+        if level > deepest:
+            deepest, instances = level, {}
+        if level == deepest:
+            instances[shared.strip()] = nbytes
+    return sum(instances.values())
+
+
+def _parse_size(text: str) -> int:
+    """sysfs cache sizes: "32768K", "300M", or plain bytes."""
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+    return int(text[:-1] if scale > 1 else text) * scale
 
 
 def _gib(nbytes: int) -> str:
