@@ -3,6 +3,8 @@ reference, and its vectorized exponential against exp: every row computed alike,
 or among others, so a prompt run in chunks, reused or decoded token by token gives the
 same bits; and its heads as jobs of a thread team (numatp/forward/team.py) give the
 parallel region's bits."""
+import time
+
 import numpy as np
 import pytest
 from numba import njit
@@ -105,6 +107,10 @@ def test_attend_matches_float64_and_each_row_alone(hd, team):
         _attend(NO_TEAM, q[t:t + 1], _tiles(kc), vc, 1, pos[t:t + 1], base[t:t + 1], nq, hd,
                 group, 0, 0, one, pad)
         assert np.array_equal(one[0], out[t]), t
+    # The team's threads asleep (parked, as after a prompt), so that the session wakes
+    # them: a woken thread needs the GIL for a moment, which _attend (nogil) lets go.
+    team.park()
+    time.sleep(0.05)
     with team.session() as ctl:
         on_team = np.zeros_like(out)
         _attend(ctl, q, _tiles(kc), vc, 1, pos, base, nq, hd, group, 0, 0, on_team, pad)

@@ -385,7 +385,7 @@ def _attend_region(q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0
                      th)
 
 
-@njit
+@njit(nogil=True)
 def _attend(team, q, k_tiles, v_cache, layer, pos, base, nq, hd, group, q0, kv0, out, pad):
     """Causal attention of T new tokens against the cache, per local q head: token t, at
     position pos[t] of the sequence whose cache rows start at base[t], attends to rows

@@ -22,6 +22,11 @@ slower on one thread. So the caller, too, runs its items on the views.
 An item is computed whole by whichever thread takes it, with the kernels' own item code
 (kernels.py), so results are those of the parallel regions bit for bit.
 
+Jobs must be run from code that does not hold the GIL (nogil=True, as the steps are). A
+thread woken from its sleep takes the GIL for a moment before it serves again; a caller
+holding it while it waits for that thread's share would wait forever. (A test that called
+attention's jitted entry from Python did, once the threads had gone to sleep.)
+
     team_linear(team, kernels, ...)   linear(), as a job; with an empty `team`, linear()
     team_linear3 / team_glu / team_linear_units   likewise
     start(ctl, kind, n_items); <the caller's share of the items>; join(ctl)
