@@ -226,7 +226,7 @@ def step_times(before, after) -> dict:
     rank `worker_ms` (the worker's time on the step) and `peer_wait_ms` (the part of it
     spent waiting for slower peers in the all-reduces). What a step takes beyond the
     slowest worker is the hand-over between processes; a rank's wait is what the split
-    costs it beyond its own work. None for a model run in this process."""
+    costs it beyond its own work. All three are None for a model run in this process."""
     if before is None or after["steps"] == before["steps"]:
         return {"step_ms": None, "worker_ms": None, "peer_wait_ms": None}
     steps = after["steps"] - before["steps"]

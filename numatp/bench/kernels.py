@@ -10,9 +10,10 @@ the read bandwidth with the same number of threads.
 
 The development machines are shared, and their bandwidth drifts by 2x within seconds. So
 each timed matvec is paired with a timed pass of numatp.bench.memory's read kernel over a
-buffer of the same default size right after it, and a kernel's figures are medians over the pairs: its
-GB/s, the read GB/s beside it, and pct_of_read, the median of the per-pair ratios. The
-top-level read_gbps is numatp.bench.memory.read_gbps with all threads, measured first.
+buffer of the default matrix's size right after it, and a kernel's figures are medians
+over the pairs: its GB/s, the read GB/s beside it, and pct_of_read, the median of the
+per-pair ratios. The top-level read_gbps is numatp.bench.memory.read_gbps with all
+threads, measured first.
 """
 from numatp import _env  # noqa: F401  (before numba)
 
