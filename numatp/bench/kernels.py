@@ -72,14 +72,16 @@ def stream_bytes() -> int:
     return max(MIN_STREAM_BYTES, 4 * last_level_cache_bytes())
 
 
-def matrix_shape(qtype: int, rows: int | None, cols: int | None) -> tuple[int, int]:
+def matrix_shape(qtype: int, rows: int | None, cols: int | None,
+                 nbytes: int | None = None) -> tuple[int, int]:
+    """rows x cols of the matrix to time; rows by default fill `nbytes` (stream_bytes())."""
     cols = DEFAULT_COLS if cols is None else cols
     bs = F.block_size(qtype)
     if cols < 1 or cols % bs:
         raise UsageError(f"--cols must be a positive multiple of {bs} for "
                          f"{F.type_name(qtype)}, got {cols}")
     if rows is None:
-        rows = max(1, stream_bytes() // F.row_bytes(qtype, cols))
+        rows = max(1, (nbytes or stream_bytes()) // F.row_bytes(qtype, cols))
     if rows < 1:
         raise UsageError(f"--rows must be at least 1, got {rows}")
     return rows, cols
@@ -184,11 +186,12 @@ def run(types: str | None = None, threads: str | None = None, rows: int | None =
         raise UsageError(f"--repeats must be at least 1, got {repeats}")
     if batch < 0 or batch == 1:
         raise UsageError(f"--batch must be 0 (off) or at least 2, got {batch}")
-    shapes = {q: matrix_shape(q, rows, cols) for q in qtypes}
+    nbytes = stream_bytes()   # reads sysfs: once
+    shapes = {q: matrix_shape(q, rows, cols, nbytes) for q in qtypes}
     for q, (r, c) in shapes.items():
         check_fits_memory(q, r, c, batch)
     read_all = memory.read_gbps(max(counts))
-    words = memory.as_words(np.ones(stream_bytes() // 8, np.uint64))
+    words = memory.as_words(np.ones(nbytes // 8, np.uint64))
     for t in counts:
         memory.time_read(words, t, 1)  # compiles the read kernel, starts the threads
     results = []
